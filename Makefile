@@ -1,0 +1,76 @@
+# airloop — every command a person or CI needs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PYTHON  ?= python3
+UV      := $(VENV)/bin/uv
+AIRFLOW := $(VENV)/bin/airflow
+STATE   := .airloop
+
+export AIRFLOW_HOME := $(CURDIR)
+export AIRLOOP_HOME := $(CURDIR)
+export PYTHONUNBUFFERED := 1
+# Settings (.env, from .env.example) and generated secrets, exported to every command.
+-include .env
+-include $(STATE)/secrets.env
+export
+
+.PHONY: help install init demo up down test test-fast lint lock suite clean
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.9
+	$(UV) pip install --python $(PY) --quiet -r requirements.txt
+	$(UV) pip install --python $(PY) --quiet --no-deps -e .
+	@touch $@
+
+install: $(VENV)/.installed ## create .venv and install the pinned requirements (no-op when done)
+
+.env:
+	cp .env.example .env
+
+init: install .env ## set up local state: secrets, Airflow DB, MLflow and monitoring stores
+	$(PY) -m airloop.cli init
+	@$(MAKE) --no-print-directory _airflow-db
+
+_airflow-db:
+	@mkdir -p $(STATE)/airflow
+	$(AIRFLOW) db migrate > $(STATE)/airflow/db-migrate.log 2>&1 || (tail -40 $(STATE)/airflow/db-migrate.log; exit 1)
+
+demo: init ## run the whole job on the embedded defaults (data, serving, training, summary)
+	@$(MAKE) --no-print-directory _demo
+
+_demo:
+	$(PY) -m airloop.cli demo
+
+up: init ## start the Airflow UI, the MLflow UI and serving (Ctrl-C stops them)
+	@$(MAKE) --no-print-directory _up
+
+_up:
+	$(PY) -m airloop.cli up
+
+down: ## stop the background serving process
+	$(PY) -m airloop.cli stop-serving
+
+test: install .env ## run the whole test suite (unit, DAG integrity, end-to-end) on real services
+	$(PY) -m pytest -q
+
+test-fast: install .env ## unit and DAG tests only (skip the slow end-to-end runs)
+	$(PY) -m pytest -q -m "not e2e"
+
+suite: install ## regenerate the Great Expectations suites in include/gx from the pipeline files
+	$(PY) -c "from airloop.config import get_settings, load_pipeline_config as l; from airloop.validation import write_suite; s=get_settings(); [print(write_suite(l(p, s), s)) for p in sorted(s.pipelines_dir.glob('*.yaml'))]"
+
+lock: install ## recompile requirements.txt from requirements.in
+	$(UV) pip compile requirements.in --python-version 3.11 -o requirements.txt --no-header -q
+	sed -i '1i # Full lock compiled from requirements.in for Python 3.11 (make lock). Install with: make install' requirements.txt
+
+clean: down ## remove all local state (.airloop): data, stores, logs
+	rm -rf $(STATE)

@@ -1,0 +1,135 @@
+"""
+### airloop training — `<pipeline>__train`
+
+One DAG per pipeline file in `include/pipelines/`:
+
+`extract → validate → prepare_study → train_trials (mapped, parallel, one shared Optuna study)
+→ evaluate → register → promote → deploy`
+
+* **Data interval**: the run trains "as of" its data interval end (or the `as_of` form field) on
+  the `window_days` before it. Backfills (`airflow backfill create`) give each interval exactly
+  what a scheduled run would have seen.
+* **Validation is a gate**: a failing day stops the run before training, is quarantined
+  (kept under `.airloop/quarantine/`) and the Great Expectations result is kept.
+* **Trigger from the UI** with the form: as-of date, window, number of trials, timeout, and
+  *force promote* (skip the gates, recorded in the ledger).
+
+All logic lives in the `airloop` library (`include/airloop/stages.py`); this file only wires it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import Param, dag, task
+
+from airloop.config import get_settings, load_pipeline_config
+from airloop_provider.operators import DeployModelOperator, run_actor, run_context
+
+
+def _as_of(context) -> str:
+    """The run's as-of day: the form's ``as_of``, else the data interval end (never now())."""
+    chosen = context["params"].get("as_of")
+    if chosen:
+        return str(chosen)[:10]
+    end = context.get("data_interval_end") or context["dag_run"].run_after
+    return end.date().isoformat()
+
+
+def training_dag(pipeline: str):
+    """Build the training DAG of ``pipeline`` (wiring only)."""
+    config = load_pipeline_config(pipeline)
+    start = datetime.combine(config.schedule.start_date, datetime.min.time(), tzinfo=timezone.utc)
+
+    @dag(
+        dag_id=f"{config.name}__train",
+        description=f"Train, gate and deploy {config.name} ({config.task})",
+        doc_md=__doc__,
+        schedule=config.schedule.training,
+        start_date=start,
+        catchup=False,
+        max_active_runs=1,
+        tags=["training", "airloop", config.name],
+        default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "airloop"},
+        params={
+            "as_of": Param(None, type=["null", "string"], format="date",
+                           description="Train as of this day (exclusive). Empty: the data interval end."),
+            "window_days": Param(config.training.window_days, type="integer", minimum=2,
+                                 description="Days of history before the as-of day."),
+            "n_trials": Param(config.training.n_trials, type="integer", minimum=1, maximum=1000,
+                              description="Optuna trials (shared across the parallel workers)."),
+            "timeout_s": Param(config.training.timeout_s, type="integer", minimum=10,
+                               description="Time budget of each training worker, seconds."),
+            "force_promote": Param(False, type="boolean",
+                                   description="Promote even if gates fail (recorded in the ledger)."),
+        },
+        render_template_as_native_obj=True,
+    )
+    def train_pipeline():
+        @task
+        def extract(**context) -> dict:
+            from airloop import stages
+
+            return stages.extract(config, _as_of(context), get_settings(), window=context["params"]["window_days"])
+
+        @task
+        def validate(snapshot: dict) -> dict:
+            from airflow.exceptions import AirflowFailException
+
+            from airloop import stages
+
+            try:
+                return stages.validate(config, snapshot, get_settings())
+            except stages.ValidationFailed as err:  # bad data: do not retry, stop before training
+                raise AirflowFailException(str(err)) from err
+
+        @task(multiple_outputs=True)
+        def prepare_study(snapshot: dict, validation: dict, **context) -> dict:
+            from airloop import stages
+
+            params = context["params"]
+            return stages.prepare_training(config, snapshot, validation, get_settings(),
+                                           run_context(context, snapshot["as_of"]),
+                                           n_trials=params["n_trials"], timeout_s=params["timeout_s"])
+
+        @task(max_active_tis_per_dagrun=config.training.n_workers)
+        def train_trials(worker: int, snapshot: dict, plan: dict) -> dict:
+            from airloop import stages
+
+            return stages.train_worker(config, snapshot, plan, worker, get_settings())
+
+        @task
+        def evaluate(snapshot: dict, plan: dict, workers: list) -> dict:
+            from airloop import stages
+
+            return stages.evaluate(config, snapshot, plan, get_settings())
+
+        @task
+        def register(snapshot: dict, validation: dict, plan: dict, evaluation: dict, **context) -> dict:
+            from airloop import stages
+
+            return stages.register(config, snapshot, validation, plan, evaluation, get_settings(),
+                                   run_context(context, snapshot["as_of"]))
+
+        @task
+        def promote(registration: dict, evaluation: dict, snapshot: dict, **context) -> dict:
+            from airloop import stages
+
+            return stages.promote(config, registration, evaluation, get_settings(), actor=run_actor(context),
+                                  run_context=run_context(context, snapshot["as_of"]),
+                                  force=bool(context["params"]["force_promote"]))
+
+        snapshot = extract()
+        validation = validate(snapshot)
+        plan = prepare_study(snapshot, validation)
+        workers = train_trials.partial(snapshot=snapshot, plan=plan).expand(worker=plan["workers"])
+        evaluation = evaluate(snapshot, plan, workers)
+        registration = register(snapshot, validation, plan, evaluation)
+        promotion = promote(registration, evaluation, snapshot)
+        DeployModelOperator(task_id="deploy", pipeline=config.name, promotion=promotion, snapshot=snapshot)
+
+    return train_pipeline()
+
+
+for _pipeline in sorted(p.stem for p in get_settings().pipelines_dir.glob("*.yaml")):
+    globals()[f"{_pipeline}__train"] = training_dag(_pipeline)

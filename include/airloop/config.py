@@ -1,0 +1,336 @@
+"""Configuration: runtime settings from the environment and pipeline files in YAML.
+
+Two kinds of configuration live here:
+
+* :class:`Settings` — where things are (state folder, MLflow, monitoring store, Optuna storage,
+  serving URL, admin token). Read from the process environment, with the repository's ``.env``
+  file as a fallback, so every component (Airflow tasks, the serving process, tests, the CLI)
+  resolves the same endpoints. Relative paths resolve against the project root.
+* :class:`PipelineConfig` — what a pipeline does (data source, schema, target, task type,
+  search space, gates). One YAML file per pipeline under ``include/pipelines/``, validated with
+  pydantic; a mistake raises :class:`ConfigError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+#: Repository root when airloop runs from a checkout (include/airloop/ -> repo root).
+DEFAULT_ROOT = PACKAGE_ROOT.parent.parent
+
+TaskType = Literal["binary_classification", "multiclass_classification", "regression"]
+
+
+class ConfigError(ValueError):
+    """A pipeline file or setting is wrong; the message names the file and the field."""
+
+
+# --------------------------------------------------------------------------------------------
+# Settings (endpoints, paths, secrets) — from the environment / .env
+# --------------------------------------------------------------------------------------------
+
+
+def _load_dotenv(root: Path) -> None:
+    """Load ``<root>/.env`` into ``os.environ`` without overriding variables already set."""
+    env_file = root / ".env"
+    if env_file.is_file():
+        from dotenv import load_dotenv
+
+        load_dotenv(env_file, override=False)
+
+
+class Settings(BaseModel):
+    """Where airloop keeps its state and how it reaches its services."""
+
+    model_config = ConfigDict(frozen=True)
+
+    root: Path
+    state_dir: Path
+    pipelines_dir: Path
+    default_pipeline: str
+    data_dir: Path
+    mlflow_tracking_uri: str
+    mlflow_registry_uri: str | None
+    mlflow_artifact_root: str
+    monitoring_db_uri: str
+    optuna_storage: str
+    serving_url: str
+    admin_token: str | None
+
+    @property
+    def snapshots_dir(self) -> Path:
+        """Immutable training snapshots, one folder per pipeline and interval."""
+        return self.state_dir / "snapshots"
+
+    @property
+    def validation_dir(self) -> Path:
+        """Great Expectations results and Data Docs, per pipeline and interval."""
+        return self.state_dir / "validation"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Copies of partitions that failed validation (kept, never deleted)."""
+        return self.state_dir / "quarantine"
+
+
+def _resolve(root: Path, value: str) -> Path:
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else (root / path).resolve()
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from ``environ`` (default: ``os.environ`` plus the root ``.env``).
+
+    The project root is ``AIRLOOP_HOME``, else ``AIRFLOW_HOME`` when it holds ``include/airloop``,
+    else the checkout this package sits in.
+    """
+    if environ is None:
+        root_guess = Path(os.environ.get("AIRLOOP_HOME") or DEFAULT_ROOT)
+        _load_dotenv(root_guess)
+        environ = dict(os.environ)
+    env = environ
+    root = Path(env.get("AIRLOOP_HOME") or "")
+    if not env.get("AIRLOOP_HOME"):
+        airflow_home = env.get("AIRFLOW_HOME")
+        if airflow_home and (Path(airflow_home) / "include" / "airloop").is_dir():
+            root = Path(airflow_home)
+        else:
+            root = DEFAULT_ROOT
+    root = root.resolve()
+    state = _resolve(root, env.get("AIRLOOP_STATE_DIR") or ".airloop")
+    tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state / 'mlflow' / 'mlflow.db'}"
+    return Settings(
+        root=root,
+        state_dir=state,
+        pipelines_dir=_resolve(root, env.get("AIRLOOP_PIPELINES_DIR") or "include/pipelines"),
+        default_pipeline=env.get("AIRLOOP_PIPELINE") or "claims_fraud",
+        data_dir=_resolve(root, env.get("AIRLOOP_DATA_DIR") or str(state / "data")),
+        mlflow_tracking_uri=tracking,
+        mlflow_registry_uri=env.get("MLFLOW_REGISTRY_URI") or None,
+        mlflow_artifact_root=env.get("AIRLOOP_MLFLOW_ARTIFACT_ROOT")
+        or str(state / "mlflow" / "artifacts"),
+        monitoring_db_uri=env.get("AIRLOOP_MONITORING_DB_URI")
+        or f"sqlite:///{state / 'monitoring.db'}",
+        optuna_storage=env.get("AIRLOOP_OPTUNA_STORAGE")
+        or f"journal://{state / 'optuna' / 'journal.log'}",
+        serving_url=(env.get("AIRLOOP_SERVING_URL") or "http://127.0.0.1:8000").rstrip("/"),
+        admin_token=env.get("AIRLOOP_ADMIN_TOKEN") or None,
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide cached :func:`load_settings` (call ``get_settings.cache_clear()`` in tests)."""
+    return load_settings()
+
+
+# --------------------------------------------------------------------------------------------
+# Pipeline configuration (YAML)
+# --------------------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Strict):
+    """One feature column: its type and the constraints the validation suite derives."""
+
+    type: Literal["float", "int", "category", "bool"]
+    min: float | None = None
+    max: float | None = None
+    values: list[str] | None = None
+    #: Largest share of nulls tolerated in one partition (0 = never null).
+    max_null_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ColumnSpec":
+        if self.type == "category" and not self.values:
+            raise ValueError("a category column needs 'values' (the allowed categories)")
+        if self.type != "category" and self.values:
+            raise ValueError("'values' is only for category columns")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class SourceConfig(_Strict):
+    """Where the raw data lives. ``files``: one file per day under ``path`` by ``partition``."""
+
+    kind: Literal["files"] = "files"
+    format: Literal["csv", "parquet"] = "parquet"
+    #: Folder of the dataset; relative paths resolve against the data folder of Settings.
+    path: str
+    #: Partition file pattern below ``path``; ``{date}`` is the day as YYYY-MM-DD.
+    partition: str = "dt={date}/part.parquet"
+
+
+class ParamSpec(_Strict):
+    """One hyper-parameter of the search space."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ParamSpec":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs 'choices'")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError("a numeric parameter needs low <= high")
+        return self
+
+
+class TrainingConfig(_Strict):
+    """How the Optuna study searches, cross-validates and holds out data."""
+
+    window_days: int = Field(default=60, gt=1)
+    holdout_days: int = Field(default=7, gt=0)
+    cv_folds: int = Field(default=3, ge=2)
+    n_trials: int = Field(default=20, gt=0)
+    n_workers: int = Field(default=2, gt=0, le=32)
+    timeout_s: int = Field(default=900, gt=0)
+    seed: int = 42
+    metric: str = "roc_auc"
+    #: estimator family -> parameter name -> spec; families: see airloop.training.ESTIMATORS.
+    search_space: dict[str, dict[str, ParamSpec]]
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainingConfig":
+        if self.holdout_days >= self.window_days:
+            raise ValueError("holdout_days must be smaller than window_days")
+        if not self.search_space:
+            raise ValueError("search_space needs at least one estimator family")
+        return self
+
+
+class ValidationConfig(_Strict):
+    """Table-level expectations plus explicit extra GX expectations."""
+
+    min_rows_per_day: int = Field(default=1, ge=0)
+    max_rows_per_day: int | None = None
+    #: The newest row of the newest day must be at most this old at the interval end.
+    freshness_hours: float = Field(default=48, gt=0)
+    #: Explicit expectations: {"type": "expect_...", "kwargs": {...}} (GX 1.x snake_case names).
+    expectations: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class PromotionConfig(_Strict):
+    """Gates a challenger must pass to become champion."""
+
+    #: Absolute floors (or ceilings for error metrics, see airloop.metrics.LOWER_IS_BETTER).
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    #: The challenger must beat the champion on the holdout by at least this much.
+    min_improvement: float = 0.0
+    #: p95 single-record prediction latency budget in milliseconds.
+    latency_budget_ms: float = Field(default=100.0, gt=0)
+
+
+class ScheduleConfig(_Strict):
+    """When the pipeline's DAGs run."""
+
+    training: str = "@weekly"
+    start_date: date
+
+
+class PipelineConfig(_Strict):
+    """One pipeline: a dataset, how to validate it, train on it and promote its models."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{1,62}$")
+    description: str = ""
+    task: TaskType
+    source: SourceConfig
+    timestamp: str
+    id_column: str
+    target: str
+    #: Column holding when the label became known; a run only trains on labels known by then.
+    label_timestamp: str | None = None
+    #: Classes of the target for classification (the positive class last for binary tasks).
+    classes: list[Any] | None = None
+    features: dict[str, ColumnSpec]
+    training: TrainingConfig
+    validation: ValidationConfig = ValidationConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    schedule: ScheduleConfig
+
+    @model_validator(mode="after")
+    def _check(self) -> "PipelineConfig":
+        reserved = {self.timestamp, self.id_column, self.target, self.label_timestamp}
+        clash = reserved & set(self.features)
+        if clash:
+            raise ValueError(f"features must not include timestamp/id/target columns: {sorted(clash)}")
+        if self.task != "regression" and not self.classes:
+            raise ValueError("classification pipelines need 'classes'")
+        if self.task == "binary_classification" and self.classes and len(self.classes) != 2:
+            raise ValueError("binary_classification needs exactly two classes")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """Registered model name in MLflow."""
+        return self.name
+
+    @property
+    def experiment_name(self) -> str:
+        """MLflow experiment that holds this pipeline's runs."""
+        return f"airloop/{self.name}"
+
+    @property
+    def numeric_features(self) -> list[str]:
+        """Feature columns treated as numbers (float, int, bool)."""
+        return [c for c, s in self.features.items() if s.type != "category"]
+
+    @property
+    def categorical_features(self) -> list[str]:
+        """Feature columns treated as categories."""
+        return [c for c, s in self.features.items() if s.type == "category"]
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid pipeline configuration"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  - {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_pipeline_config(raw: dict[str, Any], path: Path | str = "<memory>") -> PipelineConfig:
+    """Validate a pipeline mapping; raise :class:`ConfigError` naming ``path`` and each field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a pipeline file must hold a mapping, not {type(raw).__name__}")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(Path(path), err)) from None
+
+
+def load_pipeline_config(name_or_path: str | Path, settings: Settings | None = None) -> PipelineConfig:
+    """Load a pipeline by name (``include/pipelines/<name>.yaml``) or by file path."""
+    settings = settings or get_settings()
+    candidate = Path(name_or_path)
+    path = candidate if candidate.suffix in {".yaml", ".yml"} else settings.pipelines_dir / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: pipeline file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_pipeline_config(raw, path)
+
+
+def resolve_source_path(config: PipelineConfig, settings: Settings | None = None) -> Path:
+    """Absolute folder of a file source (relative paths are under the data folder)."""
+    settings = settings or get_settings()
+    path = Path(os.path.expandvars(config.source.path))
+    return path if path.is_absolute() else settings.data_dir / path

@@ -1,0 +1,333 @@
+"""The training pipeline's stages as plain functions: (config, interval, input refs) -> output refs.
+
+Airflow tasks call these (see ``dags/``), and so can a plain Python process (benchmarks, the
+CLI, tests): the orchestration layer adds scheduling, retries and XCom, never logic. Every stage
+reads only its interval's inputs, writes outputs keyed by the interval (overwrite or upsert)
+and returns a small JSON-serialisable dict of references.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import tempfile
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from airloop.config import PipelineConfig, Settings
+
+log = logging.getLogger(__name__)
+
+
+class ValidationFailed(RuntimeError):
+    """The interval's data failed its expectations; the run must stop before training."""
+
+
+def code_version(settings: Settings) -> str:
+    """Git commit of the deployed code (``AIRLOOP_CODE_VERSION`` wins), else the package version."""
+    import os
+
+    if os.environ.get("AIRLOOP_CODE_VERSION"):
+        return os.environ["AIRLOOP_CODE_VERSION"]
+    try:
+        sha = subprocess.run(["git", "-C", str(settings.root), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(settings.root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import version
+
+        return f"airloop-{version('airloop')}"
+
+
+# ------------------------------------------------------------------------------------ extract
+def extract(config: PipelineConfig, as_of: str, settings: Settings, window: int | None = None) -> dict[str, Any]:
+    """Snapshot the training window ending at ``as_of`` (quarantined days excluded)."""
+    from airloop.data import extract_window
+    from airloop.validation import quarantined_days
+
+    snapshot = extract_window(config, date.fromisoformat(as_of), settings, window=window,
+                              exclude=quarantined_days(config, settings))
+    log.info("snapshot %s: %s rows over %s days (%s excluded), fingerprint %s",
+             snapshot.path, snapshot.rows, len(snapshot.days), len(snapshot.excluded_days), snapshot.fingerprint[:16])
+    return snapshot.to_dict()
+
+
+# ----------------------------------------------------------------------------------- validate
+def validate(config: PipelineConfig, snapshot: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Run the GX suite on every day of the snapshot; quarantine and raise on failure."""
+    from datetime import datetime, timezone
+
+    from airloop.data import load_snapshot_days
+    from airloop.validation import format_failures, quarantine_partitions, validate_partitions
+
+    partitions = load_snapshot_days(snapshot)
+    interval_end = datetime.fromisoformat(snapshot["as_of"]).replace(tzinfo=timezone.utc)
+    outcome = validate_partitions(config, partitions, interval_end, settings)
+    summary = {
+        "success": outcome.success,
+        "result_path": str(outcome.result_path),
+        "failed_days": [d.isoformat() for d in outcome.failed_days],
+        "statistics": outcome.statistics,
+    }
+    if not outcome.success:
+        copies = quarantine_partitions(config, partitions, outcome, settings)
+        message = format_failures(outcome)
+        log.error("validation failed for %s as of %s:\n%s\nquarantined: %s\nresult: %s",
+                  config.name, snapshot["as_of"], message, [str(c) for c in copies], outcome.result_path)
+        raise ValidationFailed(f"{config.name} as of {snapshot['as_of']}: data failed validation "
+                               f"(quarantined {summary['failed_days']}; result {outcome.result_path}):\n{message}")
+    return summary
+
+
+# -------------------------------------------------------------------------------------- train
+def study_name(config: PipelineConfig, as_of: str) -> str:
+    """One Optuna study per pipeline and interval: re-runs resume it."""
+    return f"{config.name}__{as_of}"
+
+
+def prepare_training(config: PipelineConfig, snapshot: dict[str, Any], validation: dict[str, Any],
+                     settings: Settings, run_context: dict[str, str], n_trials: int | None = None,
+                     n_workers: int | None = None, timeout_s: int | None = None) -> dict[str, Any]:
+    """Create (or resume) the study and the MLflow training run; return the worker plan."""
+    from airloop import registry
+    from airloop.training import open_study
+
+    as_of = snapshot["as_of"]
+    key = registry.interval_key(config, as_of)
+    name = study_name(config, as_of)
+    open_study(settings.optuna_storage, name, config)
+    client = registry.get_client(settings)
+    experiment_id = registry.ensure_experiment(client, config, settings)
+    tags = {
+        "airloop.pipeline": config.name,
+        "airloop.as_of": as_of,
+        "airloop.window_start": snapshot["window_start"],
+        "airloop.data_fingerprint": snapshot["fingerprint"],
+        "airloop.data_rows": str(snapshot["rows"]),
+        "airloop.validation": "passed" if validation.get("success") else "failed",
+        "airloop.validation_result": validation.get("result_path", ""),
+        "airloop.study": name,
+        "airloop.code_version": code_version(settings),
+        **{f"airloop.{k}": v for k, v in run_context.items() if v},
+    }
+    parent = registry.get_or_create_parent_run(client, experiment_id, key, f"train-{as_of}", tags)
+    workers = n_workers or config.training.n_workers
+    return {
+        "study_name": name,
+        "storage": settings.optuna_storage,
+        "experiment_id": experiment_id,
+        "parent_run_id": parent,
+        "interval_key": key,
+        "n_trials": n_trials or config.training.n_trials,
+        "timeout_s": timeout_s or config.training.timeout_s,
+        "n_workers": workers,
+        "workers": list(range(workers)),
+    }
+
+
+def train_worker(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, Any], worker: int,
+                 settings: Settings) -> dict[str, Any]:
+    """One mapped worker: run its share of trials on the shared study, each tracked in MLflow."""
+    from airloop import registry
+    from airloop.data import load_snapshot
+    from airloop.training import run_worker
+
+    client = registry.get_client(settings)
+
+    def track(trial, family, params, scores, state, seconds):
+        try:
+            registry.log_trial_run(client, plan["experiment_id"], plan["parent_run_id"], plan["interval_key"],
+                                   trial.number, family, params, scores, state, seconds)
+        except Exception:  # tracking must never lose a trial's result in the study
+            log.exception("could not log trial %s to MLflow", trial.number)
+
+    frame = load_snapshot(snapshot, config)
+    result = run_worker(config, frame, snapshot["as_of"], plan["study_name"], plan["storage"], worker,
+                        plan["n_workers"], plan["n_trials"], plan["timeout_s"], tracker=track)
+    return result.__dict__
+
+
+# ----------------------------------------------------------------------------------- evaluate
+def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Refit the best trial, score it and the champion on the same holdout, log model + plots."""
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    from airloop import registry
+    from airloop.data import load_snapshot
+    from airloop.evaluation import holdout_metrics, json_safe, predict_latency_ms, write_plots
+    from airloop.training import best_config, features_and_target, fit_best, split_holdout, study_history
+
+    frame = load_snapshot(snapshot, config)
+    train, holdout = split_holdout(config, frame, snapshot["as_of"])
+    best = best_config(plan["storage"], plan["study_name"], config)
+    model = fit_best(config, train, best)
+    metrics = holdout_metrics(config, model, holdout) | predict_latency_ms(config, model, holdout)
+    metrics["cv_best"] = best["value"]
+
+    client = registry.get_client(settings)
+    champion_version = registry.alias_version(client, config.model_name, registry.CHAMPION)
+    champion: dict[str, Any] | None = None
+    champion_error = None
+    if champion_version is not None:
+        try:
+            champ_model = registry.load_sklearn_model(settings, config.model_name, champion_version.version)
+            champion = {"version": champion_version.version, "metrics": json_safe(holdout_metrics(config, champ_model, holdout))}
+        except Exception as err:  # noqa: BLE001 - a champion that cannot score is recorded, not fatal
+            champion_error = f"{type(err).__name__}: {err}"
+            log.warning("champion v%s could not score the holdout: %s", champion_version.version, champion_error)
+
+    registry.configure_mlflow(settings)
+    X_train, _ = features_and_target(config, train)
+    example = X_train.head(5)
+    predict = model.predict_proba if config.task != "regression" else model.predict
+    signature = infer_signature(X_train.head(500), predict(X_train.head(500)))
+    with mlflow.start_run(run_id=plan["parent_run_id"]):
+        mlflow.log_params({"best_estimator": best["family"], **{f"best.{k}": v for k, v in best["params"].items()},
+                           "best_trial": best["number"], "n_finished_trials": best["n_finished"]})
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in json_safe(metrics).items() if v is not None})
+        if champion:
+            mlflow.log_metrics({f"champion_holdout_{k}": v for k, v in champion["metrics"].items() if v is not None})
+        with tempfile.TemporaryDirectory() as tmp:
+            history = study_history(plan["storage"], plan["study_name"], config)
+            for path in write_plots(config, model, holdout, history, Path(tmp)):
+                mlflow.log_artifact(str(path), artifact_path="plots")
+            (Path(tmp) / "evaluation.json").write_text(json.dumps(
+                {"metrics": json_safe(metrics), "champion": champion, "champion_error": champion_error,
+                 "best": best, "holdout_rows": len(holdout), "train_rows": len(train)}, indent=2, default=str))
+            mlflow.log_artifact(str(Path(tmp) / "evaluation.json"))
+        info = mlflow.sklearn.log_model(model, name="model", serialization_format="skops",
+                                        skops_trusted_types=registry.SKOPS_TRUSTED_TYPES,
+                                        signature=signature, input_example=example)
+    return {
+        "run_id": plan["parent_run_id"],
+        "model_uri": info.model_uri,
+        "metrics": json_safe(metrics),
+        "best": best,
+        "champion": champion,
+        "champion_error": champion_error,
+    }
+
+
+# ----------------------------------------------------------------------------------- register
+def register(config: PipelineConfig, snapshot: dict[str, Any], validation: dict[str, Any], plan: dict[str, Any],
+             evaluation: dict[str, Any], settings: Settings, run_context: dict[str, str]) -> dict[str, Any]:
+    """Register the evaluated model once per interval, with lineage tags; alias it challenger."""
+    from airloop import registry
+
+    client = registry.get_client(settings)
+    tags = {
+        "airloop.pipeline": config.name,
+        "airloop.data_interval": f"{snapshot['window_start']}/{snapshot['as_of']}",
+        "airloop.data_fingerprint": snapshot["fingerprint"],
+        "airloop.validation": "passed" if validation.get("success") else "failed",
+        "airloop.validation_result": validation.get("result_path", ""),
+        "airloop.study": plan["study_name"],
+        "airloop.best_trial": str(evaluation["best"]["number"]),
+        "airloop.estimator": evaluation["best"]["family"],
+        "airloop.code_version": code_version(settings),
+        "airloop.replaces": (evaluation.get("champion") or {}).get("version", ""),
+        **{f"airloop.{k}": v for k, v in run_context.items() if v},
+    }
+    version = registry.register_version(client, config.model_name, evaluation["model_uri"], evaluation["run_id"],
+                                        plan["interval_key"], tags)
+    client.set_registered_model_alias(config.model_name, registry.CHALLENGER, version.version)
+    return {"model_name": config.model_name, "version": str(version.version), "interval_key": plan["interval_key"]}
+
+
+# ------------------------------------------------------------------------------------ promote
+def promote(config: PipelineConfig, registration: dict[str, Any], evaluation: dict[str, Any], settings: Settings,
+            actor: str, run_context: dict[str, str], force: bool = False) -> dict[str, Any]:
+    """Gate the challenger; move ``champion`` if it passes; append the decision to the ledger.
+
+    Idempotent per interval: a decided interval returns its recorded decision unchanged.
+    """
+    from airloop import registry, store
+    from airloop.promotion import evaluate_gates
+
+    engine = store.get_engine(settings.monitoring_db_uri)
+    key = f"{registration['interval_key']}:promotion"
+    recorded = store.find_ledger(engine, key)
+    if recorded is not None:
+        log.info("interval already decided (%s -> %s): %s", recorded["action"], recorded["to_version"], recorded["reason"])
+        return {"promoted": recorded["action"] == "promote", "version": registration["version"],
+                "previous": recorded["from_version"], "reason": recorded["reason"], "replayed": True}
+
+    client = registry.get_client(settings)
+    version = registration["version"]
+    current = registry.alias_version(client, config.model_name, registry.CHAMPION)
+    previous = current.version if current is not None else None
+    champion_metrics = (evaluation.get("champion") or {}).get("metrics")
+    decision = evaluate_gates(config, evaluation["metrics"], champion_metrics, evaluation.get("champion_error"), force)
+    if decision.promote and previous != version:
+        client.set_model_version_tag(config.model_name, version, "airloop.replaced_version", previous or "")
+        client.set_registered_model_alias(config.model_name, registry.CHAMPION, version)
+    client.set_model_version_tag(config.model_name, version, "airloop.promotion", "promoted" if decision.promote else "refused")
+    client.set_model_version_tag(config.model_name, version, "airloop.promotion_reason", decision.reason[:5000])
+    store.append_ledger(engine, store.LedgerEntry(
+        idempotency_key=key, pipeline=config.name, model_name=config.model_name,
+        action="promote" if decision.promote else "refuse", alias=registry.CHAMPION,
+        from_version=previous, to_version=version, actor=actor, reason=decision.reason,
+        dag_id=run_context.get("dag_id"), run_id=run_context.get("dag_run_id"),
+        data_interval_end=run_context.get("as_of"),
+        metrics={"challenger": evaluation["metrics"], "champion": champion_metrics, "checks": decision.to_dict()["checks"]},
+    ))
+    log.info("promotion of %s v%s: %s", config.model_name, version, decision.reason)
+    return {"promoted": decision.promote, "version": version, "previous": previous, "reason": decision.reason,
+            "replayed": False}
+
+
+# ------------------------------------------------------------------------------------- deploy
+def smoke_records(config: PipelineConfig, snapshot: dict[str, Any], n: int = 20) -> list[dict[str, Any]]:
+    """The newest ``n`` records of the snapshot, as JSON-ready feature dicts."""
+    from airloop.data import load_snapshot
+    from airloop.training import coerce_features
+
+    frame = load_snapshot(snapshot, config).tail(n)
+    features = coerce_features(config, frame)
+    return json.loads(features.to_json(orient="records"))
+
+
+def deploy(config: PipelineConfig, promotion: dict[str, Any], snapshot: dict[str, Any], endpoint, settings: Settings,
+           actor: str, run_context: dict[str, str]) -> dict[str, Any]:
+    """Hot-reload ``champion`` in serving and smoke-test it; on failure restore the previous champion.
+
+    Returns what serving runs now. Raises :class:`airloop.deploy.DeployError` after a rollback so
+    the failure is visible in Airflow (serving keeps answering with the previous model).
+    """
+    from airloop import registry, store
+    from airloop.deploy import DeployError, reload_alias, smoke_test
+
+    client = registry.get_client(settings)
+    champion = registry.alias_version(client, config.model_name, registry.CHAMPION)
+    if champion is None:
+        raise DeployError(f"{config.model_name} has no champion to deploy")
+    records = smoke_records(config, snapshot)
+    try:
+        reload_alias(endpoint, registry.CHAMPION)
+        smoke = smoke_test(endpoint, champion.version, records)
+        log.info("serving at %s runs %s v%s (smoke test: %s records)", endpoint.url, config.model_name, champion.version, smoke["records"])
+        return {"deployed": True, "version": champion.version, "serving_url": endpoint.url}
+    except DeployError as err:
+        previous = promotion.get("previous")
+        log.error("deploy of v%s failed: %s", champion.version, err)
+        if not previous or previous == champion.version or not promotion.get("promoted"):
+            raise
+        client.set_registered_model_alias(config.model_name, registry.CHAMPION, previous)
+        engine = store.get_engine(settings.monitoring_db_uri)
+        store.append_ledger(engine, store.LedgerEntry(
+            idempotency_key=f"{promotion.get('version')}:{run_context.get('dag_run_id')}:deploy-rollback",
+            pipeline=config.name, model_name=config.model_name, action="rollback", alias=registry.CHAMPION,
+            from_version=champion.version, to_version=previous, actor=actor,
+            reason=f"deploy smoke test failed: {err}", dag_id=run_context.get("dag_id"),
+            run_id=run_context.get("dag_run_id"), data_interval_end=run_context.get("as_of")))
+        try:
+            reload_alias(endpoint, registry.CHAMPION)
+        except DeployError as reload_err:
+            log.error("serving could not reload the restored champion v%s: %s", previous, reload_err)
+        raise DeployError(f"deploy of v{champion.version} failed and champion was rolled back to v{previous}: {err}") from err

@@ -1,0 +1,71 @@
+"""Operators: thin adapters from Airflow (context, templating, connections) to airloop stages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+
+class DeployModelOperator(BaseOperator):
+    """Hot-reload the pipeline's ``champion`` in serving, smoke-test it, roll back on failure.
+
+    :param pipeline: pipeline name (``include/pipelines/<name>.yaml``).
+    :param promotion: the promote task's output (XComArg or dict); skipped if nothing was promoted.
+    :param snapshot: the extract task's output (smoke-test records come from it).
+    :param serving_conn_id: connection of the serving process (see :class:`ServingHook`).
+    """
+
+    template_fields: Sequence[str] = ("pipeline", "promotion", "snapshot", "serving_conn_id")
+    ui_color = "#d6f5e3"
+
+    def __init__(self, *, pipeline: str, promotion: Any, snapshot: Any,
+                 serving_conn_id: str = "airloop_serving", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.pipeline = pipeline
+        self.promotion = promotion
+        self.snapshot = snapshot
+        self.serving_conn_id = serving_conn_id
+
+    @cached_property
+    def hook(self):
+        """The serving hook (built lazily, at execute time)."""
+        from airloop_provider.hooks import ServingHook
+
+        return ServingHook(serving_conn_id=self.serving_conn_id)
+
+    def execute(self, context) -> dict[str, Any]:
+        from airflow.exceptions import AirflowSkipException
+
+        from airloop import stages
+        from airloop.config import get_settings, load_pipeline_config
+
+        if not self.promotion.get("promoted"):
+            raise AirflowSkipException(f"nothing to deploy: {self.promotion.get('reason')}")
+        settings = get_settings()
+        config = load_pipeline_config(self.pipeline, settings)
+        self.log.info("deploying %s champion to %s", config.model_name, self.hook.endpoint.url)
+        return stages.deploy(config, self.promotion, self.snapshot, self.hook.endpoint, settings,
+                             actor=run_actor(context), run_context=run_context(context, self.snapshot.get("as_of")))
+
+
+def run_actor(context) -> str:
+    """Who or what started this run: the triggering user, else the run type (scheduled, backfill)."""
+    dag_run = context["dag_run"]
+    user = getattr(dag_run, "triggering_user_name", None)
+    return f"user:{user}" if user else f"airflow:{dag_run.run_type}"
+
+
+def run_context(context, as_of: str | None) -> dict[str, str]:
+    """Lineage fields of the current DAG run (recorded as MLflow tags and in the ledger)."""
+    dag_run = context["dag_run"]
+    conf = dag_run.conf or {}
+    return {
+        "dag_id": dag_run.dag_id,
+        "dag_run_id": dag_run.run_id,
+        "run_type": str(dag_run.run_type),
+        "as_of": as_of or "",
+        "trigger_reason": str(conf.get("reason", "")),
+    }
