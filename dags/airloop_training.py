@@ -83,7 +83,7 @@ def training_dag(pipeline: str):
             except stages.ValidationFailed as err:  # bad data: do not retry, stop before training
                 raise AirflowFailException(str(err)) from err
 
-        @task(multiple_outputs=True)
+        @task
         def prepare_study(snapshot: dict, validation: dict, **context) -> dict:
             from airloop import stages
 
@@ -122,7 +122,7 @@ def training_dag(pipeline: str):
         snapshot = extract()
         validation = validate(snapshot)
         plan = prepare_study(snapshot, validation)
-        workers = train_trials.partial(snapshot=snapshot, plan=plan).expand(worker=plan["workers"])
+        workers = train_trials.partial(snapshot=snapshot, plan=plan).expand(worker=list(range(config.training.n_workers)))
         evaluation = evaluate(snapshot, plan, workers)
         registration = register(snapshot, validation, plan, evaluation)
         promotion = promote(registration, evaluation, snapshot)

@@ -180,29 +180,29 @@ def cmd_stop_serving(args) -> int:
 
 
 # ---------------------------------------------------------------------------------- training
-def run_training(pipeline: str, as_of: str, conf: dict | None = None, use_executor: bool = True) -> tuple[str, float]:
+def run_training(pipeline: str, as_of: str, conf: dict | None = None) -> tuple[str, float]:
     """Run ``<pipeline>__train`` for ``as_of`` through Airflow's ``dag.test``; return (state, seconds).
 
-    With ``use_executor`` the configured executor (LocalExecutor) runs the tasks, so the mapped
-    Optuna workers run in parallel processes as they would under the scheduler.
+    ``dag.test`` runs every task of a real DAG run in this process, one after the other (the
+    mapped Optuna workers too); under the scheduler (``make up``) they run in parallel.
     """
-    from airflow.models.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     settings = get_settings()
-    bag = DagBag(dag_folder=str(settings.root / "dags" / "airloop_training.py"), include_examples=False)
+    bag = DagBag(dag_folder=str(settings.root / "dags" / "airloop_training.py"))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
     dag = bag.get_dag(f"{pipeline}__train")
     logical = datetime.fromisoformat(as_of).replace(tzinfo=timezone.utc)
     started = time.perf_counter()
-    run = dag.test(logical_date=logical, run_conf={"as_of": as_of, **(conf or {})}, use_executor=use_executor)
+    run = dag.test(logical_date=logical, run_conf={"as_of": as_of, **(conf or {})})
     return str(getattr(run, "state", "unknown")), time.perf_counter() - started
 
 
 def cmd_train(args) -> int:
     """Train one interval through Airflow."""
     ensure_secrets(get_settings())
-    state, seconds = run_training(args.pipeline, args.as_of, use_executor=not args.in_process)
+    state, seconds = run_training(args.pipeline, args.as_of)
     print(f"{args.pipeline}__train as of {args.as_of}: {state} in {seconds:.0f} s")
     return 0 if state == "success" else 1
 
@@ -298,7 +298,6 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train")
     p.add_argument("--pipeline", default="claims_fraud")
     p.add_argument("--as-of", required=True)
-    p.add_argument("--in-process", action="store_true", help="run tasks in this process (no executor)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("demo")
     p.add_argument("--pipeline", default="claims_fraud")

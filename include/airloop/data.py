@@ -6,9 +6,10 @@ the fingerprint hash, it is written under a temporary name and renamed into plac
 never sees a partial snapshot and re-running the same interval on the same data yields the same
 folder. Days are kept apart so that validation can judge (and quarantine) each day on its own.
 
-Point-in-time correctness: a run "as of" day D reads the days ``[D - window, D)`` and keeps only
-rows whose label was known before D (``label_timestamp`` in the pipeline config), so a backfill
-of D sees exactly what a scheduled run on D saw.
+Point-in-time correctness: a run "as of" day D reads the days ``[D - window, D)``. The snapshot
+keeps every row as the source had it (validation judges whole days); :func:`load_snapshot` then
+keeps only rows whose label was known before D (``label_timestamp`` in the pipeline config), so a
+backfill of D trains on exactly what a scheduled run on D saw.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def extract_window(
             continue
         frame = read_partition(config, day, settings)
         if frame is not None:
-            frames[day] = apply_label_cutoff(config, frame, as_of)
+            frames[day] = frame
     if not frames:
         raise ExtractError(
             f"{config.name}: no partitions under {resolve_source_path(config, settings)} "
@@ -172,7 +173,8 @@ def load_snapshot_days(snapshot: Snapshot | dict) -> dict[date, pd.DataFrame]:
 
 
 def load_snapshot(snapshot: Snapshot | dict, config: PipelineConfig) -> pd.DataFrame:
-    """Read a snapshot as one frame sorted by timestamp (for training, after validation)."""
+    """Read a snapshot for training: one frame sorted by timestamp, only rows labelled by as-of."""
     frames = load_snapshot_days(snapshot)
-    frame = pd.concat(frames.values(), ignore_index=True)
+    as_of = date.fromisoformat(snapshot["as_of"] if isinstance(snapshot, dict) else snapshot.as_of)
+    frame = apply_label_cutoff(config, pd.concat(frames.values(), ignore_index=True), as_of)
     return frame.sort_values([config.timestamp, config.id_column], kind="stable").reset_index(drop=True)
