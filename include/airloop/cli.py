@@ -7,6 +7,7 @@ Commands:
   start-serving / stop-serving   the same in the background (pid file in the state folder)
   train       run a pipeline's training DAG for one as-of day through Airflow (dag.test)
   demo        simulate + serve + train + bad-data day + summary
+  up          serving, MLflow UI and `airflow standalone` for a person to use
   summary     print where to look and what the loop did
 """
 
@@ -21,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 from airloop.config import Settings, get_settings, load_pipeline_config
@@ -281,6 +282,79 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def airflow_login(settings: Settings) -> str:
+    """The generated Airflow UI login (simple auth manager), once ``airflow standalone`` made it."""
+    path = settings.state_dir / "airflow" / "simple_auth_manager_passwords.json.generated"
+    try:
+        users = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return f"(not generated yet: see {path})"
+    return ", ".join(f"{user} / {password}" for user, password in users.items())
+
+
+def cmd_up(args) -> int:
+    """Start serving (background), the MLflow UI and ``airflow standalone``; Ctrl-C stops the UIs."""
+    import httpx
+
+    settings = get_settings()
+    ensure_secrets(settings)
+    if cmd_start_serving(args) != 0:
+        return 1
+    logs = settings.state_dir / "logs"
+    mlflow_port = os.environ.get("MLFLOW_PORT", "5000")
+    airflow_port = os.environ.get("AIRFLOW_PORT", "8080")
+    bin_dir = Path(sys.executable).parent
+    procs = {
+        "mlflow": subprocess.Popen(
+            [str(bin_dir / "mlflow"), "server", "--backend-store-uri", settings.mlflow_tracking_uri,
+             "--default-artifact-root", settings.mlflow_artifact_root, "--host", "127.0.0.1", "--port", mlflow_port],
+            stdout=open(logs / "mlflow.log", "ab"), stderr=subprocess.STDOUT, cwd=settings.root),
+        "airflow": subprocess.Popen(
+            [str(bin_dir / "airflow"), "standalone"], env={**os.environ, "AIRFLOW__API__PORT": airflow_port},
+            stdout=open(logs / "airflow-standalone.log", "ab"), stderr=subprocess.STDOUT, cwd=settings.root),
+    }
+    urls = {"airflow": f"http://127.0.0.1:{airflow_port}", "mlflow": f"http://127.0.0.1:{mlflow_port}"}
+    deadline = time.monotonic() + 240
+    pending = set(urls)
+    while pending and time.monotonic() < deadline:
+        for name in list(pending):
+            if procs[name].poll() is not None:
+                print(f"{name} exited ({procs[name].returncode}); see {logs}", file=sys.stderr)
+                pending.discard(name)
+                continue
+            try:
+                if httpx.get(urls[name], timeout=2).status_code < 500:
+                    pending.discard(name)
+            except httpx.HTTPError:
+                pass
+        time.sleep(1)
+    print("\n".join([
+        "", "airloop is up:",
+        f"  Airflow UI   {urls['airflow']}   login: {airflow_login(settings)}",
+        f"  MLflow UI    {urls['mlflow']}",
+        f"  Serving      {settings.serving_url}/docs   (admin token in {secrets_file(settings)})",
+        f"  Logs         {logs}",
+        "Unpause and trigger a DAG from the Airflow UI (Trigger -> form). Ctrl-C stops Airflow and MLflow;",
+        "`make down` stops serving.",
+    ]))
+    try:
+        while all(p.poll() is None for p in procs.values()):
+            time.sleep(2)
+        print("a component exited; stopping the others", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -294,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_simulate)
     sub.add_parser("serve").set_defaults(func=cmd_serve)
     sub.add_parser("start-serving").set_defaults(func=cmd_start_serving)
+    sub.add_parser("up").set_defaults(func=cmd_up)
     sub.add_parser("stop-serving").set_defaults(func=cmd_stop_serving)
     p = sub.add_parser("train")
     p.add_argument("--pipeline", default="claims_fraud")

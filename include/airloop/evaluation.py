@@ -21,7 +21,7 @@ def holdout_metrics(config: PipelineConfig, model, holdout: pd.DataFrame) -> dic
     from sklearn import metrics as m
 
     X, y = features_and_target(config, holdout)
-    out: dict[str, float] = {"holdout_rows": float(len(holdout))}
+    out: dict[str, float] = {"rows": float(len(holdout))}
     if config.task == "regression":
         pred = model.predict(X)
         out |= {

@@ -18,13 +18,6 @@ log = logging.getLogger(__name__)
 KEY_TAG = "airloop.interval_key"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-#: Types beyond skops' built-in safe set that our scikit-learn pipelines need. A registered model
-#: that declares any other trusted type is refused at load time (see :func:`check_skops_flavor`).
-SKOPS_TRUSTED_TYPES = [
-    "numpy.dtype",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "sklearn.tree._tree.Tree",
-]
 
 
 def interval_key(config: PipelineConfig, as_of: str) -> str:
@@ -42,9 +35,14 @@ def configure_mlflow(settings: Settings) -> None:
 
 
 def get_client(settings: Settings):
-    """An MlflowClient bound explicitly to the configured stores."""
+    """An MlflowClient bound explicitly to the configured stores.
+
+    The fluent API is pointed there too: MLflow resolves ``models:/m-…`` sources of new model
+    versions through the global tracking URI, whatever the client says.
+    """
     from mlflow import MlflowClient
 
+    configure_mlflow(settings)
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_registry_uri)
 
 
@@ -150,30 +148,13 @@ def alias_version(client, model_name: str, alias: str):
         return None
 
 
-class UnsafeModelError(RuntimeError):
-    """A registered model is not in the safe skops format or trusts types we do not allow."""
-
-
-def check_skops_flavor(mlmodel_flavors: dict[str, Any], uri: str) -> None:
-    """Refuse anything but the skops format with our allow-listed trusted types."""
-    conf = mlmodel_flavors.get("sklearn") or {}
-    if conf.get("serialization_format") != "skops":
-        raise UnsafeModelError(f"{uri}: serialization format {conf.get('serialization_format')!r} "
-                               "is not allowed (only skops: pickle can run arbitrary code on load)")
-    extra = set(conf.get("skops_trusted_types") or []) - set(SKOPS_TRUSTED_TYPES)
-    if extra:
-        raise UnsafeModelError(f"{uri}: declares untrusted skops types {sorted(extra)}")
-
-
 def load_sklearn_model(settings: Settings, model_name: str, version: str):
-    """Load a registered scikit-learn model, only if saved with skops and allow-listed types."""
-    import mlflow.sklearn
-    from mlflow.models import get_model_info
+    """Load a registered scikit-learn model the way serving does: skops only, vetted types only
+    (``mlflow.sklearn.load_model`` would trust the type list the model file declares itself)."""
+    from airloop.serving import read_model_version
 
-    configure_mlflow(settings)
-    uri = f"models:/{model_name}/{version}"
-    check_skops_flavor(get_model_info(uri).flavors, uri)
-    return mlflow.sklearn.load_model(uri)
+    estimator, _, _ = read_model_version(get_client(settings), settings, model_name, version)
+    return estimator
 
 
 def run_metrics(client, run_id: str) -> dict[str, float]:

@@ -156,8 +156,6 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
     """Refit the best trial, score it and the champion on the same holdout, log model + plots."""
     import mlflow
     import mlflow.sklearn
-    from mlflow.models import infer_signature
-
     from airloop import registry
     from airloop.data import load_snapshot
     from airloop.evaluation import holdout_metrics, json_safe, predict_latency_ms, write_plots
@@ -177,16 +175,18 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
     if champion_version is not None:
         try:
             champ_model = registry.load_sklearn_model(settings, config.model_name, champion_version.version)
-            champion = {"version": champion_version.version, "metrics": json_safe(holdout_metrics(config, champ_model, holdout))}
+            champion = {"version": str(champion_version.version), "metrics": json_safe(holdout_metrics(config, champ_model, holdout))}
         except Exception as err:  # noqa: BLE001 - a champion that cannot score is recorded, not fatal
             champion_error = f"{type(err).__name__}: {err}"
             log.warning("champion v%s could not score the holdout: %s", champion_version.version, champion_error)
 
     registry.configure_mlflow(settings)
+    from airloop.serving import skops_trusted_types
+
     X_train, _ = features_and_target(config, train)
     example = X_train.head(5)
     predict = model.predict_proba if config.task != "regression" else model.predict
-    signature = infer_signature(X_train.head(500), predict(X_train.head(500)))
+    signature = model_signature(config, predict(X_train.head(50)))
     with mlflow.start_run(run_id=plan["parent_run_id"]):
         mlflow.log_params({"best_estimator": best["family"], **{f"best.{k}": v for k, v in best["params"].items()},
                            "best_trial": best["number"], "n_finished_trials": best["n_finished"]})
@@ -202,7 +202,7 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
                  "best": best, "holdout_rows": len(holdout), "train_rows": len(train)}, indent=2, default=str))
             mlflow.log_artifact(str(Path(tmp) / "evaluation.json"))
         info = mlflow.sklearn.log_model(model, name="model", serialization_format="skops",
-                                        skops_trusted_types=registry.SKOPS_TRUSTED_TYPES,
+                                        skops_trusted_types=skops_trusted_types(model),
                                         signature=signature, input_example=example)
     return {
         "run_id": plan["parent_run_id"],
@@ -212,6 +212,20 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
         "champion": champion,
         "champion_error": champion_error,
     }
+
+
+def model_signature(config: PipelineConfig, output_example):
+    """MLflow signature from the pipeline's schema: numbers as double, categories as string;
+    a column may be null in requests only if the config tolerates nulls for it."""
+    from mlflow.models import infer_signature
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([
+        ColSpec("string" if spec.type == "category" else "double", name, required=spec.max_null_fraction == 0)
+        for name, spec in config.features.items()
+    ])
+    return ModelSignature(inputs=inputs, outputs=infer_signature(None, output_example).outputs)
 
 
 # ----------------------------------------------------------------------------------- register
@@ -261,7 +275,7 @@ def promote(config: PipelineConfig, registration: dict[str, Any], evaluation: di
     client = registry.get_client(settings)
     version = registration["version"]
     current = registry.alias_version(client, config.model_name, registry.CHAMPION)
-    previous = current.version if current is not None else None
+    previous = str(current.version) if current is not None else None
     champion_metrics = (evaluation.get("champion") or {}).get("metrics")
     decision = evaluate_gates(config, evaluation["metrics"], champion_metrics, evaluation.get("champion_error"), force)
     if decision.promote and previous != version:
@@ -304,30 +318,31 @@ def deploy(config: PipelineConfig, promotion: dict[str, Any], snapshot: dict[str
     from airloop.deploy import DeployError, reload_alias, smoke_test
 
     client = registry.get_client(settings)
-    champion = registry.alias_version(client, config.model_name, registry.CHAMPION)
-    if champion is None:
+    champion_version = registry.alias_version(client, config.model_name, registry.CHAMPION)
+    if champion_version is None:
         raise DeployError(f"{config.model_name} has no champion to deploy")
+    version = str(champion_version.version)
     records = smoke_records(config, snapshot)
     try:
         reload_alias(endpoint, registry.CHAMPION)
-        smoke = smoke_test(endpoint, champion.version, records)
-        log.info("serving at %s runs %s v%s (smoke test: %s records)", endpoint.url, config.model_name, champion.version, smoke["records"])
-        return {"deployed": True, "version": champion.version, "serving_url": endpoint.url}
+        smoke = smoke_test(endpoint, version, records)
+        log.info("serving at %s runs %s v%s (smoke test: %s records)", endpoint.url, config.model_name, version, smoke["records"])
+        return {"deployed": True, "version": version, "serving_url": endpoint.url}
     except DeployError as err:
         previous = promotion.get("previous")
-        log.error("deploy of v%s failed: %s", champion.version, err)
-        if not previous or previous == champion.version or not promotion.get("promoted"):
-            raise
+        log.error("deploy of v%s failed: %s", version, err)
+        if not promotion.get("promoted") or not previous or str(promotion.get("version")) != version:
+            raise  # not our promotion to undo (nothing promoted, first model, or champion moved since)
         client.set_registered_model_alias(config.model_name, registry.CHAMPION, previous)
         engine = store.get_engine(settings.monitoring_db_uri)
         store.append_ledger(engine, store.LedgerEntry(
             idempotency_key=f"{promotion.get('version')}:{run_context.get('dag_run_id')}:deploy-rollback",
             pipeline=config.name, model_name=config.model_name, action="rollback", alias=registry.CHAMPION,
-            from_version=champion.version, to_version=previous, actor=actor,
+            from_version=version, to_version=previous, actor=actor,
             reason=f"deploy smoke test failed: {err}", dag_id=run_context.get("dag_id"),
             run_id=run_context.get("dag_run_id"), data_interval_end=run_context.get("as_of")))
         try:
             reload_alias(endpoint, registry.CHAMPION)
         except DeployError as reload_err:
             log.error("serving could not reload the restored champion v%s: %s", previous, reload_err)
-        raise DeployError(f"deploy of v{champion.version} failed and champion was rolled back to v{previous}: {err}") from err
+        raise DeployError(f"deploy of v{version} failed and champion was rolled back to v{previous}: {err}") from err

@@ -11,7 +11,6 @@ child run, written in a single batched call (params, metrics and tags together).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -255,7 +254,9 @@ def run_worker(
 
     The budget is global: ``n_trials`` finished (complete or pruned) trials across all workers
     and runs, enforced by :class:`optuna.study.MaxTrialsCallback`, so a re-run or a retried
-    worker only tops the study up. ``tracker(trial, family, params, scores, state, seconds)``
+    worker only tops the study up. Workers running side by side each pull trials until the
+    budget is met (at most ``n_workers - 1`` trials in flight can overshoot it); a worker that
+    runs alone, as under ``dag.test``, does the whole remaining budget. ``tracker(trial, family, params, scores, state, seconds)``
     is called once per trial (MLflow logging).
     """
     from optuna.study import MaxTrialsCallback
@@ -268,11 +269,10 @@ def run_worker(
     remaining = n_trials - finished_trials(study)
     ran = 0
     if remaining > 0:
-        share = math.ceil(remaining / n_workers)
         before = len(study.get_trials(deepcopy=False))
         study.optimize(
             make_objective(config, X, y, on_trial_end=tracker),
-            n_trials=share,
+            n_trials=remaining,
             timeout=timeout_s,
             callbacks=[MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))],
             catch=(ValueError, ArithmeticError),

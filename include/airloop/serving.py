@@ -1,0 +1,887 @@
+"""Model serving: a FastAPI app that answers predictions with the registry's champion model.
+
+Run it with ``uvicorn --factory airloop.serving:create_app``. One app serves one pipeline (default
+``Settings.default_pipeline``); its registered model ``models:/<name>@champion`` is loaded at
+startup from the MLflow registry named in :class:`~airloop.config.Settings`, through an explicit
+:class:`mlflow.MlflowClient` (no global MLflow state is touched, so several apps can live in one
+process).
+
+Loading is deliberately strict, because deserialising a model is code execution in disguise:
+
+* only models stored in the **skops** format are served (pickle/cloudpickle are refused);
+* the types a skops file needs beyond skops' defaults are vetted here: only *classes* from the
+  ``sklearn`` and ``numpy`` packages are trusted. The allow-list stored in the model's own MLmodel
+  file is ignored, since a crafted model could whitelist anything there. (This is why the model
+  file is loaded with :func:`skops.io.load` after the vetting, not with
+  ``mlflow.sklearn.load_model``: that function trusts the MLmodel's list and also requires the
+  process-wide ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true``, which would open pickle loading too.)
+* every request record is validated against the model's MLflow signature with a pydantic model
+  built once per loaded version (unknown fields are refused, non-required columns may be null);
+* a new version (``POST /reload``) is loaded beside the serving one, smoke-tested on its stored
+  input example through the very same request path, and only then swapped in by one reference
+  assignment; on failure the old version keeps serving.
+
+Endpoints: ``POST /predict``, ``GET /health``, ``GET /ready``, ``GET /model``, ``POST /reload``
+(``Authorization: Bearer <AIRLOOP_ADMIN_TOKEN>``) and ``GET /metrics`` (Prometheus, one registry
+per app).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import secrets
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Annotated, Any, AsyncIterator
+
+import anyio.to_thread
+import numpy as np
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
+
+from airloop.config import PipelineConfig, Settings, get_settings, load_pipeline_config
+
+log = logging.getLogger(__name__)
+
+#: Largest number of records one ``POST /predict`` may carry.
+MAX_BATCH_RECORDS = 10_000
+#: Batches larger than this are predicted in a worker thread so the event loop stays responsive.
+INLINE_BATCH_RECORDS = 256
+#: At most this many field errors are returned in one 422 answer.
+MAX_REPORTED_ERRORS = 100
+#: How long app startup waits for the first model load before serving anyway (not ready).
+STARTUP_LOAD_WAIT_S = 30.0
+#: The registry alias served by default.
+DEFAULT_ALIAS = "champion"
+#: Top-level packages whose classes may be instantiated from a skops file.
+TRUSTED_SKOPS_PACKAGES: frozenset[str] = frozenset({"sklearn", "numpy"})
+
+_ENDPOINTS = frozenset({"/predict", "/health", "/ready", "/model", "/reload", "/metrics"})
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+class ModelLoadError(RuntimeError):
+    """A model version could not be resolved, loaded or smoke-tested.
+
+    ``outcome`` is a short machine label (``not_found``, ``rejected``, ``unavailable``, ``busy``,
+    ``error``) and ``status_code`` the HTTP status ``POST /reload`` answers with.
+    """
+
+    def __init__(self, message: str, *, outcome: str = "rejected", status_code: int = 409) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.status_code = status_code
+
+
+class UntrustedModelError(ModelLoadError):
+    """The model file is not skops, or needs types outside the sklearn/numpy allow-list."""
+
+
+class RecordValidationError(ValueError):
+    """Request records do not match the model signature; ``errors`` are field-level dicts."""
+
+    def __init__(self, errors: list[dict[str, Any]], status_code: int = 422) -> None:
+        super().__init__(f"{len(errors)} invalid field(s)")
+        self.errors = errors
+        self.status_code = status_code
+
+
+# --------------------------------------------------------------------------------------------
+# skops: vetting the types a model file needs
+# --------------------------------------------------------------------------------------------
+
+
+def _is_trusted_type_name(type_name: str) -> bool:
+    """True when ``type_name`` names a class defined in an allowed package (never a function)."""
+    module_name, _, attr = type_name.rpartition(".")
+    if not module_name or module_name.split(".", 1)[0] not in TRUSTED_SKOPS_PACKAGES:
+        return False
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(obj, type)
+
+
+def vet_skops_types(type_names: Iterable[str]) -> list[str]:
+    """Return ``type_names`` sorted if every one is a sklearn/numpy class; else raise.
+
+    Raises :class:`UntrustedModelError` listing the refused names (functions, builtins, any other
+    package, names that do not resolve).
+    """
+    names = sorted(set(type_names))
+    refused = [name for name in names if not _is_trusted_type_name(name)]
+    if refused:
+        raise UntrustedModelError(
+            f"model file needs types outside the trusted packages {sorted(TRUSTED_SKOPS_PACKAGES)}: {refused}"
+        )
+    return names
+
+
+def skops_trusted_types(sk_model: Any) -> list[str]:
+    """The vetted ``skops_trusted_types`` to pass to ``mlflow.sklearn.log_model`` for ``sk_model``.
+
+    MLflow reloads a skops dump right after writing it and fails unless every non-default type is
+    listed (e.g. ``numpy.dtype`` for any fitted pipeline, ``sklearn.tree._tree.Tree`` for forests,
+    ``...predictor.TreePredictor`` for hist gradient boosting). This computes that list from a
+    dump of ``sk_model`` and refuses anything the serving process would refuse too.
+    """
+    import skops.io
+
+    return vet_skops_types(skops.io.get_untrusted_types(data=skops.io.dumps(sk_model)))
+
+
+def load_skops_file(path: str) -> Any:
+    """Load a skops file, trusting only vetted sklearn/numpy classes (see :func:`vet_skops_types`)."""
+    import skops.io
+
+    try:
+        trusted = vet_skops_types(skops.io.get_untrusted_types(file=path))
+        return skops.io.load(path, trusted=trusted)
+    except ModelLoadError:
+        raise
+    except Exception as err:  # corrupt zip, unknown node types, skops/sklearn incompatibility...
+        raise ModelLoadError(f"cannot read model file {os.path.basename(path)}: {type(err).__name__}: {err}") from err
+
+
+# --------------------------------------------------------------------------------------------
+# Request records: a pydantic model built from the MLflow signature
+# --------------------------------------------------------------------------------------------
+
+
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _field_type(data_type: Any) -> Any:
+    """Pydantic type for one MLflow column type (JSON-strict: no strings for numbers)."""
+    from mlflow.types import DataType
+
+    if not isinstance(data_type, DataType):
+        raise ModelLoadError(f"unsupported column type in the model signature: {data_type}")
+    if data_type is DataType.boolean:
+        return StrictBool
+    if data_type in (DataType.integer, DataType.long):
+        low, high = _INT32 if data_type is DataType.integer else _INT64
+        return Annotated[int, Strict(), Field(ge=low, le=high)]
+    if data_type in (DataType.float, DataType.double):
+        return Annotated[float, Strict(), Field(allow_inf_nan=False)]
+    if data_type is DataType.string:
+        return StrictStr
+    if data_type is DataType.datetime:
+        return datetime
+    if data_type is DataType.binary:
+        return bytes
+    raise ModelLoadError(f"unsupported column type in the model signature: {data_type}")
+
+
+@dataclass(frozen=True, slots=True)
+class InputColumn:
+    """One signature column: its name, MLflow type, whether it is required, and its attribute."""
+
+    name: str
+    type: str
+    required: bool
+    attr: str
+    numpy_dtype: np.dtype | None
+
+
+def _to_array(column: InputColumn, values: list[Any]) -> Any:
+    """Column values as the array the model was trained on (nulls become NaN)."""
+    if column.type == "datetime":
+        return pd.to_datetime(values)
+    dtype = column.numpy_dtype
+    has_null = None in values
+    if dtype is None or (has_null and dtype.kind == "b"):  # strings, bytes, nullable booleans
+        if has_null:
+            values = [np.nan if v is None else v for v in values]
+        return np.array(values, dtype=object)
+    if has_null and dtype.kind in "iu":  # a nullable integer column travels as float, like pandas
+        return np.array(values, dtype=np.float64)
+    return np.array(values, dtype=dtype)  # floats: None -> NaN
+
+
+class RecordSchema:
+    """Validates request records against a model signature and turns them into a DataFrame."""
+
+    def __init__(self, signature_inputs: Any, title: str = "Record") -> None:
+        """Build the pydantic model from ``signature.inputs`` (an MLflow column-based Schema)."""
+        from mlflow.types import DataType
+
+        if signature_inputs is None or signature_inputs.is_tensor_spec():
+            raise ModelLoadError("the model signature must describe named columns (not tensors)")
+        columns: list[InputColumn] = []
+        fields: dict[str, Any] = {}
+        for i, spec in enumerate(signature_inputs.inputs):
+            if spec.name is None:
+                raise ModelLoadError("the model signature has an unnamed input column")
+            py_type = _field_type(spec.type)
+            attr = f"c{i}"
+            if spec.required:
+                fields[attr] = (py_type, Field(..., alias=spec.name))
+            else:
+                fields[attr] = (py_type | None, Field(None, alias=spec.name))
+            numpy_dtype = None
+            if spec.type not in (DataType.string, DataType.binary, DataType.datetime):
+                numpy_dtype = np.dtype(spec.type.to_numpy())
+            columns.append(InputColumn(spec.name, spec.type.name, bool(spec.required), attr, numpy_dtype))
+        self.columns: tuple[InputColumn, ...] = tuple(columns)
+        self.names: list[str] = [c.name for c in columns]
+        self.model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+            title, __config__=ConfigDict(extra="forbid", populate_by_name=False), **fields
+        )
+        self._many = TypeAdapter(list[self.model])  # type: ignore[name-defined]
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The input columns as JSON-friendly dicts."""
+        return [{"name": c.name, "type": c.type, "required": c.required} for c in self.columns]
+
+    def validate(self, records: list[Any]) -> list[BaseModel]:
+        """Validate ``records``; raise :class:`RecordValidationError` with field-level messages."""
+        try:
+            if len(records) == 1:
+                return [self.model.model_validate(records[0])]
+            return self._many.validate_python(records)
+        except ValidationError as err:
+            raise RecordValidationError(_field_errors(err, single=len(records) == 1)) from None
+
+    def to_frame(self, rows: Sequence[BaseModel]) -> pd.DataFrame:
+        """One DataFrame with the signature's columns, dtypes and order."""
+        dicts = [row.__dict__ for row in rows]
+        data = {c.name: _to_array(c, [d[c.attr] for d in dicts]) for c in self.columns}
+        return pd.DataFrame(data, columns=self.names, copy=False)
+
+
+def _field_errors(err: ValidationError, single: bool) -> list[dict[str, Any]]:
+    """Convert a pydantic error into ``[{"record", "field", "message"}]`` (capped)."""
+    out = []
+    for e in err.errors(include_url=False)[:MAX_REPORTED_ERRORS]:
+        loc = list(e["loc"])
+        record = 0 if single else (loc.pop(0) if loc and isinstance(loc[0], int) else None)
+        field_name = ".".join(str(p) for p in loc) or None
+        out.append({"record": record, "field": field_name, "message": e["msg"]})
+    return out
+
+
+def _request_error(message: str, status_code: int = 422) -> RecordValidationError:
+    return RecordValidationError([{"record": None, "field": None, "message": message}], status_code)
+
+
+def parse_predict_body(body: bytes) -> tuple[list[Any], bool]:
+    """Split a ``/predict`` body into records; return ``(records, is_batch)``.
+
+    A body is one record (a JSON object) or ``{"records": [ ... ]}`` with 1..MAX_BATCH_RECORDS
+    items. Raises :class:`RecordValidationError` (422, or 413 for an oversized batch).
+    """
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise _request_error(f"body is not valid JSON: {err}") from None
+    if not isinstance(payload, dict):
+        raise _request_error('body must be a JSON object (one record) or {"records": [ ... ]}')
+    if payload.keys() == {"records"}:
+        records = payload["records"]
+        if not isinstance(records, list) or not records:
+            raise _request_error('"records" must be a non-empty list of records')
+        if len(records) > MAX_BATCH_RECORDS:
+            raise _request_error(f"at most {MAX_BATCH_RECORDS} records per request, got {len(records)}", 413)
+        return records, True
+    return [payload], False
+
+
+# --------------------------------------------------------------------------------------------
+# The loaded model
+# --------------------------------------------------------------------------------------------
+
+
+class Predictor:
+    """Runs a fitted sklearn estimator or Pipeline; transforms the input once for label + proba."""
+
+    def __init__(self, estimator: Any) -> None:
+        """Split a Pipeline into its transform steps and final estimator (shared objects)."""
+        from sklearn.pipeline import Pipeline
+
+        if not hasattr(estimator, "predict"):
+            raise ModelLoadError(f"the model ({type(estimator).__name__}) has no predict()")
+        self.estimator = estimator
+        self._pre: Any = None
+        self._final: Any = estimator
+        if isinstance(estimator, Pipeline) and len(estimator.steps) > 1:
+            final = estimator.steps[-1][1]
+            if final not in (None, "passthrough") and hasattr(final, "predict"):
+                self._pre, self._final = estimator[:-1], final
+        self.is_classifier = hasattr(self._final, "predict_proba") and hasattr(self._final, "classes_")
+        self.class_keys: list[str] = [str(c) for c in self._final.classes_] if self.is_classifier else []
+
+    def predict(self, frame: pd.DataFrame) -> list[dict[str, Any]]:
+        """``[{"prediction": ..., "probabilities": {class: p}}]`` (probabilities for classifiers)."""
+        features = self._pre.transform(frame) if self._pre is not None else frame
+        labels = np.asarray(self._final.predict(features)).tolist()
+        if not self.is_classifier:
+            return [{"prediction": label} for label in labels]
+        keys = self.class_keys
+        proba = np.asarray(self._final.predict_proba(features)).tolist()
+        return [{"prediction": label, "probabilities": dict(zip(keys, row))} for label, row in zip(labels, proba)]
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """One registered model version loaded in memory, with its request schema."""
+
+    name: str
+    version: str
+    alias: str | None
+    aliases: tuple[str, ...]
+    run_id: str | None
+    source: str
+    loaded_at: datetime
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    schema: RecordSchema
+    predictor: Predictor
+    input_example: pd.DataFrame = field(repr=False)
+
+    def ref(self) -> dict[str, Any]:
+        """``{"name", "version", "alias"}`` as returned with every prediction."""
+        return {"name": self.name, "version": self.version, "alias": self.alias}
+
+    def describe(self) -> dict[str, Any]:
+        """Everything ``GET /model`` reports."""
+        return {
+            **self.ref(),
+            "aliases": list(self.aliases),
+            "run_id": self.run_id,
+            "source": self.source,
+            "loaded_at": self.loaded_at.isoformat(),
+            "metrics": self.metrics,
+            "tags": self.tags,
+            "task": "classification" if self.predictor.is_classifier else "regression",
+            "classes": self.predictor.class_keys or None,
+            "inputs": self.schema.describe(),
+        }
+
+    def predict_records(self, records: list[Any]) -> list[dict[str, Any]]:
+        """Validate ``records`` and predict them (the whole request path, minus HTTP)."""
+        rows = self.schema.validate(records)
+        return self.predictor.predict(self.schema.to_frame(rows))
+
+
+def _example_records(example: pd.DataFrame) -> list[Any]:
+    """The input example as a client would send it (JSON round trip: NaN -> null, ISO dates)."""
+    return json.loads(example.to_json(orient="records", date_format="iso"))
+
+
+def smoke_test(model: ServedModel) -> None:
+    """Predict the model's stored input example through the request path; raise on any problem."""
+    records = _example_records(model.input_example)
+    try:
+        predictions = model.predict_records(records)
+    except RecordValidationError as err:
+        raise ModelLoadError(f"smoke test: the input example does not match the signature: {err.errors[:3]}") from None
+    except Exception as err:
+        raise ModelLoadError(f"smoke test: predicting the input example failed: {type(err).__name__}: {err}") from err
+    if len(predictions) != len(records):
+        raise ModelLoadError(f"smoke test: {len(predictions)} predictions for {len(records)} records")
+    for item in predictions:
+        values = list(item.get("probabilities", {}).values())
+        if isinstance(item["prediction"], float):
+            values.append(item["prediction"])
+        if not all(math.isfinite(v) for v in values):
+            raise ModelLoadError(f"smoke test: non-finite output {item}")
+
+
+def _read_input_example(mlmodel: Any, local_dir: str) -> pd.DataFrame:
+    """The stored input example as a DataFrame (a model without one is refused)."""
+    try:
+        example = mlmodel.load_input_example(local_dir)
+    except Exception as err:
+        raise ModelLoadError(f"cannot read the model's input example: {err}") from err
+    if example is None:
+        raise ModelLoadError("the model has no input example to smoke-test (log it with input_example=...)")
+    if isinstance(example, dict):
+        example = pd.DataFrame([example])
+    if not isinstance(example, pd.DataFrame) or example.empty:
+        raise ModelLoadError(f"the input example must be a non-empty table, not {type(example).__name__}")
+    return example
+
+
+def load_model_dir(local_dir: str) -> tuple[Any, RecordSchema, pd.DataFrame]:
+    """Read a downloaded MLflow model folder: ``(estimator, schema, input_example)``.
+
+    Checks the sklearn flavour is stored as skops, loads it with vetted types only, builds the
+    request schema from the signature and reads the input example.
+    """
+    from mlflow.models import Model
+
+    try:
+        mlmodel = Model.load(os.path.join(local_dir, "MLmodel"))
+    except Exception as err:
+        raise ModelLoadError(f"cannot read MLmodel: {type(err).__name__}: {err}") from err
+    flavor = mlmodel.flavors.get("sklearn")
+    if flavor is None:
+        raise ModelLoadError(f"not an sklearn model (flavours: {sorted(mlmodel.flavors)})")
+    if flavor.get("serialization_format") != "skops":
+        raise UntrustedModelError(
+            f"refusing serialization format {flavor.get('serialization_format')!r}: only 'skops' models are served"
+        )
+    if mlmodel.signature is None:
+        raise ModelLoadError("the model has no signature (log it with signature=infer_signature(...))")
+    schema = RecordSchema(mlmodel.signature.inputs)
+    model_file = os.path.join(local_dir, flavor.get("pickled_model", "model.skops"))
+    estimator = load_skops_file(model_file)
+    return estimator, schema, _read_input_example(mlmodel, local_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def read_model_version(client: Any, settings: Settings, model_name: str, version: str) -> tuple[Any, RecordSchema, pd.DataFrame]:
+    """Read a registered version's model folder safely: in place when local, else downloaded to a
+    temp folder. Returns ``(estimator, schema, input_example)``; see :func:`load_model_dir`."""
+    import mlflow.artifacts
+
+    try:
+        download_uri = client.get_model_version_download_uri(model_name, version)
+    except Exception as err:
+        raise ModelLoadError(f"cannot locate artifacts of version {version}: {err}") from err
+    local = _existing_local_dir(download_uri)
+    if local is not None:
+        return load_model_dir(local)
+    with tempfile.TemporaryDirectory(prefix="airloop-serving-") as tmp:
+        try:
+            local_dir = mlflow.artifacts.download_artifacts(
+                artifact_uri=download_uri,
+                dst_path=tmp,
+                tracking_uri=settings.mlflow_tracking_uri,
+                registry_uri=settings.mlflow_registry_uri or settings.mlflow_tracking_uri,
+            )
+        except Exception as err:
+            raise ModelLoadError(f"cannot download version {version} from {download_uri}: {err}") from err
+        return load_model_dir(local_dir)
+
+
+class ServingMetrics:
+    """Prometheus metrics of one app, in their own :class:`CollectorRegistry`."""
+
+    def __init__(self) -> None:
+        """Create the registry and the metrics."""
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "airloop_serving_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "airloop_serving_prediction_latency_seconds", "Time to validate and predict one request.",
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.records = Counter(
+            "airloop_serving_records_predicted", "Records predicted.", registry=self.registry
+        )
+        self.model_info = Gauge(
+            "airloop_serving_model_info", "The loaded model version (value 1).", ["name", "version", "alias"],
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "airloop_serving_model_version", "Version number of the loaded model (0 = none).", ["name"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "airloop_serving_reloads", "POST /reload calls by outcome.", ["outcome"], registry=self.registry
+        )
+
+    def set_model(self, model: ServedModel) -> None:
+        """Point the model gauges at ``model``."""
+        self.model_info.clear()
+        self.model_info.labels(model.name, model.version, model.alias or "").set(1)
+        self.model_version.labels(model.name).set(float(model.version) if model.version.isdigit() else 0.0)
+
+    def render(self) -> bytes:
+        """Prometheus text exposition."""
+        return generate_latest(self.registry)
+
+
+class _RequestCounter:
+    """Pure ASGI middleware counting responses by endpoint and status (cheaper than BaseHTTPMiddleware)."""
+
+    def __init__(self, app: Any, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(
+        self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_and_record(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            path = scope.get("path", "")
+            self.metrics.requests.labels(path if path in _ENDPOINTS else "other", str(status)).inc()
+
+
+# --------------------------------------------------------------------------------------------
+# Registry access, loading and swapping
+# --------------------------------------------------------------------------------------------
+
+
+def _existing_local_dir(uri: str) -> str | None:
+    """The folder a plain path or ``file:`` URI names, if it exists (else ``None``)."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "file":
+        path = urllib.request.url2pathname(parsed.path)
+    elif parsed.scheme == "":
+        path = uri
+    else:
+        return None
+    return path if os.path.isdir(path) else None
+
+
+class ModelManager:
+    """Holds the served model of one app; loads new versions beside it and swaps atomically."""
+
+    def __init__(self, settings: Settings, config: PipelineConfig, metrics: ServingMetrics) -> None:
+        """Nothing is contacted here; the MLflow client is created on first use."""
+        self.settings = settings
+        self.config = config
+        self.metrics = metrics
+        self.model_name = config.model_name
+        self._current: ServedModel | None = None
+        self._client: Any = None
+        self._reload_lock = threading.Lock()
+        self.last_error: str | None = None
+
+    @property
+    def current(self) -> ServedModel | None:
+        """The model answering requests (read once per request)."""
+        return self._current
+
+    @property
+    def client(self) -> Any:
+        """An explicit MlflowClient for the settings' tracking and registry URIs."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(
+                tracking_uri=self.settings.mlflow_tracking_uri,
+                registry_uri=self.settings.mlflow_registry_uri or self.settings.mlflow_tracking_uri,
+            )
+        return self._client
+
+    def _resolve(self, alias: str | None, version: str | None) -> Any:
+        """The ModelVersion for an alias or a version number."""
+        from mlflow.exceptions import MlflowException
+
+        target = f"{self.model_name}@{alias}" if alias else f"{self.model_name}/{version}"
+        try:
+            if alias:
+                return self.client.get_model_version_by_alias(self.model_name, alias)
+            return self.client.get_model_version(self.model_name, str(version))
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in err.message.lower():
+                raise ModelLoadError(
+                    f"models:/{target} not found: {err.message}", outcome="not_found", status_code=404
+                ) from err
+            raise ModelLoadError(
+                f"model registry unavailable: {err.message}", outcome="unavailable", status_code=503
+            ) from err
+        except Exception as err:
+            raise ModelLoadError(
+                f"model registry unavailable: {type(err).__name__}: {err}", outcome="unavailable", status_code=503
+            ) from err
+
+    def _run_metrics(self, run_id: str | None) -> dict[str, float]:
+        """Metrics of the version's source run ({} when unknown or unreachable)."""
+        if not run_id:
+            return {}
+        try:
+            return dict(self.client.get_run(run_id).data.metrics)
+        except Exception as err:  # metadata only; never block a load on it
+            log.warning("cannot read metrics of run %s: %s", run_id, err)
+            return {}
+
+    def _read_artifacts(self, version: str) -> tuple[Any, RecordSchema, pd.DataFrame]:
+        """Read a version's model folder (see :func:`read_model_version`)."""
+        return read_model_version(self.client, self.settings, self.model_name, version)
+
+    def load(self, alias: str | None = None, version: str | None = None) -> ServedModel:
+        """Resolve, read, verify, load and smoke-test one version (does not swap it in)."""
+        mv = self._resolve(alias, version)
+        version_str = str(mv.version)
+        estimator, schema, example = self._read_artifacts(version_str)
+        model = ServedModel(
+            name=self.model_name,
+            version=version_str,
+            alias=alias,
+            aliases=tuple(getattr(mv, "aliases", None) or ()),
+            run_id=mv.run_id,
+            source=str(mv.source),
+            loaded_at=datetime.now(timezone.utc),
+            metrics=self._run_metrics(mv.run_id),
+            tags=dict(mv.tags or {}),
+            schema=schema,
+            predictor=Predictor(estimator),
+            input_example=example,
+        )
+        smoke_test(model)
+        return model
+
+    def reload(self, alias: str | None = None, version: str | None = None) -> tuple[ServedModel, ServedModel | None]:
+        """Load a version beside the current one and swap it in; return ``(new, previous)``.
+
+        Raises :class:`ModelLoadError` (the current model keeps serving) on any failure, or with
+        outcome ``busy`` when another load is in progress.
+        """
+        if not self._reload_lock.acquire(blocking=False):
+            raise ModelLoadError("another model load is in progress", outcome="busy", status_code=409)
+        try:
+            try:
+                candidate = self.load(alias=alias, version=version)
+            except ModelLoadError as err:
+                self.last_error = str(err)
+                raise
+            except Exception as err:
+                self.last_error = f"{type(err).__name__}: {err}"
+                raise ModelLoadError(
+                    f"unexpected error while loading: {self.last_error}", outcome="error", status_code=500
+                ) from err
+            previous = self._current
+            self._current = candidate  # the swap: one reference assignment
+            self.last_error = None
+            self.metrics.set_model(candidate)
+        finally:
+            self._reload_lock.release()
+        log.info(
+            "serving %s version %s (alias %s), previously %s",
+            candidate.name, candidate.version, candidate.alias, previous.version if previous else None,
+        )
+        return candidate, previous
+
+    def load_initial(self) -> None:
+        """Startup: try to serve the champion; log and stay not-ready on any failure."""
+        try:
+            self.reload(alias=DEFAULT_ALIAS)
+        except ModelLoadError as err:
+            if err.outcome == "not_found":
+                log.warning("no %s@%s to serve yet: %s", self.model_name, DEFAULT_ALIAS, err)
+            else:
+                log.error("could not load %s@%s at startup: %s", self.model_name, DEFAULT_ALIAS, err)
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP layer
+# --------------------------------------------------------------------------------------------
+
+
+class ReloadRequest(BaseModel):
+    """Body of ``POST /reload``: an alias or a version (neither = the champion)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alias: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    version: Annotated[str, Field(pattern=r"^[0-9]+$")] | Annotated[int, Field(ge=1)] | None = None
+
+    def target(self) -> tuple[str | None, str | None]:
+        """``(alias, version)`` with exactly one set; raise ``ValueError`` if both are given."""
+        if self.alias is not None and self.version is not None:
+            raise ValueError("give either 'alias' or 'version', not both")
+        if self.version is not None:
+            return None, str(self.version)
+        return self.alias or DEFAULT_ALIAS, None
+
+
+def _json(content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(content, status_code=status_code, headers=dict(headers) if headers else None)
+
+
+def check_admin_token(authorization: str | None, admin_token: str | None) -> int | None:
+    """``None`` if ``authorization`` carries the admin token, else the HTTP status to answer.
+
+    403 when no admin token is configured (admin endpoints are never open), 401 when the header
+    is missing or the token is wrong. The comparison takes constant time.
+    """
+    if not admin_token:
+        return 403
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return 401
+    if not secrets.compare_digest(token.strip().encode(), admin_token.encode()):
+        return 401
+    return None
+
+
+def _not_ready(manager: ModelManager) -> JSONResponse:
+    reason = manager.last_error or f"no model loaded for {manager.model_name}"
+    return _json({"status": "not ready", "detail": reason}, 503)
+
+
+def _add_routes(app: FastAPI, manager: ModelManager, metrics: ServingMetrics, settings: Settings) -> None:
+    """Register the endpoints on ``app``."""
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Response:
+        """Predict one record or ``{"records": [...]}``."""
+        model = manager.current
+        if model is None:
+            return _not_ready(manager)
+        started = time.perf_counter()
+        try:
+            records, _ = parse_predict_body(await request.body())
+            if len(records) > INLINE_BATCH_RECORDS:
+                predictions = await run_in_threadpool(model.predict_records, records)
+            else:
+                predictions = model.predict_records(records)
+        except RecordValidationError as err:
+            return _json({"detail": err.errors}, err.status_code)
+        except Exception:
+            log.exception("prediction failed (model %s v%s)", model.name, model.version)
+            return _json({"detail": "prediction failed"}, 500)
+        metrics.latency.observe(time.perf_counter() - started)
+        metrics.records.inc(len(predictions))
+        return _json({"model": model.ref(), "predictions": predictions})
+
+    @app.get("/health")
+    async def health() -> Response:
+        """Process liveness (always 200)."""
+        model = manager.current
+        return _json({
+            "status": "ok",
+            "pipeline": manager.config.name,
+            "model_loaded": model is not None,
+            "model_version": model.version if model else None,
+            "last_error": manager.last_error,
+        })
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        """200 when a model is loaded, else 503."""
+        model = manager.current
+        if model is None:
+            return _not_ready(manager)
+        return _json({"status": "ready", "model": model.ref()})
+
+    @app.get("/model")
+    async def model_info() -> Response:
+        """The loaded version: name, version, alias, run, metrics, tags, inputs."""
+        model = manager.current
+        if model is None:
+            return _not_ready(manager)
+        return _json(model.describe())
+
+    @app.post("/reload")
+    async def reload(request: Request) -> Response:
+        """Load another version (admin token), smoke-test it and swap it in."""
+        denied = check_admin_token(request.headers.get("authorization"), settings.admin_token)
+        if denied is not None:
+            outcome = "forbidden" if denied == 403 else "unauthorized"
+            metrics.reloads.labels(outcome).inc()
+            message = (
+                "reload is disabled: no admin token configured" if denied == 403 else "invalid or missing bearer token"
+            )
+            return _json({"detail": message}, denied, {"WWW-Authenticate": "Bearer"} if denied == 401 else None)
+        raw = await request.body()
+        try:
+            alias, version = ReloadRequest.model_validate_json(raw or b"{}").target()
+        except (ValidationError, ValueError) as err:
+            metrics.reloads.labels("invalid").inc()
+            if isinstance(err, ValidationError):
+                errors = err.errors(include_url=False)
+            else:
+                errors = [{"loc": (), "msg": str(err)}]
+            detail = [{"field": ".".join(map(str, e["loc"])) or None, "message": e["msg"]} for e in errors]
+            return _json({"detail": detail}, 422)
+        try:
+            new, previous = await run_in_threadpool(manager.reload, alias, version)
+        except ModelLoadError as err:
+            metrics.reloads.labels(err.outcome).inc()
+            current = manager.current
+            log.warning("reload to %s refused: %s", alias or f"version {version}", err)
+            return _json(
+                {"detail": str(err), "outcome": err.outcome, "serving": current.ref() if current else None},
+                err.status_code,
+            )
+        metrics.reloads.labels("success").inc()
+        return _json({"model": new.describe(), "previous_version": previous.version if previous else None})
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        """Prometheus text exposition of this app's registry."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(settings: Settings | None = None, pipeline: str | None = None) -> FastAPI:
+    """Build the serving app for ``pipeline`` (default ``settings.default_pipeline``).
+
+    The champion is loaded during the app's startup (lifespan), in a worker thread; startup waits
+    up to :data:`STARTUP_LOAD_WAIT_S` for it and then serves regardless (``/ready`` says 503 until
+    a model is loaded; ``POST /reload`` can load one later). A wrong pipeline name raises
+    :class:`~airloop.config.ConfigError` immediately.
+    """
+    settings = settings or get_settings()
+    config = load_pipeline_config(pipeline or settings.default_pipeline, settings)
+    metrics = ServingMetrics()
+    manager = ModelManager(settings, config, metrics)
+    metrics.model_version.labels(manager.model_name).set(0)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loader = threading.Thread(target=manager.load_initial, name="airloop-initial-load", daemon=True)
+        loader.start()
+        await anyio.to_thread.run_sync(loader.join, STARTUP_LOAD_WAIT_S)
+        if loader.is_alive():
+            log.warning("model still loading after %.0fs; serving without a model meanwhile", STARTUP_LOAD_WAIT_S)
+        yield
+
+    app = FastAPI(
+        title=f"airloop serving: {config.name}",
+        description=config.description,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.manager = manager
+    app.state.metrics = metrics
+    app.state.settings = settings
+    _add_routes(app, manager, metrics, settings)
+    app.add_middleware(_RequestCounter, metrics=metrics)
+    return app

@@ -1,0 +1,112 @@
+"""Test session setup: every run gets its own state folder, Airflow DB and stores.
+
+The environment is set here, at import time, before anything imports Airflow or airloop, so
+that no test touches the developer's ``.airloop`` folder: Airflow metadata, MLflow, the
+monitoring store, Optuna and the demo data all live in a fresh temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="airloop-test-"))
+STATE = _SESSION_DIR / "state"
+
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(ROOT),
+        "AIRLOOP_HOME": str(ROOT),
+        "AIRLOOP_STATE_DIR": str(STATE),
+        "AIRLOOP_DATA_DIR": str(STATE / "data"),
+        "AIRLOOP_PIPELINES_DIR": str(ROOT / "include" / "pipelines"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{STATE / 'mlflow' / 'mlflow.db'}",
+        "AIRLOOP_MLFLOW_ARTIFACT_ROOT": str(STATE / "mlflow" / "artifacts"),
+        "AIRLOOP_MONITORING_DB_URI": f"sqlite:///{STATE / 'monitoring.db'}",
+        "AIRLOOP_OPTUNA_STORAGE": f"journal://{STATE / 'optuna' / 'journal.log'}",
+        "AIRLOOP_ADMIN_TOKEN": "test-admin-token",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_SESSION_DIR / 'airflow.db'}",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(_SESSION_DIR / "airflow-logs"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__FERNET_KEY": "x7B3QbhXlrIWmZUQ0y8y5bY6Fq1TB0Z3tPj1xRkZb0c=",
+        "MLFLOW_ENABLE_TELEMETRY": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "GX_ANALYTICS_ENABLED": "false",
+    }
+)
+(STATE / "mlflow").mkdir(parents=True, exist_ok=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's state folder unless asked to keep it (AIRLOOP_KEEP_TEST_STATE=1)."""
+    if os.environ.get("AIRLOOP_KEEP_TEST_STATE") != "1":
+        shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def settings():
+    """Settings of the test session (fresh state folder)."""
+    from airloop.config import get_settings
+
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def claims_config(settings):
+    """The demo pipeline's configuration."""
+    from airloop.config import load_pipeline_config
+
+    return load_pipeline_config("claims_fraud", settings)
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A migrated Airflow metadata database for this session (SQLite in the session folder)."""
+    result = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True,
+                            env=os.environ.copy(), timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerThread:
+    """A real uvicorn server for an ASGI app, in a background thread of the test process."""
+
+    def __init__(self, app, port: int) -> None:
+        import uvicorn
+
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start within 30 s")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

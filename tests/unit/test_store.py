@@ -1,0 +1,59 @@
+"""Monitoring store: migrations and the append-only, idempotent promotion ledger, on SQLite and
+on the real PostgreSQL server (a fresh database per run, dropped afterwards)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from airloop import store
+
+PG_ADMIN = os.environ.get("AIRLOOP_TEST_PG_ADMIN_URI", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path):
+    if request.param == "sqlite":
+        eng = sa.create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+        yield eng
+        eng.dispose()
+        return
+    name = f"airloop_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    eng = sa.create_engine(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}")
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def entry(key: str, action: str = "promote", to: str = "2") -> store.LedgerEntry:
+    return store.LedgerEntry(idempotency_key=key, pipeline="p", model_name="p", action=action, alias="champion",
+                             from_version="1", to_version=to, actor="user:test", reason="because",
+                             metrics={"roc_auc": 0.8})
+
+
+def test_migrations_apply_once(engine):
+    assert store.migrate(engine) == [1]
+    assert store.migrate(engine) == []
+    assert "promotion_ledger" in sa.inspect(engine).get_table_names()
+
+
+def test_ledger_is_idempotent_and_ordered(engine):
+    store.migrate(engine)
+    assert store.append_ledger(engine, entry("a"))
+    assert not store.append_ledger(engine, entry("a", to="9"))  # same key: ignored, not rewritten
+    assert store.append_ledger(engine, entry("b", action="refuse", to="3"))
+    rows = store.ledger_rows(engine, "p")
+    assert [(r["idempotency_key"], r["to_version"]) for r in rows] == [("a", "2"), ("b", "3")]
+    assert rows[0]["metrics"] == {"roc_auc": 0.8}
+    assert store.find_ledger(engine, "b")["action"] == "refuse"
+    assert store.find_ledger(engine, "zzz") is None

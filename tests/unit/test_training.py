@@ -1,0 +1,80 @@
+"""Training: search space, model building, the shared study's global trial budget."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import optuna
+import pandas as pd
+import pytest
+
+from airloop.simulator import generate_day
+from airloop.training import (
+    TrainingError,
+    build_model,
+    features_and_target,
+    finished_trials,
+    open_study,
+    params_from_trial,
+    run_worker,
+    split_holdout,
+    suggest,
+)
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    days = [generate_day(date(2026, 1, d)) for d in range(1, 11)]
+    return pd.concat(days, ignore_index=True).sort_values("claim_ts").reset_index(drop=True)
+
+
+@pytest.fixture()
+def small_config(claims_config):
+    space = {
+        "logistic_regression": claims_config.training.search_space["logistic_regression"],
+        "hist_gradient_boosting": claims_config.training.search_space["hist_gradient_boosting"],
+    }
+    training = claims_config.training.model_copy(update={"search_space": space, "holdout_days": 2, "cv_folds": 2})
+    return claims_config.model_copy(update={"training": training})
+
+
+@pytest.mark.parametrize("family", ["logistic_regression", "random_forest", "hist_gradient_boosting", "extra_trees"])
+def test_every_family_fits_and_predicts(claims_config, frame, family):
+    X, y = features_and_target(claims_config, frame.head(800))
+    model = build_model(claims_config, family, {}).fit(X, y)
+    proba = model.predict_proba(X.head(3))
+    assert proba.shape == (3, 2)
+
+
+def test_unknown_family_names_the_options(claims_config):
+    with pytest.raises(TrainingError, match="choose from"):
+        build_model(claims_config, "ridge", {})  # regression-only family on a classifier
+
+
+def test_suggest_round_trips_to_estimator_params(small_config):
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    space = {f: {k: v.model_dump() for k, v in ps.items()} for f, ps in small_config.training.search_space.items()}
+    family, params = suggest(trial, space)
+    assert params_from_trial(trial.params) == (family, params)
+
+
+def test_time_based_holdout(small_config, frame):
+    train, holdout = split_holdout(small_config, frame, "2026-01-11")
+    assert train["claim_ts"].max() < pd.Timestamp("2026-01-09", tz="UTC") <= holdout["claim_ts"].min()
+    with pytest.raises(TrainingError, match="time split"):
+        split_holdout(small_config, frame, "2026-01-02")
+
+
+def test_workers_share_one_budget_and_reruns_resume(small_config, frame, tmp_path):
+    storage = f"journal://{tmp_path / 'journal.log'}"
+    seen = []
+    track = lambda trial, family, params, scores, state, seconds: seen.append((trial.number, state))  # noqa: E731
+    first = run_worker(small_config, frame, "2026-01-11", "s1", storage, 0, 2, 4, 120, tracker=track)
+    second = run_worker(small_config, frame, "2026-01-11", "s1", storage, 1, 2, 4, 120, tracker=track)
+    assert first.best_value is not None
+    assert first.trials_run == 4 and second.trials_run == 0  # alone, a worker spends the whole budget
+    assert finished_trials(open_study(storage, "s1", small_config)) == 4
+    assert len(seen) == 4 and second.best_value == first.best_value
+    rerun = run_worker(small_config, frame, "2026-01-11", "s1", storage, 0, 2, 4, 120, tracker=track)
+    assert rerun.trials_run == 0  # budget already spent: a re-run tops up, never repeats
