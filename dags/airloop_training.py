@@ -40,6 +40,7 @@ def training_dag(pipeline: str):
     """Build the training DAG of ``pipeline`` (wiring only)."""
     config = load_pipeline_config(pipeline)
     start = datetime.combine(config.schedule.start_date, datetime.min.time(), tzinfo=timezone.utc)
+    end = config.schedule.end_date and datetime.combine(config.schedule.end_date, datetime.min.time(), tzinfo=timezone.utc)
 
     @dag(
         dag_id=f"{config.name}__train",
@@ -47,6 +48,7 @@ def training_dag(pipeline: str):
         doc_md=__doc__,
         schedule=config.schedule.training,
         start_date=start,
+        end_date=end,
         catchup=False,
         max_active_runs=1,
         tags=["training", "airloop", config.name],

@@ -242,6 +242,8 @@ class ScheduleConfig(_Strict):
 
     training: str = "@weekly"
     start_date: date
+    #: Last day to schedule (e.g. a historical dataset); manual runs and backfills still work.
+    end_date: date | None = None
 
 
 class PipelineConfig(_Strict):
