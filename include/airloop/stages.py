@@ -12,6 +12,8 @@ import json
 import logging
 import subprocess
 import tempfile
+import warnings
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,17 @@ def code_version(settings: Settings) -> str:
         from importlib.metadata import version
 
         return f"airloop-{version('airloop')}"
+
+
+@contextmanager
+def quiet_skops():
+    """Silence the deprecation warnings skops triggers inside Airflow workers: to locate numpy /
+    scipy ufuncs it probes every imported module, Airflow's deprecated aliases included (~1,000
+    log lines per model otherwise)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 # ------------------------------------------------------------------------------------ extract
@@ -174,7 +187,8 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
     champion_error = None
     if champion_version is not None:
         try:
-            champ_model = registry.load_sklearn_model(settings, config.model_name, champion_version.version)
+            with quiet_skops():
+                champ_model = registry.load_sklearn_model(settings, config.model_name, champion_version.version)
             champion = {"version": str(champion_version.version), "metrics": json_safe(holdout_metrics(config, champ_model, holdout))}
         except Exception as err:  # noqa: BLE001 - a champion that cannot score is recorded, not fatal
             champion_error = f"{type(err).__name__}: {err}"
@@ -188,8 +202,11 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
     predict = model.predict_proba if config.task != "regression" else model.predict
     signature = model_signature(config, predict(X_train.head(50)))
     with mlflow.start_run(run_id=plan["parent_run_id"]):
-        mlflow.log_params({"best_estimator": best["family"], **{f"best.{k}": v for k, v in best["params"].items()},
-                           "best_trial": best["number"], "n_finished_trials": best["n_finished"]})
+        # Tags, not params: a re-run that tops up the study may find another best trial, and
+        # MLflow refuses to change a logged param.
+        mlflow.set_tags({"best.estimator": best["family"], "best.trial": best["number"],
+                         "best.n_finished_trials": best["n_finished"],
+                         **{f"best.param.{k}": v for k, v in best["params"].items()}})
         mlflow.log_metrics({f"holdout_{k}": v for k, v in json_safe(metrics).items() if v is not None})
         if champion:
             mlflow.log_metrics({f"champion_holdout_{k}": v for k, v in champion["metrics"].items() if v is not None})
@@ -201,9 +218,10 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
                 {"metrics": json_safe(metrics), "champion": champion, "champion_error": champion_error,
                  "best": best, "holdout_rows": len(holdout), "train_rows": len(train)}, indent=2, default=str))
             mlflow.log_artifact(str(Path(tmp) / "evaluation.json"))
-        info = mlflow.sklearn.log_model(model, name="model", serialization_format="skops",
-                                        skops_trusted_types=skops_trusted_types(model),
-                                        signature=signature, input_example=example)
+        with quiet_skops():
+            info = mlflow.sklearn.log_model(model, name="model", serialization_format="skops",
+                                            skops_trusted_types=skops_trusted_types(model),
+                                            signature=signature, input_example=example)
     return {
         "run_id": plan["parent_run_id"],
         "model_uri": info.model_uri,
