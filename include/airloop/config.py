@@ -237,6 +237,70 @@ class PromotionConfig(_Strict):
     latency_budget_ms: float = Field(default=100.0, gt=0)
 
 
+DriftMethod = Literal["ks", "psi", "wasserstein", "jensenshannon", "chisquare", "z", "kl_div", "hellinger"]
+
+
+class ColumnDrift(_Strict):
+    """Drift method and threshold of one column (Evidently stattest names)."""
+
+    method: DriftMethod
+    threshold: float = Field(gt=0)
+
+
+class DriftConfig(_Strict):
+    """How input and prediction drift are judged per column (Evidently's DataDriftPreset methods).
+
+    For p-value tests (ks, chisquare, z) a column drifts when p < threshold; for distances (psi,
+    wasserstein, jensenshannon, kl_div, hellinger) when the distance >= threshold.
+    """
+
+    numeric: ColumnDrift = ColumnDrift(method="wasserstein", threshold=0.1)
+    categorical: ColumnDrift = ColumnDrift(method="jensenshannon", threshold=0.1)
+    prediction: ColumnDrift = ColumnDrift(method="psi", threshold=0.2)
+    columns: dict[str, ColumnDrift] = Field(default_factory=dict)
+    #: The interval drifts (dataset drift) when at least this share of features drifts.
+    drift_share: float = Field(default=0.3, gt=0, le=1)
+    #: Fewer rows than this in an interval: drift is not judged (recorded as such).
+    min_rows: int = Field(default=100, ge=1)
+
+
+Severity = Literal["critical", "high", "medium", "low"]
+
+
+class AlertRule(_Strict):
+    """A monitoring rule: ``metric op value`` raises an alert of ``severity``.
+
+    Metrics: drift_share, prediction_drift, performance_drop (relative drop of the study metric
+    on labelled rows vs the version's holdout), volume_ratio, error_rate, latency_p95_ms.
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    metric: Literal["drift_share", "prediction_drift", "performance_drop", "volume_ratio", "error_rate",
+                    "latency_p95_ms"]
+    op: Literal[">", ">=", "<", "<="]
+    value: float
+    severity: Severity
+    #: Request a training run when this rule fires.
+    retrain: bool = False
+
+
+class MonitoringConfig(_Strict):
+    """The monitoring DAG: schedule, drift judgement, alert rules and the retrain cool-down."""
+
+    schedule: str = "@daily"
+    drift: DriftConfig = DriftConfig()
+    #: Trailing days of traffic that form the volume baseline.
+    volume_baseline_days: int = Field(default=7, ge=1)
+    #: Minimum labelled rows before performance is judged.
+    min_labelled_rows: int = Field(default=50, ge=1)
+    alerts: list[AlertRule] = Field(default_factory=list)
+    #: No new retrain request within this many days of the previous one.
+    retrain_cooldown_days: int = Field(default=7, ge=0)
+    #: Airflow connection id of the alert webhook (HTTP), and e-mail recipients (SMTP provider).
+    webhook_conn_id: str | None = None
+    email_to: list[str] = Field(default_factory=list)
+
+
 class ScheduleConfig(_Strict):
     """When the pipeline's DAGs run."""
 
@@ -264,6 +328,7 @@ class PipelineConfig(_Strict):
     training: TrainingConfig
     validation: ValidationConfig = ValidationConfig()
     promotion: PromotionConfig = PromotionConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     schedule: ScheduleConfig
 
     @model_validator(mode="after")

@@ -214,6 +214,9 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
             history = study_history(plan["storage"], plan["study_name"], config)
             for path in write_plots(config, model, holdout, history, Path(tmp)):
                 mlflow.log_artifact(str(path), artifact_path="plots")
+            reference = reference_frame(config, model, train)
+            reference.to_parquet(Path(tmp) / REFERENCE_FILE, index=False)
+            mlflow.log_artifact(str(Path(tmp) / REFERENCE_FILE), artifact_path=REFERENCE_DIR)
             (Path(tmp) / "evaluation.json").write_text(json.dumps(
                 {"metrics": json_safe(metrics), "champion": champion, "champion_error": champion_error,
                  "best": best, "holdout_rows": len(holdout), "train_rows": len(train)}, indent=2, default=str))
@@ -230,6 +233,35 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
         "champion": champion,
         "champion_error": champion_error,
     }
+
+
+REFERENCE_DIR = "reference"
+REFERENCE_FILE = "reference.parquet"
+REFERENCE_MAX_ROWS = 20_000
+SCORE_COLUMN = "__score__"
+
+
+def reference_frame(config: PipelineConfig, model, train):
+    """The drift reference of a model version: its training features (typed as served) plus its
+    score on them (positive-class probability, or the predicted value), at most 20k rows, seeded."""
+    from airloop.training import features_and_target
+
+    sample = train.sample(n=min(len(train), REFERENCE_MAX_ROWS), random_state=config.training.seed)
+    X, _ = features_and_target(config, sample.sort_values(config.timestamp))
+    out = X.reset_index(drop=True)
+    out[SCORE_COLUMN] = model_scores(config, model, X)
+    return out
+
+
+def model_scores(config: PipelineConfig, model, X):
+    """One number per row: positive-class probability (binary), max-class probability
+    (multi-class) or the predicted value (regression)."""
+    if config.task == "regression":
+        return model.predict(X)
+    proba = model.predict_proba(X)
+    if config.task == "binary_classification":
+        return proba[:, list(model.classes_).index(config.classes[-1])]
+    return proba.max(axis=1)
 
 
 def model_signature(config: PipelineConfig, output_example):
@@ -264,6 +296,8 @@ def register(config: PipelineConfig, snapshot: dict[str, Any], validation: dict[
         "airloop.estimator": evaluation["best"]["family"],
         "airloop.code_version": code_version(settings),
         "airloop.replaces": (evaluation.get("champion") or {}).get("version", ""),
+        "airloop.snapshot": snapshot["path"],
+        "airloop.reference_artifact": f"{REFERENCE_DIR}/{REFERENCE_FILE}",
         **{f"airloop.{k}": v for k, v in run_context.items() if v},
     }
     version = registry.register_version(client, config.model_name, evaluation["model_uri"], evaluation["run_id"],

@@ -50,9 +50,105 @@ promotion_ledger = sa.Table(
     sa.Column("metrics", sa.Text),  # JSON
 )
 
+# ------------------------------------------------------------------ closed loop (migration 2)
+#: Every prediction served (written in batches by serving, off the request path).
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("tenant", sa.String(100), nullable=False, server_default="default"),
+    sa.Column("pipeline", sa.String(100), nullable=False, index=True),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.String(20)),
+    sa.Column("variant", sa.String(50), nullable=False, server_default="champion"),
+    sa.Column("features", sa.Text, nullable=False),  # JSON object of the request record
+    sa.Column("prediction", sa.Text),  # JSON: label or value
+    sa.Column("score", sa.Float),  # positive-class probability (binary) or predicted value
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("status", sa.String(20), nullable=False),  # ok | error
+    sa.Column("error", sa.Text),
+)
+
+#: Labels arriving later, joined to predictions by request id.
+ground_truth = sa.Table(
+    "ground_truth",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("tenant", sa.String(100), nullable=False, server_default="default"),
+    sa.Column("pipeline", sa.String(100), nullable=False, index=True),
+    sa.Column("label", sa.Text, nullable=False),  # JSON
+    sa.Column("label_ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: Per data interval, per feature: drift statistic and verdict (stored every run, not on alarm).
+feature_drift = sa.Table(
+    "feature_drift",
+    metadata,
+    sa.Column("tenant", sa.String(100), primary_key=True),
+    sa.Column("pipeline", sa.String(100), primary_key=True),
+    sa.Column("interval_start", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("feature", sa.String(200), primary_key=True),  # a feature, or "__prediction__"
+    sa.Column("interval_end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model_version", sa.String(20)),
+    sa.Column("method", sa.String(50), nullable=False),
+    sa.Column("statistic", sa.Float),  # the method's score / distance
+    sa.Column("p_value", sa.Float),
+    sa.Column("threshold", sa.Float, nullable=False),
+    sa.Column("drifted", sa.Boolean, nullable=False),
+    sa.Column("current_rows", sa.Integer, nullable=False),
+    sa.Column("reference_rows", sa.Integer, nullable=False),
+)
+
+#: Per data interval: the monitoring run's summary (drift, performance, operations).
+monitoring_runs = sa.Table(
+    "monitoring_runs",
+    metadata,
+    sa.Column("tenant", sa.String(100), primary_key=True),
+    sa.Column("pipeline", sa.String(100), primary_key=True),
+    sa.Column("interval_start", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("interval_end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model_version", sa.String(20)),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("drift_share", sa.Float),
+    sa.Column("drifted_features", sa.Text),  # JSON list
+    sa.Column("prediction_drift", sa.Float),
+    sa.Column("labelled_rows", sa.Integer),
+    sa.Column("performance", sa.Text),  # JSON metrics on labelled rows
+    sa.Column("reference_performance", sa.Text),  # JSON: the version's holdout metrics
+    sa.Column("volume_ratio", sa.Float),  # rows vs the trailing baseline
+    sa.Column("error_rate", sa.Float),
+    sa.Column("latency_p50_ms", sa.Float),
+    sa.Column("latency_p95_ms", sa.Float),
+    sa.Column("report_uri", sa.Text),  # the Evidently HTML report
+    sa.Column("retrain_reason", sa.Text),
+)
+
+#: Alerts raised by monitoring rules, deduplicated by key; delivery attempts recorded.
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dedup_key", sa.String(300), nullable=False, unique=True),
+    sa.Column("tenant", sa.String(100), nullable=False, server_default="default"),
+    sa.Column("pipeline", sa.String(100), nullable=False, index=True),
+    sa.Column("interval_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("rule", sa.String(100), nullable=False),
+    sa.Column("severity", sa.String(20), nullable=False),  # critical | high | medium | low
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("details", sa.Text),  # JSON
+    sa.Column("raised_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("delivery_status", sa.String(20), nullable=False, server_default="pending"),
+    sa.Column("delivery_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+)
+
 #: Ordered schema versions: (version, description, tables created by it).
 MIGRATIONS: list[tuple[int, str, list[sa.Table]]] = [
     (1, "promotion ledger", [promotion_ledger]),
+    (2, "closed loop: predictions, ground truth, drift, monitoring runs, alerts",
+     [predictions, ground_truth, feature_drift, monitoring_runs, alerts]),
 ]
 
 
@@ -157,3 +253,42 @@ def _row(row) -> dict[str, Any]:
     out = dict(row)
     out["metrics"] = json.loads(out["metrics"]) if out.get("metrics") else None
     return out
+
+
+def _dialect_insert(engine_or_conn, table: sa.Table):
+    name = engine_or_conn.dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - only the two tested dialects are supported
+        raise NotImplementedError(f"monitoring store dialect {name!r} is not supported (sqlite, postgresql)")
+    return insert(table)
+
+
+def upsert(engine: sa.Engine, table: sa.Table, rows: list[dict[str, Any]]) -> int:
+    """Insert ``rows`` or overwrite the existing rows with the same primary key (one transaction).
+
+    Re-running an interval therefore rewrites its own rows and leaves every other row alone.
+    """
+    if not rows:
+        return 0
+    keys = [c.name for c in table.primary_key.columns]
+    stmt = _dialect_insert(engine, table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=keys,
+        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
+    )
+    with engine.begin() as conn:
+        conn.execute(stmt, rows)
+    return len(rows)
+
+
+def insert_ignore(engine: sa.Engine, table: sa.Table, rows: list[dict[str, Any]]) -> int:
+    """Insert ``rows``, skipping any whose primary/unique key already exists (replay-safe)."""
+    if not rows:
+        return 0
+    stmt = _dialect_insert(engine, table).on_conflict_do_nothing()
+    with engine.begin() as conn:
+        result = conn.execute(stmt, rows)
+    return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(rows)
