@@ -12,6 +12,7 @@ STATE   := .airloop
 export AIRFLOW_HOME := $(CURDIR)
 export AIRLOOP_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Settings (.env, from .env.example) and generated secrets, exported to every command.
 -include .env
 -include $(STATE)/secrets.env

@@ -321,7 +321,10 @@ def cmd_up(args) -> int:
              "--default-artifact-root", settings.mlflow_artifact_root, "--host", "127.0.0.1", "--port", mlflow_port],
             stdout=open(logs / "mlflow.log", "ab"), stderr=subprocess.STDOUT, cwd=settings.root),
         "airflow": subprocess.Popen(
-            [str(bin_dir / "airflow"), "standalone"], env={**os.environ, "AIRFLOW__API__PORT": airflow_port},
+            [str(bin_dir / "airflow"), "standalone"],
+            # standalone starts its components as `airflow ...` subprocesses: put this venv first
+            env={**os.environ, "AIRFLOW__API__PORT": airflow_port,
+                 "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
             stdout=open(logs / "airflow-standalone.log", "ab"), stderr=subprocess.STDOUT, cwd=settings.root),
     }
     urls = {"airflow": f"http://127.0.0.1:{airflow_port}", "mlflow": f"http://127.0.0.1:{mlflow_port}"}
