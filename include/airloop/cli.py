@@ -303,6 +303,17 @@ def airflow_login(settings: Settings) -> str:
     return ", ".join(f"{user} / {password}" for user, password in users.items())
 
 
+def _signal_tree(proc: subprocess.Popen, sig: int, group: bool) -> None:
+    """Signal a child, or its whole process group when it was started in its own session."""
+    try:
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
 def cmd_up(args) -> int:
     """Start serving (background), the MLflow UI and ``airflow standalone``; Ctrl-C stops the UIs."""
     import httpx
@@ -325,7 +336,8 @@ def cmd_up(args) -> int:
             # standalone starts its components as `airflow ...` subprocesses: put this venv first
             env={**os.environ, "AIRFLOW__API__PORT": airflow_port,
                  "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
-            stdout=open(logs / "airflow-standalone.log", "ab"), stderr=subprocess.STDOUT, cwd=settings.root),
+            stdout=open(logs / "airflow-standalone.log", "ab"), stderr=subprocess.STDOUT, cwd=settings.root,
+            start_new_session=True),  # its own process group: stopping it stops every component
     }
     urls = {"airflow": f"http://127.0.0.1:{airflow_port}", "mlflow": f"http://127.0.0.1:{mlflow_port}"}
     deadline = time.monotonic() + 240
@@ -358,14 +370,18 @@ def cmd_up(args) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        for proc in procs.values():
+        for name, proc in procs.items():
             if proc.poll() is None:
-                proc.terminate()
-        for proc in procs.values():
+                _signal_tree(proc, signal.SIGTERM, group=name == "airflow")
+        for name, proc in procs.items():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _signal_tree(proc, signal.SIGKILL, group=name == "airflow")
+        try:  # standalone's scheduler/api-server/workers share its process group
+            os.killpg(procs["airflow"].pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     return 0
 
 
