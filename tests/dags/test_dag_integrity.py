@@ -31,7 +31,8 @@ def test_no_import_errors(dagbag):
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
 def test_dag_file_parses_fast_without_heavy_imports(path):
     """Each file is imported in a fresh interpreter (Airflow already loaded, as in the DAG
-    processor); the file itself must take < 1 s and pull in none of the heavy libraries."""
+    processor); the file itself must take < 1 s (best of three: the first run also compiles
+    bytecode) and pull in none of the heavy libraries."""
     probe = (
         "import json, runpy, sys, time\n"
         "import airflow.sdk\n"
@@ -42,11 +43,16 @@ def test_dag_file_parses_fast_without_heavy_imports(path):
         f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules and m not in before)\n"
         "print(json.dumps({'seconds': elapsed, 'heavy': heavy}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=os.environ.copy(), timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    figures = json.loads(out.stdout.strip().splitlines()[-1])
-    assert figures["heavy"] == [], f"{path.name} imports {figures['heavy']} at parse time"
-    assert figures["seconds"] < 1.0, f"{path.name} took {figures['seconds']:.2f} s to parse"
+    runs = []
+    for _ in range(3):  # the first run also compiles bytecode; best of three is the steady state
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=os.environ.copy(),
+                             timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    heavy = sorted({m for r in runs for m in r["heavy"]})
+    assert heavy == [], f"{path.name} imports {heavy} at parse time"
+    best = min(r["seconds"] for r in runs)
+    assert best < 1.0, f"{path.name} took {best:.2f} s to parse (runs: {[round(r['seconds'], 2) for r in runs]})"
 
 
 def test_every_dag_has_tags_retries_and_schedule(dagbag):
