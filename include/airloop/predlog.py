@@ -95,6 +95,11 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+_PLAIN_TYPES = frozenset({str, int, float, bool})
+#: One encoder for all rows (``json.dumps`` with options builds a new encoder per call).
+_encode_json = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
+
+
 def _spool_default(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -177,6 +182,11 @@ class PredictionLogger:
             for c in table.columns
             if c.server_default is not None and isinstance(getattr(c.server_default, "arg", None), str)
         }
+        self._plan = [
+            (name, "json" if name in self._json_columns else "datetime" if name in self._datetime_columns else "",
+             self._defaults.get(name))
+            for name in self._columns
+        ]
         # queue state (guarded by _lock / _cond)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -274,7 +284,7 @@ class PredictionLogger:
                 if remaining <= 0:
                     return False
                 self._cond.wait(remaining)
-        return self._db_up and not self._spool_files()
+        return not self._spool_files()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the writer after it drained the queue (to the database or the spool).
@@ -285,6 +295,7 @@ class PredictionLogger:
         with self._cond:
             self._accepting = False
             self._stopping = True
+            self._flush_gen += 1  # the first stopping cycle retries the database at once
             thread = self._thread
             self._cond.notify_all()
         if thread is not None:
@@ -349,7 +360,7 @@ class PredictionLogger:
                 if not self._wake_needed():
                     self._cond.wait(self.flush_interval_s)
                 gen = self._flush_gen
-                forced = self._stopping or gen > self._done_gen
+                forced = gen > self._done_gen
                 stopping = self._stopping
                 batch = self._take_locked(self.batch_size)
             try:
@@ -384,9 +395,9 @@ class PredictionLogger:
         try:
             self._replay(engine)
             if prepared:
-                self._insert(engine, prepared)
+                written = self._insert(engine, prepared)
                 with self._lock:
-                    self._counts["rows_written"] += len(prepared)
+                    self._counts["rows_written"] += written
         except Exception as err:
             self._mark_failed(err)
             self._spool(prepared)
@@ -432,15 +443,15 @@ class PredictionLogger:
             self._warned_extra = True
             log.warning("prediction log: ignoring unknown columns %s", sorted(set(row) - self._column_set))
         out: dict[str, Any] = {}
-        for name in self._columns:
-            value = row.get(name, self._defaults.get(name))
+        for name, kind, default in self._plan:
+            value = row.get(name, default)
             if value is None:
                 pass
-            elif name in self._json_columns:
-                value = json.dumps(value, separators=(",", ":"), default=_json_default)
-            elif name in self._datetime_columns:
+            elif kind == "json":
+                value = _encode_json(value)
+            elif kind == "datetime":
                 value = to_utc(value)
-            elif hasattr(value, "item") and type(value).__module__ == "numpy":
+            elif value.__class__ not in _PLAIN_TYPES and type(value).__module__ == "numpy":
                 value = value.item()
             out[name] = value
         return out
@@ -451,17 +462,18 @@ class PredictionLogger:
             try:
                 prepared.append(self._prepare(row))
             except Exception as err:
-                bad.append(({k: repr(v) for k, v in dict(row).items()}, err))
+                bad.append((dict(row), err))
         if bad:
             self._reject(bad)
         return prepared
 
-    def _insert(self, engine: sa.Engine, rows: list[dict[str, Any]]) -> None:
+    def _insert(self, engine: sa.Engine, rows: list[dict[str, Any]]) -> int:
         """Insert ``rows`` (ignoring known request ids); rows the database refuses are isolated
-        by bisection and rejected. Connection errors propagate."""
+        by bisection and rejected. Connection errors propagate. Returns the rows not rejected."""
         rejected = self._insert_isolating(engine, rows)
         if rejected:
             self._reject(rejected)
+        return len(rows) - len(rejected)
 
     def _insert_isolating(self, engine: sa.Engine, rows: list[dict[str, Any]]) -> list[tuple[dict, BaseException]]:
         try:
@@ -608,14 +620,13 @@ class PredictionLogger:
             self._commit_replay(engine, chunk_files, chunk_rows)
 
     def _commit_replay(self, engine: sa.Engine, files: list[Path], rows: list[dict[str, Any]]) -> None:
-        if rows:
-            self._insert(engine, rows)
+        replayed = self._insert(engine, rows) if rows else 0
         for path in files:
             path.unlink(missing_ok=True)
         _fsync_dir(self.spool_dir)
         with self._lock:
-            self._counts["rows_replayed"] += len(rows)
-        log.info("prediction log: replayed %d row(s) from %d spool file(s)", len(rows), len(files))
+            self._counts["rows_replayed"] += replayed
+        log.info("prediction log: replayed %d row(s) from %d spool file(s)", replayed, len(files))
 
 
 def _fsync_dir(folder: Path) -> None:

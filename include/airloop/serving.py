@@ -21,9 +21,15 @@ Loading is deliberately strict, because deserialising a model is code execution 
   input example through the very same request path, and only then swapped in by one reference
   assignment; on failure the old version keeps serving.
 
-Endpoints: ``POST /predict``, ``GET /health``, ``GET /ready``, ``GET /model``, ``POST /reload``
-(``Authorization: Bearer <AIRLOOP_ADMIN_TOKEN>``) and ``GET /metrics`` (Prometheus, one registry
-per app).
+Every prediction is logged to the monitoring store (``predictions`` table, one row per record,
+plus one ``error`` row per request whose prediction failed with a 5xx) by a
+:class:`~airloop.predlog.PredictionLogger`: the request only enqueues; a background thread writes
+batches and spools them to ``<state_dir>/spool/<pipeline>`` while the database is unavailable.
+Labels come back through ``POST /feedback`` into ``ground_truth``, joined by request id.
+
+Endpoints: ``POST /predict``, ``POST /feedback``, ``GET /health``, ``GET /ready``, ``GET /model``,
+``POST /reload`` (``Authorization: Bearer <AIRLOOP_ADMIN_TOKEN>``) and ``GET /metrics``
+(Prometheus, one registry per app).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -48,6 +55,7 @@ from typing import Annotated, Any, AsyncIterator
 import anyio.to_thread
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -64,7 +72,9 @@ from pydantic import (
     create_model,
 )
 
+from airloop import store
 from airloop.config import PipelineConfig, Settings, get_settings, load_pipeline_config
+from airloop.predlog import PredictionLogCollector, PredictionLogger, spool_dir_for, to_utc
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +88,20 @@ MAX_REPORTED_ERRORS = 100
 STARTUP_LOAD_WAIT_S = 30.0
 #: The registry alias served by default.
 DEFAULT_ALIAS = "champion"
+#: The variant recorded with every logged prediction (A/B variants may be added later).
+DEFAULT_VARIANT = "champion"
+#: Tenant recorded when a request has no ``X-Tenant`` header.
+DEFAULT_TENANT = "default"
+#: Largest number of labels one ``POST /feedback`` may carry.
+MAX_FEEDBACK_ITEMS = 10_000
+#: Longest request id (the ``request_id`` column).
+MAX_REQUEST_ID_LENGTH = 64
+#: How long app shutdown waits for the prediction log to drain (the rest is spooled).
+SHUTDOWN_FLUSH_S = 10.0
 #: Top-level packages whose classes may be instantiated from a skops file.
 TRUSTED_SKOPS_PACKAGES: frozenset[str] = frozenset({"sklearn", "numpy"})
 
-_ENDPOINTS = frozenset({"/predict", "/health", "/ready", "/model", "/reload", "/metrics"})
+_ENDPOINTS = frozenset({"/predict", "/feedback", "/health", "/ready", "/model", "/reload", "/metrics"})
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -275,6 +295,11 @@ class RecordSchema:
         except ValidationError as err:
             raise RecordValidationError(_field_errors(err, single=len(records) == 1)) from None
 
+    def as_dict(self, row: BaseModel) -> dict[str, Any]:
+        """A validated record as ``{column: value}`` in signature order (absent optional columns: None)."""
+        values = row.__dict__
+        return {c.name: values[c.attr] for c in self.columns}
+
     def to_frame(self, rows: Sequence[BaseModel]) -> pd.DataFrame:
         """One DataFrame with the signature's columns, dtypes and order."""
         dicts = [row.__dict__ for row in rows]
@@ -297,11 +322,68 @@ def _request_error(message: str, status_code: int = 422) -> RecordValidationErro
     return RecordValidationError([{"record": None, "field": None, "message": message}], status_code)
 
 
-def parse_predict_body(body: bytes) -> tuple[list[Any], bool]:
-    """Split a ``/predict`` body into records; return ``(records, is_batch)``.
+@dataclass(frozen=True, slots=True)
+class PredictRequest:
+    """A parsed ``/predict`` body: the records and, optionally, their ids and business times."""
+
+    records: list[Any]
+    is_batch: bool
+    #: Client-chosen request ids, one per record (None: the server draws uuid4 hex ids).
+    request_ids: list[str] | None = None
+    #: Business time of each record as tz-aware UTC (None: the server's current time).
+    event_ts: list[datetime] | None = None
+
+
+_ENVELOPE_KEYS = ("records", "request_ids", "event_ts")
+
+
+def _check_request_ids(value: Any, n: int) -> tuple[list[str] | None, list[dict[str, Any]]]:
+    """Validate ``request_ids``: a list of ``n`` unique, non-empty strings of at most 64 characters."""
+    if not isinstance(value, list) or len(value) != n:
+        got = f"a list of {len(value)}" if isinstance(value, list) else type(value).__name__
+        return None, [{"record": None, "field": "request_ids",
+                       "message": f'"request_ids" must be a list with one id per record ({n}), got {got}'}]
+    errors = []
+    seen: dict[str, int] = {}
+    for i, rid in enumerate(value):
+        if not isinstance(rid, str) or not rid or len(rid) > MAX_REQUEST_ID_LENGTH or not rid.isprintable():
+            errors.append({"record": i, "field": "request_ids",
+                           "message": f"a request id must be a non-empty printable string of at most "
+                                      f"{MAX_REQUEST_ID_LENGTH} characters, got {rid!r:.80}"})
+        elif rid in seen:
+            errors.append({"record": i, "field": "request_ids",
+                           "message": f"duplicate request id {rid!r} (also record {seen[rid]})"})
+        else:
+            seen[rid] = i
+    return value, errors
+
+
+def _check_event_ts(value: Any, n: int) -> tuple[list[datetime] | None, list[dict[str, Any]]]:
+    """Validate ``event_ts``: a list of ``n`` ISO-8601 timestamps (naive ones are taken as UTC)."""
+    if not isinstance(value, list) or len(value) != n:
+        got = f"a list of {len(value)}" if isinstance(value, list) else type(value).__name__
+        return None, [{"record": None, "field": "event_ts",
+                       "message": f'"event_ts" must be a list with one timestamp per record ({n}), got {got}'}]
+    out: list[datetime] = []
+    errors = []
+    for i, ts in enumerate(value):
+        try:
+            if not isinstance(ts, str):
+                raise TypeError
+            out.append(to_utc(ts))
+        except (TypeError, ValueError, OverflowError):
+            errors.append({"record": i, "field": "event_ts",
+                           "message": f"not an ISO-8601 timestamp: {ts!r:.80}"})
+    return out, errors
+
+
+def parse_predict_request(body: bytes) -> PredictRequest:
+    """Parse a ``/predict`` body.
 
     A body is one record (a JSON object) or ``{"records": [ ... ]}`` with 1..MAX_BATCH_RECORDS
-    items. Raises :class:`RecordValidationError` (422, or 413 for an oversized batch).
+    items, optionally with parallel lists ``"request_ids"`` (unique strings, at most 64
+    characters) and ``"event_ts"`` (ISO-8601 timestamps; naive ones are UTC). Raises
+    :class:`RecordValidationError` (422, or 413 for an oversized batch).
     """
     try:
         payload = json.loads(body)
@@ -309,14 +391,34 @@ def parse_predict_body(body: bytes) -> tuple[list[Any], bool]:
         raise _request_error(f"body is not valid JSON: {err}") from None
     if not isinstance(payload, dict):
         raise _request_error('body must be a JSON object (one record) or {"records": [ ... ]}')
-    if payload.keys() == {"records"}:
-        records = payload["records"]
-        if not isinstance(records, list) or not records:
-            raise _request_error('"records" must be a non-empty list of records')
-        if len(records) > MAX_BATCH_RECORDS:
-            raise _request_error(f"at most {MAX_BATCH_RECORDS} records per request, got {len(records)}", 413)
-        return records, True
-    return [payload], False
+    if "records" not in payload:
+        return PredictRequest([payload], False)
+    unknown = sorted(set(payload) - set(_ENVELOPE_KEYS))
+    if unknown:
+        raise _request_error(f'unknown field(s) next to "records": {unknown} (allowed: {list(_ENVELOPE_KEYS)})')
+    records = payload["records"]
+    if not isinstance(records, list) or not records:
+        raise _request_error('"records" must be a non-empty list of records')
+    if len(records) > MAX_BATCH_RECORDS:
+        raise _request_error(f"at most {MAX_BATCH_RECORDS} records per request, got {len(records)}", 413)
+    errors: list[dict[str, Any]] = []
+    request_ids = event_ts = None
+    if payload.get("request_ids") is not None:
+        request_ids, id_errors = _check_request_ids(payload["request_ids"], len(records))
+        errors += id_errors
+    if payload.get("event_ts") is not None:
+        event_ts, ts_errors = _check_event_ts(payload["event_ts"], len(records))
+        errors += ts_errors
+    if errors:
+        raise RecordValidationError(errors[:MAX_REPORTED_ERRORS])
+    return PredictRequest(records, True, request_ids, event_ts)
+
+
+def parse_predict_body(body: bytes) -> tuple[list[Any], bool]:
+    """Split a ``/predict`` body into records; return ``(records, is_batch)`` (see
+    :func:`parse_predict_request`, which also returns the optional ids and event times)."""
+    parsed = parse_predict_request(body)
+    return parsed.records, parsed.is_batch
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,6 +472,8 @@ class ServedModel:
     schema: RecordSchema
     predictor: Predictor
     input_example: pd.DataFrame = field(repr=False)
+    #: Recorded with every logged prediction (room for A/B variants).
+    variant: str = DEFAULT_VARIANT
 
     def ref(self) -> dict[str, Any]:
         """``{"name", "version", "alias"}`` as returned with every prediction."""
@@ -392,8 +496,12 @@ class ServedModel:
 
     def predict_records(self, records: list[Any]) -> list[dict[str, Any]]:
         """Validate ``records`` and predict them (the whole request path, minus HTTP)."""
+        return self.predict_validated(records)[1]
+
+    def predict_validated(self, records: list[Any]) -> tuple[list[BaseModel], list[dict[str, Any]]]:
+        """Like :meth:`predict_records`, also returning the validated rows."""
         rows = self.schema.validate(records)
-        return self.predictor.predict(self.schema.to_frame(rows))
+        return rows, self.predictor.predict(self.schema.to_frame(rows))
 
 
 def _example_records(example: pd.DataFrame) -> list[Any]:
@@ -519,6 +627,10 @@ class ServingMetrics:
         )
         self.reloads = Counter(
             "airloop_serving_reloads", "POST /reload calls by outcome.", ["outcome"], registry=self.registry
+        )
+        self.feedback_labels = Counter(
+            "airloop_serving_feedback_labels", "Labels written to ground_truth by POST /feedback.",
+            registry=self.registry,
         )
 
     def set_model(self, model: ServedModel) -> None:
@@ -750,46 +862,317 @@ def check_admin_token(authorization: str | None, admin_token: str | None) -> int
     return None
 
 
+_TENANT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:@-")
+
+
+def request_tenant(request: Request) -> str:
+    """The ``X-Tenant`` header (default ``"default"``); 422 unless 1-100 of ``[A-Za-z0-9_.:@-]``."""
+    tenant = request.headers.get("x-tenant", "").strip()
+    if not tenant:
+        return DEFAULT_TENANT
+    if len(tenant) > 100 or not set(tenant) <= _TENANT_CHARS:
+        raise RecordValidationError([{
+            "record": None, "field": "X-Tenant",
+            "message": "X-Tenant must be 1-100 characters of letters, digits and _ . : @ -",
+        }])
+    return tenant
+
+
+def score_function(config: PipelineConfig) -> Callable[[dict[str, Any]], float | None]:
+    """How one prediction becomes the logged ``score``: the positive class's probability
+    (``classes[-1]``) for binary tasks, the top probability for multi-class, the value for
+    regression."""
+    if config.task == "regression":
+        def regression(item: dict[str, Any]) -> float | None:
+            value = item.get("prediction")
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        return regression
+    if config.task == "binary_classification":
+        positive = str(config.classes[-1]) if config.classes else None
+
+        def binary(item: dict[str, Any]) -> float | None:
+            return (item.get("probabilities") or {}).get(positive)
+        return binary
+
+    def multiclass(item: dict[str, Any]) -> float | None:
+        probabilities = item.get("probabilities")
+        return max(probabilities.values()) if probabilities else None
+    return multiclass
+
+
+def prediction_rows(
+    model: ServedModel,
+    pipeline: str,
+    tenant: str,
+    validated: Sequence[BaseModel],
+    predictions: Sequence[dict[str, Any]],
+    request_ids: Sequence[str],
+    event_ts: Sequence[datetime] | None,
+    now: datetime,
+    latency_ms: float,
+    score: Callable[[dict[str, Any]], float | None],
+) -> list[dict[str, Any]]:
+    """One ``predictions`` row per record (``features``/``prediction`` as Python objects: the
+    logger's writer thread JSON-encodes them)."""
+    as_dict = model.schema.as_dict
+    rows = []
+    for i, (row, item) in enumerate(zip(validated, predictions)):
+        rows.append({
+            "request_id": request_ids[i],
+            "ts": event_ts[i] if event_ts is not None else now,
+            "tenant": tenant,
+            "pipeline": pipeline,
+            "model_name": model.name,
+            "model_version": model.version,
+            "variant": model.variant,
+            "features": as_dict(row),
+            "prediction": item["prediction"],
+            "score": score(item),
+            "latency_ms": latency_ms,
+            "status": "ok",
+        })
+    return rows
+
+
+def error_row(
+    model: ServedModel, pipeline: str, tenant: str, parsed: PredictRequest | None, now: datetime,
+    latency_ms: float, err: BaseException,
+) -> dict[str, Any]:
+    """The one ``error`` row of a request whose prediction failed (a fresh request id, so a
+    retry with the client's ids is still logged)."""
+    records = parsed.records if parsed is not None else []
+    features: Any = records[0] if len(records) == 1 else {"batch_size": len(records), "records": records[:10]}
+    return {
+        "request_id": uuid.uuid4().hex,
+        "ts": parsed.event_ts[0] if parsed is not None and parsed.event_ts else now,
+        "tenant": tenant,
+        "pipeline": pipeline,
+        "model_name": model.name,
+        "model_version": model.version,
+        "variant": model.variant,
+        "features": features,
+        "prediction": None,
+        "score": None,
+        "latency_ms": latency_ms,
+        "status": "error",
+        "error": f"{type(err).__name__}: {err}"[:2000],
+    }
+
+
+class FeedbackItem(BaseModel):
+    """One label of ``POST /feedback``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: Annotated[StrictStr, Field(min_length=1, max_length=MAX_REQUEST_ID_LENGTH)]
+    label: Any = Field(...)
+    label_ts: StrictStr | None = None
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """JSON equality that does not confuse booleans with 0/1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    return a == b
+
+
+def canonical_label(label: Any, config: PipelineConfig) -> Any:
+    """The label as stored: one of ``config.classes`` (the value, or its string form as in the
+    ``probabilities`` keys) for classification, a finite number for regression. ``ValueError``
+    otherwise."""
+    if config.task == "regression":
+        if isinstance(label, bool) or not isinstance(label, (int, float)) or not math.isfinite(label):
+            raise ValueError(f"label must be a finite number for a regression pipeline, got {label!r:.80}")
+        return label
+    classes = config.classes or []
+    for cls in classes:
+        if _same_value(label, cls) or (isinstance(label, str) and not isinstance(cls, str) and label == str(cls)):
+            return cls
+    raise ValueError(f"label must be one of the pipeline's classes {classes}, got {label!r:.80}")
+
+
+def _feedback_error(message: str, status_code: int = 422, field_name: str | None = None) -> RecordValidationError:
+    return RecordValidationError([{"item": None, "field": field_name, "message": message}], status_code)
+
+
+def parse_feedback_body(body: bytes, config: PipelineConfig) -> list[dict[str, Any]]:
+    """Validate a ``/feedback`` body; return ``[{"request_id", "label", "label_ts"}]``.
+
+    A body is one item ``{"request_id", "label", "label_ts"?}`` or ``{"items": [ ... ]}`` with
+    1..MAX_FEEDBACK_ITEMS items; ``label`` is canonicalised (:func:`canonical_label`) and
+    ``label_ts`` parsed to UTC (None when absent). Request ids must be unique within a body.
+    Raises :class:`RecordValidationError` with ``{"item", "field", "message"}`` errors (422, or
+    413 for too many items).
+    """
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise _feedback_error(f"body is not valid JSON: {err}") from None
+    if not isinstance(payload, dict):
+        raise _feedback_error('body must be a JSON object: one label or {"items": [ ... ]}')
+    if "items" in payload:
+        if payload.keys() != {"items"}:
+            raise _feedback_error(f'unknown field(s) next to "items": {sorted(set(payload) - {"items"})}')
+        items = payload["items"]
+        if not isinstance(items, list) or not items:
+            raise _feedback_error('"items" must be a non-empty list of labels', field_name="items")
+        if len(items) > MAX_FEEDBACK_ITEMS:
+            raise _feedback_error(f"at most {MAX_FEEDBACK_ITEMS} items per request, got {len(items)}", 413, "items")
+    else:
+        items = [payload]
+    out: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(items):
+        if len(errors) >= MAX_REPORTED_ERRORS:
+            break
+        try:
+            item = FeedbackItem.model_validate(raw)
+        except ValidationError as err:
+            errors.extend(
+                {"item": i, "field": ".".join(map(str, e["loc"])) or None, "message": e["msg"]}
+                for e in err.errors(include_url=False)
+            )
+            continue
+        try:
+            label = canonical_label(item.label, config)
+        except ValueError as err:
+            errors.append({"item": i, "field": "label", "message": str(err)})
+            continue
+        label_ts = None
+        if item.label_ts is not None:
+            try:
+                label_ts = to_utc(item.label_ts)
+            except ValueError:
+                errors.append({"item": i, "field": "label_ts",
+                               "message": f"not an ISO-8601 timestamp: {item.label_ts!r:.80}"})
+                continue
+        if item.request_id in seen:
+            errors.append({"item": i, "field": "request_id",
+                           "message": f"duplicate request id {item.request_id!r} (also item {seen[item.request_id]})"})
+            continue
+        seen[item.request_id] = i
+        out.append({"request_id": item.request_id, "label": label, "label_ts": label_ts})
+    if errors:
+        raise RecordValidationError(errors[:MAX_REPORTED_ERRORS])
+    return out
+
+
+def write_feedback(uri: str, rows: list[dict[str, Any]]) -> int:
+    """Upsert ``ground_truth`` rows (a label sent again overwrites the earlier one)."""
+    return store.upsert(store.get_engine(uri), store.ground_truth, rows)
+
+
 def _not_ready(manager: ModelManager) -> JSONResponse:
     reason = manager.last_error or f"no model loaded for {manager.model_name}"
     return _json({"status": "not ready", "detail": reason}, 503)
 
 
-def _add_routes(app: FastAPI, manager: ModelManager, metrics: ServingMetrics, settings: Settings) -> None:
-    """Register the endpoints on ``app``."""
+def _add_routes(
+    app: FastAPI,
+    manager: ModelManager,
+    metrics: ServingMetrics,
+    settings: Settings,
+    prediction_logger: PredictionLogger | None = None,
+) -> None:
+    """Register the endpoints on ``app`` (predictions are logged to ``prediction_logger``)."""
+    pipeline = manager.config.name
+    score = score_function(manager.config)
+
+    def serve(model: ServedModel, parsed: PredictRequest, tenant: str, started: float) -> list[dict[str, Any]]:
+        """Validate, predict, stamp request ids and enqueue the log rows (no I/O)."""
+        validated, predictions = model.predict_validated(parsed.records)
+        latency = time.perf_counter() - started
+        now = datetime.now(timezone.utc)
+        request_ids = parsed.request_ids or [uuid.uuid4().hex for _ in predictions]
+        for item, request_id in zip(predictions, request_ids):
+            item["request_id"] = request_id
+        metrics.latency.observe(latency)
+        if prediction_logger is not None:
+            prediction_logger.log(prediction_rows(
+                model, pipeline, tenant, validated, predictions, request_ids, parsed.event_ts, now,
+                latency * 1000.0, score,
+            ))
+        return predictions
 
     @app.post("/predict")
     async def predict(request: Request) -> Response:
-        """Predict one record or ``{"records": [...]}``."""
+        """Predict one record or ``{"records": [...], "request_ids"?: [...], "event_ts"?: [...]}``."""
         model = manager.current
         if model is None:
             return _not_ready(manager)
         started = time.perf_counter()
+        parsed: PredictRequest | None = None
+        tenant = DEFAULT_TENANT
         try:
-            records, _ = parse_predict_body(await request.body())
-            if len(records) > INLINE_BATCH_RECORDS:
-                predictions = await run_in_threadpool(model.predict_records, records)
+            tenant = request_tenant(request)
+            parsed = parse_predict_request(await request.body())
+            if len(parsed.records) > INLINE_BATCH_RECORDS:
+                predictions = await run_in_threadpool(serve, model, parsed, tenant, started)
             else:
-                predictions = model.predict_records(records)
+                predictions = serve(model, parsed, tenant, started)
         except RecordValidationError as err:
             return _json({"detail": err.errors}, err.status_code)
-        except Exception:
+        except Exception as err:
             log.exception("prediction failed (model %s v%s)", model.name, model.version)
+            if prediction_logger is not None:
+                latency_ms = (time.perf_counter() - started) * 1000.0
+                prediction_logger.log([
+                    error_row(model, pipeline, tenant, parsed, datetime.now(timezone.utc), latency_ms, err)
+                ])
             return _json({"detail": "prediction failed"}, 500)
-        metrics.latency.observe(time.perf_counter() - started)
         metrics.records.inc(len(predictions))
         return _json({"model": model.ref(), "predictions": predictions})
+
+    @app.post("/feedback")
+    async def feedback(request: Request) -> Response:
+        """Labels for earlier predictions: ``{"request_id", "label", "label_ts"?}`` or
+        ``{"items": [...]}``, upserted into ``ground_truth`` (503 when the store is down)."""
+        try:
+            tenant = request_tenant(request)
+            items = parse_feedback_body(await request.body(), manager.config)
+        except RecordValidationError as err:
+            return _json({"detail": err.errors}, err.status_code)
+        received_at = datetime.now(timezone.utc)
+        rows = [
+            {
+                "request_id": item["request_id"],
+                "tenant": tenant,
+                "pipeline": pipeline,
+                "label": json.dumps(item["label"]),
+                "label_ts": item["label_ts"] or received_at,
+                "received_at": received_at,
+            }
+            for item in items
+        ]
+        try:
+            written = await run_in_threadpool(write_feedback, settings.monitoring_db_uri, rows)
+        except (sa.exc.SQLAlchemyError, OSError) as err:
+            reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            log.warning("feedback not stored, monitoring store unavailable: %s", reason)
+            return _json(
+                {"detail": f"monitoring database unavailable; the feedback was not stored, retry later ({reason})"},
+                503, {"Retry-After": "5"},
+            )
+        metrics.feedback_labels.inc(written)
+        return _json({"written": written})
 
     @app.get("/health")
     async def health() -> Response:
         """Process liveness (always 200)."""
         model = manager.current
+        logged = None
+        if prediction_logger is not None:
+            stats = prediction_logger.stats()
+            logged = {"db_up": stats.db_up, "queue_depth": stats.queue_depth, "spool_files": stats.spool_files,
+                      "last_error": stats.last_error}
         return _json({
             "status": "ok",
             "pipeline": manager.config.name,
             "model_loaded": model is not None,
             "model_version": model.version if model else None,
             "last_error": manager.last_error,
+            "prediction_log": logged,
         })
 
     @app.get("/ready")
@@ -849,28 +1232,47 @@ def _add_routes(app: FastAPI, manager: ModelManager, metrics: ServingMetrics, se
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(settings: Settings | None = None, pipeline: str | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, pipeline: str | None = None, log_predictions: bool = True
+) -> FastAPI:
     """Build the serving app for ``pipeline`` (default ``settings.default_pipeline``).
 
     The champion is loaded during the app's startup (lifespan), in a worker thread; startup waits
     up to :data:`STARTUP_LOAD_WAIT_S` for it and then serves regardless (``/ready`` says 503 until
     a model is loaded; ``POST /reload`` can load one later). A wrong pipeline name raises
     :class:`~airloop.config.ConfigError` immediately.
+
+    With ``log_predictions`` (default) every prediction is logged to ``settings.monitoring_db_uri``
+    through a :class:`~airloop.predlog.PredictionLogger` (``app.state.prediction_logger``),
+    started with the app and drained on shutdown; the store may be down at startup.
     """
     settings = settings or get_settings()
     config = load_pipeline_config(pipeline or settings.default_pipeline, settings)
     metrics = ServingMetrics()
     manager = ModelManager(settings, config, metrics)
     metrics.model_version.labels(manager.model_name).set(0)
+    prediction_logger = None
+    if log_predictions:
+        prediction_logger = PredictionLogger.for_uri(
+            settings.monitoring_db_uri, spool_dir_for(settings.state_dir, config.name),
+            autostart=False, name=f"airloop-predlog-{config.name}",
+        )
+        metrics.registry.register(PredictionLogCollector(prediction_logger))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if prediction_logger is not None:
+            prediction_logger.start()
         loader = threading.Thread(target=manager.load_initial, name="airloop-initial-load", daemon=True)
         loader.start()
         await anyio.to_thread.run_sync(loader.join, STARTUP_LOAD_WAIT_S)
         if loader.is_alive():
             log.warning("model still loading after %.0fs; serving without a model meanwhile", STARTUP_LOAD_WAIT_S)
-        yield
+        try:
+            yield
+        finally:
+            if prediction_logger is not None:
+                await anyio.to_thread.run_sync(prediction_logger.close, SHUTDOWN_FLUSH_S)
 
     app = FastAPI(
         title=f"airloop serving: {config.name}",
@@ -882,6 +1284,7 @@ def create_app(settings: Settings | None = None, pipeline: str | None = None) ->
     app.state.manager = manager
     app.state.metrics = metrics
     app.state.settings = settings
-    _add_routes(app, manager, metrics, settings)
+    app.state.prediction_logger = prediction_logger
+    _add_routes(app, manager, metrics, settings, prediction_logger)
     app.add_middleware(_RequestCounter, metrics=metrics)
     return app

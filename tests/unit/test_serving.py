@@ -20,7 +20,8 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date
+import uuid
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import mlflow.sklearn
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 import yaml
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
@@ -41,9 +43,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
+from airloop import store
 from airloop.config import PipelineConfig, Settings, load_pipeline_config, load_settings
 from airloop.serving import (
     MAX_BATCH_RECORDS,
+    MAX_FEEDBACK_ITEMS,
     UntrustedModelError,
     check_admin_token,
     create_app,
@@ -516,3 +520,332 @@ def test_vet_skops_types_trusts_only_sklearn_and_numpy_classes() -> None:
 def test_skops_trusted_types_for_logging(registry: Registry) -> None:
     assert skops_trusted_types(registry.lr) == ["numpy.dtype"]
     assert "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor" in skops_trusted_types(registry.hgb)
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction log and feedback (real SQLite and PostgreSQL monitoring stores)
+# --------------------------------------------------------------------------------------------
+
+PG_ADMIN = os.environ.get("AIRLOOP_TEST_PG_ADMIN_URI", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def _pg_admin(sql: str) -> None:
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(sql))
+    finally:
+        admin.dispose()
+
+
+def _pg_uri(name: str) -> str:
+    return sa.engine.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+
+
+def _pg_drop(name: str) -> None:
+    try:
+        store.get_engine(_pg_uri(name)).dispose()
+    except Exception:
+        pass
+    store.get_engine.cache_clear()
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def pg_monitoring() -> Iterator[str]:
+    """A fresh PostgreSQL monitoring database for this module (dropped afterwards)."""
+    name = f"airloop_test_{uuid.uuid4().hex[:12]}"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield _pg_uri(name)
+    finally:
+        _pg_drop(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def monitoring_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty monitoring store: a SQLite file, or the module's PostgreSQL database truncated."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'monitoring.db'}"
+    uri = request.getfixturevalue("pg_monitoring")
+    with store.get_engine(uri).begin() as conn:
+        conn.execute(sa.text("TRUNCATE predictions, ground_truth"))
+    return uri
+
+
+def _table(uri: str, table: sa.Table) -> dict[str, dict[str, Any]]:
+    with store.get_engine(uri).connect() as conn:
+        return {r["request_id"]: dict(r) for r in conn.execute(sa.select(table)).mappings()}
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _spool_files(settings: Settings) -> list[Path]:
+    folder = settings.state_dir / "spool" / PIPELINE
+    return sorted(folder.glob("*.jsonl")) if folder.exists() else []
+
+
+def test_predictions_and_feedback_are_stored(tmp_path: Path, registry: Registry, monitoring_uri: str) -> None:
+    settings = _settings(tmp_path, registry.uri, AIRLOOP_MONITORING_DB_URI=monitoring_uri)
+    frame = registry.test_frame.head(5)
+    records = _records(frame)
+    ids = [f"claim-{i}" for i in range(5)]
+    event_ts = ["2026-02-02T08:00:00Z", "2026-02-02T09:30:00+01:00", "2026-02-02T10:00:00",
+                "2026-02-02T11:00:00.250000+00:00", "2026-02-03T00:00:00Z"]
+    expected_ts = [datetime(2026, 2, 2, h, m, s, us, tzinfo=timezone.utc)  # naive = UTC
+                   for h, m, s, us in ((8, 0, 0, 0), (8, 30, 0, 0), (10, 0, 0, 0), (11, 0, 0, 250000))]
+    expected_ts.append(datetime(2026, 2, 3, tzinfo=timezone.utc))
+    single = _records(registry.test_frame.iloc[[20]])[0]
+    with TestClient(create_app(settings)) as app_client:
+        batch = app_client.post("/predict", json={"records": records, "request_ids": ids, "event_ts": event_ts},
+                                headers={"X-Tenant": "acme"})
+        assert batch.status_code == 200, batch.text
+        assert [p["request_id"] for p in batch.json()["predictions"]] == ids
+        one = app_client.post("/predict", json=single)
+        assert one.status_code == 200
+        single_id = one.json()["predictions"][0]["request_id"]
+        assert len(single_id) == 32 and uuid.UUID(single_id).version == 4
+
+        labels = {"items": [{"request_id": rid, "label": i % 2} for i, rid in enumerate(ids[:4])]}
+        labels["items"][0]["label_ts"] = "2026-02-10T00:00:00Z"
+        labels["items"][1]["label"] = "1"  # the string form of a class, as in "probabilities"
+        response = app_client.post("/feedback", json=labels, headers={"X-Tenant": "acme"})
+        assert response.status_code == 200, response.text
+        assert response.json() == {"written": 4}
+        corrected = app_client.post("/feedback", json={"request_id": "claim-3", "label": 0})
+        assert corrected.json() == {"written": 1}  # the later label wins (upsert)
+        assert _metric(app_client, "airloop_predlog_rows_logged_total") == 6
+        assert _metric(app_client, "airloop_serving_feedback_labels_total") == 5
+        assert app_client.get("/health").json()["prediction_log"]["last_error"] is None
+    # no explicit flush: app shutdown drains the logger
+    rows = _table(monitoring_uri, store.predictions)
+    assert sorted(rows) == sorted([*ids, single_id])
+    expected = registry.lr.predict_proba(frame)[:, 1]
+    for i, rid in enumerate(ids):
+        row = rows[rid]
+        assert _as_utc(row["ts"]) == expected_ts[i]
+        assert row["tenant"] == "acme" and row["pipeline"] == PIPELINE and row["model_name"] == PIPELINE
+        assert row["model_version"] == "1" and row["variant"] == "champion" and row["status"] == "ok"
+        features = json.loads(row["features"])
+        assert list(features) == registry.features  # the validated record, every column, in order
+        assert features == {k: records[i].get(k) for k in registry.features}
+        assert json.loads(row["prediction"]) == batch.json()["predictions"][i]["prediction"]
+        assert row["score"] == pytest.approx(expected[i], abs=1e-9)
+        assert row["latency_ms"] > 0 and row["error"] is None
+    assert rows[single_id]["tenant"] == "default"
+    assert datetime.now(timezone.utc) - _as_utc(rows[single_id]["ts"]) < timedelta(minutes=5)
+
+    truth = _table(monitoring_uri, store.ground_truth)
+    assert sorted(truth) == ids[:4]
+    assert [json.loads(truth[rid]["label"]) for rid in ids[:4]] == [0, 1, 0, 0]
+    assert _as_utc(truth["claim-0"]["label_ts"]) == datetime(2026, 2, 10, tzinfo=timezone.utc)
+    assert truth["claim-1"]["label_ts"] == truth["claim-1"]["received_at"]
+    assert truth["claim-1"]["tenant"] == "acme" and truth["claim-3"]["tenant"] == "default"
+    assert {t["pipeline"] for t in truth.values()} == {PIPELINE}
+    assert not _spool_files(settings)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "fragment"),
+    [
+        ({"request_ids": ["a"]}, "request_ids", "one id per record (3)"),
+        ({"request_ids": ["a", "b", "a"]}, "request_ids", "duplicate request id 'a'"),
+        ({"request_ids": ["a", "b", "x" * 65]}, "request_ids", "at most 64 characters"),
+        ({"request_ids": ["a", 7, "c"]}, "request_ids", "non-empty printable string"),
+        ({"request_ids": "abc"}, "request_ids", "must be a list"),
+        ({"event_ts": ["2026-02-02T08:00:00Z"] * 2}, "event_ts", "one timestamp per record (3)"),
+        ({"event_ts": ["2026-02-02T08:00:00Z", "yesterday", "2026-02-02"]}, "event_ts", "not an ISO-8601"),
+        ({"event_ts": ["2026-02-02T08:00:00Z", 1767225600, "2026-02-02"]}, "event_ts", "not an ISO-8601"),
+        ({"request_id": ["a", "b", "c"]}, None, "unknown field(s)"),
+    ],
+)
+def test_predict_ids_and_event_times_are_validated(
+    client: TestClient, registry: Registry, body: dict[str, Any], field: str | None, fragment: str
+) -> None:
+    before = client.app.state.prediction_logger.stats().rows_logged
+    response = client.post("/predict", json={"records": _records(registry.test_frame.head(3)), **body})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert any(d["field"] == field and fragment in d["message"] for d in detail), detail
+    assert client.app.state.prediction_logger.stats().rows_logged == before  # nothing logged
+
+
+def test_bad_tenant_header_is_refused(client: TestClient, registry: Registry) -> None:
+    record = _records(registry.test_frame.head(1))[0]
+    for tenant in ("a b", "x" * 101, "tenant/1"):
+        response = client.post("/predict", json=record, headers={"X-Tenant": tenant})
+        assert _detail_for(response, "X-Tenant")["message"].startswith("X-Tenant must be")
+    assert client.post("/feedback", json={"request_id": "r", "label": 1},
+                       headers={"X-Tenant": "a b"}).status_code == 422
+
+
+def test_failed_prediction_logs_one_error_row(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'monitoring.db'}"
+    settings = _settings(tmp_path, registry.uri, AIRLOOP_MONITORING_DB_URI=uri)
+    records = _records(registry.test_frame.head(3))
+    with TestClient(create_app(settings)) as app_client:
+        predictor = app_client.app.state.manager.current.predictor
+
+        def broken(frame: pd.DataFrame) -> list[dict[str, Any]]:
+            raise RuntimeError("estimator exploded")
+
+        monkeypatch.setattr(predictor, "predict", broken)
+        response = app_client.post("/predict", json={"records": records, "request_ids": ["x1", "x2", "x3"],
+                                                     "event_ts": ["2026-02-02T08:00:00Z"] * 3})
+        assert response.status_code == 500 and response.json() == {"detail": "prediction failed"}
+        records_bad = [dict(records[0], customer_age="old")]
+        assert app_client.post("/predict", json={"records": records_bad}).status_code == 422  # not logged
+        assert app_client.app.state.prediction_logger.flush(10)
+    rows = list(_table(uri, store.predictions).values())
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["status"] == "error" and row["error"] == "RuntimeError: estimator exploded"
+    assert row["request_id"] not in {"x1", "x2", "x3"}  # a retry with the client's ids is still logged
+    assert _as_utc(row["ts"]) == datetime(2026, 2, 2, 8, tzinfo=timezone.utc)
+    assert row["prediction"] is None and row["score"] is None and row["model_version"] == "1"
+    assert json.loads(row["features"])["batch_size"] == 3
+
+
+def test_database_down_predictions_answer_and_spool_is_replayed(tmp_path: Path, registry: Registry) -> None:
+    """The monitoring database does not exist: predictions still answer 200, rows go to the spool
+    (also across an app restart); feedback answers 503. Once the database is created, the spool
+    is replayed: every row exactly once, spool files gone."""
+    name = f"airloop_test_late_{uuid.uuid4().hex[:12]}"
+    uri = _pg_uri(name)
+    settings = _settings(tmp_path, registry.uri, AIRLOOP_MONITORING_DB_URI=uri)
+    records = _records(registry.test_frame.head(10))
+    sent: list[str] = []
+    try:
+        with TestClient(create_app(settings)) as first:
+            for i in range(3):
+                response = first.post("/predict", json={"records": records})
+                assert response.status_code == 200
+                sent += [p["request_id"] for p in response.json()["predictions"]]
+        assert len(_spool_files(settings)) >= 1  # the stopped app spooled what it could not write
+
+        with TestClient(create_app(settings)) as second:
+            response = second.post("/predict", json={"records": records[:4], "request_ids": ["k1", "k2", "k3", "k4"]})
+            assert response.status_code == 200
+            sent += ["k1", "k2", "k3", "k4"]
+            response = second.post("/predict", json=records[5])
+            sent.append(response.json()["predictions"][0]["request_id"])
+            down = second.post("/feedback", json={"request_id": "k1", "label": 1})
+            assert down.status_code == 503 and down.headers["retry-after"] == "5"
+            assert "monitoring database unavailable" in down.json()["detail"]
+            assert second.app.state.prediction_logger.flush(10) is False
+            assert _metric(second, "airloop_predlog_db_up") == 0
+            assert _metric(second, "airloop_predlog_rows_spooled_total") == 5
+            assert second.get("/health").json()["prediction_log"]["db_up"] is False
+
+            _pg_admin(f'CREATE DATABASE "{name}"')
+            assert second.app.state.prediction_logger.flush(10)
+            assert _metric(second, "airloop_predlog_rows_replayed_total") == 35
+            assert _metric(second, "airloop_predlog_db_up") == 1
+            assert second.post("/feedback", json={"request_id": "k1", "label": 1}).json() == {"written": 1}
+        rows = _table(uri, store.predictions)
+        assert len(sent) == len(set(sent)) == 35
+        assert sorted(rows) == sorted(sent)
+        assert not _spool_files(settings)
+        assert list(_table(uri, store.ground_truth)) == ["k1"]
+    finally:
+        _pg_drop(name)
+
+
+def test_closed_port_predictions_answer_and_feedback_is_503(tmp_path: Path, registry: Registry) -> None:
+    settings = _settings(tmp_path, registry.uri,
+                         AIRLOOP_MONITORING_DB_URI="postgresql+psycopg://postgres@127.0.0.1:1/monitoring")
+    with TestClient(create_app(settings)) as app_client:
+        response = app_client.post("/predict", json={"records": _records(registry.test_frame.head(6))})
+        assert response.status_code == 200
+        feedback = app_client.post("/feedback", json={"items": [{"request_id": "a", "label": 1}]})
+        assert feedback.status_code == 503 and "not stored" in feedback.json()["detail"]
+        assert app_client.app.state.prediction_logger.flush(10) is False
+        assert _metric(app_client, "airloop_predlog_rows_spooled_total") == 6
+        assert _metric(app_client, "airloop_predlog_write_errors_total") >= 1
+    ids = [json.loads(line)["request_id"] for f in _spool_files(settings) for line in f.read_text().splitlines()]
+    assert sorted(ids) == sorted(p["request_id"] for p in response.json()["predictions"])
+
+
+def test_prediction_logging_can_be_disabled(tmp_path: Path, registry: Registry) -> None:
+    settings = _settings(tmp_path, registry.uri)
+    with TestClient(create_app(settings, log_predictions=False)) as app_client:
+        response = app_client.post("/predict", json=_records(registry.test_frame.head(1))[0])
+        assert response.status_code == 200 and len(response.json()["predictions"][0]["request_id"]) == 32
+        assert app_client.app.state.prediction_logger is None
+        assert _metric(app_client, "airloop_predlog_rows_logged_total") is None
+        assert app_client.get("/health").json()["prediction_log"] is None
+    assert not (settings.state_dir / "monitoring.db").exists()
+    assert not (settings.state_dir / "spool").exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "item", "field", "fragment"),
+    [
+        ({"request_id": "r1"}, 0, "label", "Field required"),
+        ({"label": 1}, 0, "request_id", "Field required"),
+        ({"request_id": "r1", "label": 2}, 0, "label", "one of the pipeline's classes [0, 1]"),
+        ({"request_id": "r1", "label": True}, 0, "label", "one of the pipeline's classes"),
+        ({"request_id": "r1", "label": None}, 0, "label", "one of the pipeline's classes"),
+        ({"request_id": "r1", "label": 1, "label_ts": "soon"}, 0, "label_ts", "not an ISO-8601"),
+        ({"request_id": "r1", "label": 1, "label_ts": 1767225600}, 0, "label_ts", "valid string"),
+        ({"request_id": "r1", "label": 1, "tenant": "x"}, 0, "tenant", "Extra inputs"),
+        ({"request_id": "", "label": 1}, 0, "request_id", "at least 1 character"),
+        ({"request_id": "x" * 65, "label": 1}, 0, "request_id", "at most 64 characters"),
+        ({"request_id": 5, "label": 1}, 0, "request_id", "valid string"),
+        ({"items": [{"request_id": "a", "label": 1}, {"request_id": "a", "label": 0}]}, 1, "request_id",
+         "duplicate request id 'a'"),
+        ({"items": [{"request_id": "a", "label": 1}, {"request_id": "b", "label": 7}]}, 1, "label", "classes"),
+        ({"items": []}, None, "items", "non-empty list"),
+        ({"items": {"request_id": "a"}}, None, "items", "non-empty list"),
+        ({"items": [], "extra": 1}, None, None, "unknown field(s)"),
+        ([{"request_id": "a", "label": 1}], None, None, "must be a JSON object"),
+    ],
+)
+def test_feedback_validation(
+    client: TestClient, body: Any, item: int | None, field: str | None, fragment: str
+) -> None:
+    response = client.post("/feedback", json=body)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert any(d["item"] == item and d["field"] == field and fragment in d["message"] for d in detail), detail
+
+
+def test_feedback_limits_and_malformed_json(client: TestClient) -> None:
+    response = client.post("/feedback", content=b"{oops", headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "not valid JSON" in response.json()["detail"][0]["message"]
+    too_many = {"items": [{"request_id": f"r{i}", "label": 1} for i in range(MAX_FEEDBACK_ITEMS + 1)]}
+    response = client.post("/feedback", json=too_many)
+    assert response.status_code == 413 and str(MAX_FEEDBACK_ITEMS) in response.json()["detail"][0]["message"]
+
+
+def test_feedback_of_a_regression_pipeline_needs_numbers(tmp_path: Path, registry: Registry) -> None:
+    name = "claims_amount"
+    raw = yaml.safe_load((registry.settings.pipelines_dir / f"{PIPELINE}.yaml").read_text())
+    raw = {**raw, "name": name, "task": "regression", "target": "claim_amount_paid"}
+    raw.pop("classes")
+    raw["training"]["metric"] = "rmse"
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+    uri = f"sqlite:///{tmp_path / 'monitoring.db'}"
+    settings = _settings(tmp_path, registry.uri, AIRLOOP_PIPELINE=name, AIRLOOP_PIPELINES_DIR=str(tmp_path),
+                         AIRLOOP_MONITORING_DB_URI=uri)
+    with TestClient(create_app(settings)) as app_client:  # no model yet: feedback does not need one
+        for bad in ("12.5", True, None, [1]):
+            response = app_client.post("/feedback", json={"request_id": "r1", "label": bad})
+            assert _detail_for_item(response, "label")["message"].startswith("label must be a finite number")
+        response = app_client.post("/feedback", json={"items": [{"request_id": "r1", "label": 1250.5},
+                                                                {"request_id": "r2", "label": 80}]})
+        assert response.json() == {"written": 2}
+    truth = _table(uri, store.ground_truth)
+    assert {k: json.loads(v["label"]) for k, v in truth.items()} == {"r1": 1250.5, "r2": 80}
+    assert {v["pipeline"] for v in truth.values()} == {name}
+
+
+def _detail_for_item(response: Any, field: str) -> dict[str, Any]:
+    assert response.status_code == 422, response.text
+    matches = [d for d in response.json()["detail"] if d["field"] == field]
+    assert matches, response.json()
+    return matches[0]
