@@ -302,7 +302,7 @@ def test_rules_fire_only_on_present_metrics(config):
     assert "error_rate = 0.06 > 0.05" in fired["error_rate"]["message"]
     assert "latency_p95_ms = 150 > 100" in fired["latency"]["message"]
     # Strict vs inclusive comparisons at the threshold.
-    edge = {"volume_ratio": 0.5, "error_rate": 0.05, "latency_p95_ms": 100.0, "drift_share": 0.2999}
+    edge = {"volume_ratio": 0.5, "error_rate": 0.05, "latency_p95_ms": 100.0, "drift_share": 0.1999}
     assert mon.evaluate_rules(config, edge) == []
     # Absent, None or NaN metrics never fire (drift not judged, too few labels, no baseline).
     assert mon.evaluate_rules(config, {}) == []
