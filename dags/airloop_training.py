@@ -11,6 +11,9 @@ One DAG per pipeline file in `include/pipelines/`:
   what a scheduled run would have seen.
 * **Validation is a gate**: a failing day stops the run before training, is quarantined
   (kept under `.airloop/quarantine/`) and the Great Expectations result is kept.
+* **Retraining on demand**: scheduled on time *or* on the `airloop://<pipeline>/retrain-requests`
+  Asset that monitoring updates when drift or a performance drop calls for it; the request's
+  as-of day and reason are carried into the run (MLflow tags, ledger).
 * **Trigger from the UI** with the form: as-of date, window, number of trials, timeout, and
   *force promote* (skip the gates, recorded in the ledger).
 
@@ -21,19 +24,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from airloop.config import get_settings, load_pipeline_config
-from airloop_provider.operators import DeployModelOperator, run_actor, run_context
-
-
-def _as_of(context) -> str:
-    """The run's as-of day: the form's ``as_of``, else the data interval end (never now())."""
-    chosen = context["params"].get("as_of")
-    if chosen:
-        return str(chosen)[:10]
-    end = context.get("data_interval_end") or context["dag_run"].run_after
-    return end.date().isoformat()
+from airloop.loop import retrain_asset_uri
+from airloop_provider.operators import DeployModelOperator, as_of_day, run_actor, run_context
 
 
 def training_dag(pipeline: str):
@@ -46,7 +41,11 @@ def training_dag(pipeline: str):
         dag_id=f"{config.name}__train",
         description=f"Train, gate and deploy {config.name} ({config.task})",
         doc_md=__doc__,
-        schedule=config.schedule.training,
+        # On its schedule OR when monitoring requests a retrain (Asset event with reason + as-of).
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable(config.schedule.training, timezone="UTC"),
+            assets=[Asset(retrain_asset_uri(config), extra={"pipeline": config.name})],
+        ),
         start_date=start,
         end_date=end,
         catchup=False,
@@ -72,7 +71,7 @@ def training_dag(pipeline: str):
         def extract(**context) -> dict:
             from airloop import stages
 
-            return stages.extract(config, _as_of(context), get_settings(), window=context["params"]["window_days"])
+            return stages.extract(config, as_of_day(context), get_settings(), window=context["params"]["window_days"])
 
         @task
         def validate(snapshot: dict) -> dict:

@@ -196,6 +196,84 @@ def run_training(pipeline: str, as_of: str, conf: dict | None = None) -> tuple[s
     return str(getattr(run, "state", "unknown")), time.perf_counter() - started
 
 
+def _load_dag(file: str, dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(get_settings().root / "dags" / file))
+    if bag.import_errors:
+        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+    return bag.get_dag(dag_id)
+
+
+def run_monitoring(pipeline: str, day: date) -> tuple[str, dict, float]:
+    """Run ``<pipeline>__monitor`` for ``[day, day + 1)`` through ``dag.test``; return (state,
+    the monitor task's summary, seconds)."""
+    from datetime import timedelta
+
+    dag = _load_dag("airloop_monitoring.py", f"{pipeline}__monitor")
+    started = time.perf_counter()
+    # dag.test infers a manual run's interval as the last complete one before its logical date
+    logical = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=timezone.utc)
+    run = dag.test(logical_date=logical)
+    return str(run.state), interval_outcome(get_settings(), pipeline, day), time.perf_counter() - started
+
+
+def interval_outcome(settings: Settings, pipeline: str, day: date) -> dict:
+    """What monitoring stored for ``day``: the monitoring_runs row and the fired alert rules."""
+    import sqlalchemy as sa
+
+    from airloop import store
+    from airloop.loop import day_bounds
+
+    engine = store.get_engine(settings.monitoring_db_uri)
+    start = day_bounds(day)[0]
+    runs, alerts = store.monitoring_runs, store.alerts
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(runs).where(runs.c.pipeline == pipeline, runs.c.interval_start == start)).mappings().first()
+        rules = conn.execute(sa.select(alerts.c.rule).where(alerts.c.pipeline == pipeline, alerts.c.interval_start == start)
+                             .order_by(alerts.c.id)).scalars().all()
+    out = dict(row) if row else {}
+    out["drifted_features"] = json.loads(out["drifted_features"]) if out.get("drifted_features") else []
+    out["alerts"] = [{"rule": r} for r in rules]
+    return out
+
+
+def replay_traffic(settings: Settings, config, day: date) -> int:
+    """Send ``day``'s claims through the serving API as the business would have: each record
+    with its claim id as request id and its claim time as event time; return the records sent."""
+    import httpx
+
+    from airloop.simulator import generate_day
+
+    frame = generate_day(day)
+    records = json.loads(frame[list(config.features)].to_json(orient="records"))
+    answer = httpx.post(f"{settings.serving_url}/predict", timeout=120, json={
+        "records": records, "request_ids": frame[config.id_column].astype(str).tolist(),
+        "event_ts": [ts.isoformat() for ts in frame[config.timestamp]]})
+    answer.raise_for_status()
+    return len(records)
+
+
+def pending_retrain(settings: Settings, config, day: date) -> dict | None:
+    """The retrain request monitoring made for ``day`` (None when none was requested)."""
+    import sqlalchemy as sa
+
+    from airloop import store
+    from airloop.loop import day_bounds
+
+    engine = store.get_engine(settings.monitoring_db_uri)
+    t = store.retrain_requests
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(t).where(t.c.pipeline == config.name, t.c.requested.is_(True),
+                                              t.c.interval_start == day_bounds(day)[0])).mappings().first()
+    return dict(row) if row else None
+
+
+def wait_for_serving_log(settings: Settings, seconds: float = 3.0) -> None:
+    """Give serving's batched prediction writer time to flush (it writes every 0.5 s)."""
+    time.sleep(seconds)
+
+
 def cmd_train(args) -> int:
     """Train one interval through Airflow."""
     ensure_secrets(get_settings())
@@ -230,14 +308,43 @@ def cmd_demo(args) -> int:
         what = f"train as of {bad_as_of} (window holds the bad-data day {bad_day}: expected to stop at validation)"
     timeline.append((what, state_bad, seconds_bad))
     print(f"{what}: {state_bad} ({seconds_bad:.0f} s)")
-    print_summary(settings, args.pipeline, timeline, time.perf_counter() - t0)
+    loop_events = run_loop(settings, config, timeline, date.fromisoformat(args.loop_from), args.loop_days)
+    print_summary(settings, args.pipeline, timeline, time.perf_counter() - t0, loop_events)
     quarantined = date.fromisoformat(bad_day) in quarantined_days(config, settings)
     stopped_or_excluded = state_bad == "failed" if not already else state_bad == "success"
     return 0 if state == "success" and quarantined and stopped_or_excluded else 1
 
 
+def run_loop(settings: Settings, config, timeline: list, first: date, days: int) -> list[str]:
+    """The closed loop, day by day: replay the day's traffic through serving, monitor the day,
+    and when monitoring requests a retrain, run the training DAG as the Asset event asks (the
+    scheduler does this under `make up`; here the demo plays the scheduler)."""
+    from datetime import timedelta
+
+    events: list[str] = []
+    for offset in range(days):
+        day = first + timedelta(days=offset)
+        sent = replay_traffic(settings, config, day)
+        wait_for_serving_log(settings)
+        state, summary, seconds = run_monitoring(config.name, day)
+        alerts = [a["rule"] for a in summary.get("alerts", [])]
+        drifted = summary.get("drifted_features") or []
+        line = (f"{day}: {sent} requests served by v{summary.get('model_version')}, monitoring {state} "
+                f"({seconds:.0f} s), drift share {summary.get('drift_share')}, alerts {alerts or 'none'}")
+        print(line)
+        if alerts:
+            events.append(f"{day}: alerts {alerts}" + (f" (drifted: {', '.join(drifted)})" if drifted else ""))
+        request = pending_retrain(settings, config, day)
+        if request:
+            events.append(f"{day}: retraining requested as of {request['as_of']}: {request['reason'][:160]}")
+            state_t, seconds_t = run_training(config.name, request["as_of"], conf={"reason": request["reason"][:500]})
+            timeline.append((f"retrain as of {request['as_of']} (requested by monitoring)", state_t, seconds_t))
+            events.append(f"{request['as_of']}: retraining run {state_t} ({seconds_t:.0f} s)")
+    return events
+
+
 def print_summary(settings: Settings, pipeline: str, timeline: list[tuple[str, str, float]] | None = None,
-                  total_s: float | None = None) -> None:
+                  total_s: float | None = None, loop_events: list[str] | None = None) -> None:
     """Print where to look (UIs, serving, reports) and what the loop did."""
     import httpx
 
@@ -259,6 +366,9 @@ def print_summary(settings: Settings, pipeline: str, timeline: list[tuple[str, s
     else:
         lines.append("  champion: none")
     engine = store.get_engine(settings.monitoring_db_uri)
+    if loop_events:
+        lines.append("  closed loop:")
+        lines += [f"    {e}" for e in loop_events]
     for row in store.ledger_rows(engine, config.name)[-5:]:
         lines.append(f"  ledger: {row['action']} v{row['from_version']} -> v{row['to_version']} by {row['actor']}: "
                      f"{row['reason'][:110]}")
@@ -280,6 +390,8 @@ def print_summary(settings: Settings, pipeline: str, timeline: list[tuple[str, s
         f"  Airflow UI      make up, then http://127.0.0.1:{os.environ.get('AIRFLOW_PORT', '8080')}  (DAG {config.name}__train)",
         f"  Validation      {settings.validation_dir / config.name}",
         f"  Ledger          {settings.monitoring_db_uri}  (table promotion_ledger)",
+        f"  Monitoring      {settings.state_dir / 'reports'}  (Evidently HTML; tables monitoring_runs,"
+        " feature_drift, alerts, retrain_requests)",
         f"  Try it          curl -s {settings.serving_url}/model",
     ]
     if total_s is not None:
@@ -408,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pipeline", default="claims_fraud")
     p.add_argument("--days", type=int, default=150)
     p.add_argument("--as-of", default="2026-03-01")
+    p.add_argument("--loop-from", default="2026-04-12", help="first day of replayed traffic + monitoring")
+    p.add_argument("--loop-days", type=int, default=12)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("summary")
     p.add_argument("--pipeline", default="claims_fraud")

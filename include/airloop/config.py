@@ -296,6 +296,8 @@ class MonitoringConfig(_Strict):
     alerts: list[AlertRule] = Field(default_factory=list)
     #: No new retrain request within this many days of the previous one.
     retrain_cooldown_days: int = Field(default=7, ge=0)
+    #: Labels arrive at most this many days after the event (batch label ingest looks back so far).
+    label_lookback_days: int = Field(default=45, ge=0)
     #: Airflow connection id of the alert webhook (HTTP), and e-mail recipients (SMTP provider).
     webhook_conn_id: str | None = None
     email_to: list[str] = Field(default_factory=list)

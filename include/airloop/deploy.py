@@ -9,6 +9,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+SMOKE_TENANT = "airloop-smoke"
+
+
 class DeployError(RuntimeError):
     """The serving process did not end up healthy on the expected version."""
 
@@ -45,7 +48,9 @@ def smoke_test(endpoint: ServingEndpoint, expected_version: str, records: list[d
     try:
         info = httpx.get(f"{endpoint.url}/model", timeout=timeout)
         ready = httpx.get(f"{endpoint.url}/ready", timeout=timeout)
-        pred = httpx.post(f"{endpoint.url}/predict", json={"records": records}, timeout=timeout)
+        # Own tenant: smoke traffic is logged but never mixed into the monitored traffic.
+        pred = httpx.post(f"{endpoint.url}/predict", json={"records": records}, timeout=timeout,
+                          headers={"X-Tenant": SMOKE_TENANT})
     except httpx.HTTPError as err:
         raise DeployError(f"smoke test: serving at {endpoint.url} unreachable: {err}") from err
     if ready.status_code != 200:

@@ -144,11 +144,25 @@ alerts = sa.Table(
     sa.Column("last_error", sa.Text),
 )
 
+#: Retraining requests decided by monitoring (one row per interval with a retrain-worthy alert).
+retrain_requests = sa.Table(
+    "retrain_requests",
+    metadata,
+    sa.Column("tenant", sa.String(100), primary_key=True),
+    sa.Column("pipeline", sa.String(100), primary_key=True),
+    sa.Column("interval_start", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("as_of", sa.String(10), nullable=False),  # the training run's as-of day
+    sa.Column("requested", sa.Boolean, nullable=False),  # False: suppressed by the cool-down
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("suppressed_by", sa.DateTime(timezone=True)),  # the earlier request in the cool-down
+)
+
 #: Ordered schema versions: (version, description, tables created by it).
 MIGRATIONS: list[tuple[int, str, list[sa.Table]]] = [
     (1, "promotion ledger", [promotion_ledger]),
     (2, "closed loop: predictions, ground truth, drift, monitoring runs, alerts",
      [predictions, ground_truth, feature_drift, monitoring_runs, alerts]),
+    (3, "retrain requests", [retrain_requests]),
 ]
 
 

@@ -74,3 +74,22 @@ def test_training_dags(dagbag):
         for upstream, downstream in zip(order, order[1:]):
             assert upstream in dag.get_task(downstream).upstream_task_ids, f"{upstream} -> {downstream} missing"
         assert {"as_of", "window_days", "n_trials", "timeout_s", "force_promote"} <= set(dag.params.keys())
+
+
+def test_monitoring_dags(dagbag):
+    monitoring = {d: dag for d, dag in dagbag.dags.items() if "monitoring" in dag.tags}
+    assert "claims_fraud__monitor" in monitoring
+    for dag_id, dag in monitoring.items():
+        assert dag.max_active_runs == 1, dag_id
+        assert type(dag.timetable).__name__ == "CronDataIntervalTimetable", "runs must cover a data interval"
+        order = ["ingest_labels", "monitor", "alerts"]
+        for upstream, downstream in zip(order, order[1:]):
+            assert upstream in dag.get_task(downstream).upstream_task_ids
+        retrain = dag.get_task("request_retrain")
+        assert [o.uri for o in retrain.outlets] == [f"airloop://{dag_id.split('__')[0]}/retrain-requests"]
+
+
+def test_training_is_scheduled_on_time_or_retrain_requests(dagbag):
+    dag = dagbag.dags["claims_fraud__train"]
+    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+    assert "airloop://claims_fraud/retrain-requests" in str(dag.timetable.asset_condition)

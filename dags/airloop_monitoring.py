@@ -1,0 +1,94 @@
+"""
+### airloop monitoring — `<pipeline>__monitor`
+
+One run per data interval (daily for the demo):
+
+`ingest_labels → monitor → alerts → request_retrain`
+
+* **monitor**: the interval's served traffic against the training reference of the model version
+  that was champion then (promotion ledger): Evidently drift report (HTML, also logged to the
+  version's MLflow run), per-feature statistic and verdict stored every run, prediction drift,
+  performance on the delayed labels, volume / error rate / latency. Results are upserted per
+  interval: re-running an interval changes nothing.
+* **alerts**: rules from the pipeline file with severities; one row per rule and interval in the
+  `alerts` table, delivered through Airflow notifiers (webhook, e-mail); failed deliveries are
+  recorded and retried.
+* **request_retrain**: when a retrain rule fires and the cool-down allows, an Asset event
+  (with the reason and as-of day) triggers `<pipeline>__train`.
+
+Backfill with `airflow backfill create --dag-id <pipeline>__monitor --from-date … --to-date …`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+
+from airloop.config import get_settings, load_pipeline_config
+from airloop.loop import retrain_asset_uri
+
+
+def monitoring_dag(pipeline: str):
+    """Build the monitoring DAG of ``pipeline`` (wiring only)."""
+    config = load_pipeline_config(pipeline)
+    start = datetime.combine(config.schedule.start_date, datetime.min.time(), tzinfo=timezone.utc)
+    end = config.schedule.end_date and datetime.combine(config.schedule.end_date, datetime.min.time(), tzinfo=timezone.utc)
+    retrain = Asset(retrain_asset_uri(config), extra={"pipeline": config.name})
+
+    @dag(
+        dag_id=f"{config.name}__monitor",
+        description=f"Monitor {config.name}: drift, performance, operations, alerts, retraining",
+        doc_md=__doc__,
+        # Data-interval timetable: each run covers [previous tick, this tick) — e.g. one day.
+        schedule=CronDataIntervalTimetable(config.monitoring.schedule, timezone="UTC"),
+        start_date=start,
+        end_date=end,
+        catchup=False,
+        max_active_runs=1,
+        tags=["monitoring", "airloop", config.name],
+        default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "airloop"},
+    )
+    def monitor_pipeline():
+        @task
+        def ingest_labels(data_interval_start=None, data_interval_end=None) -> dict:
+            from airloop import loop
+
+            return loop.ingest_labels(config, get_settings(), data_interval_start, data_interval_end)
+
+        @task
+        def monitor(labels: dict, data_interval_start=None, data_interval_end=None) -> dict:
+            from airloop import loop
+
+            return loop.monitor(config, get_settings(), data_interval_start, data_interval_end)
+
+        @task
+        def alerts(summary: dict, data_interval_start=None, **context) -> dict:
+            from airloop import loop
+            from airloop_provider.notifiers import alert_senders
+
+            settings = get_settings()
+            loop.record_alerts(config, settings, data_interval_start, summary)
+            return loop.deliver_alerts(config, settings, data_interval_start, alert_senders(config, context))
+
+        @task(outlets=[retrain])
+        def request_retrain(summary: dict, data_interval_start=None, data_interval_end=None, **context) -> dict:
+            from airflow.exceptions import AirflowSkipException
+
+            from airloop import loop
+
+            decision = loop.decide_retrain(config, get_settings(), data_interval_start, data_interval_end, summary)
+            if not decision["retrain"]:
+                raise AirflowSkipException(f"no retraining: {decision.get('reason') or 'no retrain rule fired'}")
+            context["outlet_events"][retrain].extra = {"as_of": decision["as_of"], "reason": decision["reason"][:2000]}
+            return decision
+
+        summary = monitor(ingest_labels())
+        alerts(summary)
+        request_retrain(summary)
+
+    return monitor_pipeline()
+
+
+for _pipeline in sorted(p.stem for p in get_settings().pipelines_dir.glob("*.yaml")):
+    globals()[f"{_pipeline}__monitor"] = monitoring_dag(_pipeline)
