@@ -293,6 +293,9 @@ class MonitoringConfig(_Strict):
     volume_baseline_days: int = Field(default=7, ge=1)
     #: Minimum labelled rows before performance is judged.
     min_labelled_rows: int = Field(default=50, ge=1)
+    #: Performance is measured on the labels that arrived in this many trailing days (1 = the
+    #: interval only); a longer window steadies metrics when positives are rare.
+    performance_window_days: int = Field(default=7, ge=1)
     alerts: list[AlertRule] = Field(default_factory=list)
     #: No new retrain request within this many days of the previous one.
     retrain_cooldown_days: int = Field(default=7, ge=0)

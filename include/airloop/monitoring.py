@@ -474,8 +474,8 @@ def _expand(config: PipelineConfig, rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def load_interval(engine: sa.Engine, config: PipelineConfig, tenant: str, start: datetime, end: datetime, *,
-                  labels: LabelPolicy = "arrived", labelled_version: str | None = None
-                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  labels: LabelPolicy = "arrived", labelled_version: str | None = None,
+                  label_window: timedelta | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The interval's prediction rows and its labelled rows, from the monitoring store.
 
     ``predictions_frame``: every ``predictions`` row of ``tenant`` and this pipeline with
@@ -492,6 +492,10 @@ def load_interval(engine: sa.Engine, config: PipelineConfig, tenant: str, start:
       counts exactly once.
     * ``labels="served"``: predictions served in ``[start, end)`` whose label was known before
       ``end`` (strict point-in-time view; usually empty for daily intervals and delayed labels).
+
+    ``label_window`` (with ``"arrived"``) widens the label window to ``[end - label_window, end)``:
+    performance over a trailing week of arrivals instead of one day's handful of labels (with rare
+    positives a single day's AUC is noise).
 
     ``labelled_version`` keeps only labelled rows served by that model version (performance is
     compared with that version's holdout). Both reads are parameterised SQLAlchemy Core queries.
@@ -511,7 +515,8 @@ def load_interval(engine: sa.Engine, config: PipelineConfig, tenant: str, start:
                                g.c.pipeline == p.c.pipeline))
     lq = sa.select(*cols, g.c.label, g.c.label_ts).select_from(joined).where(mine, p.c.status == "ok")
     if labels == "arrived":
-        lq = lq.where(g.c.label_ts >= start, g.c.label_ts < end, p.c.ts < end)
+        since = end - label_window if label_window is not None else start
+        lq = lq.where(g.c.label_ts >= since, g.c.label_ts < end, p.c.ts < end)
     elif labels == "served":
         lq = lq.where(p.c.ts >= start, p.c.ts < end, g.c.label_ts < end)
     else:
@@ -728,7 +733,8 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
     engine = engine or store.get_engine(settings.monitoring_db_uri)
     version = None if model_version is None else str(model_version)
 
-    frame, labelled = load_interval(engine, config, tenant, start, end, labels=labels, labelled_version=version)
+    frame, labelled = load_interval(engine, config, tenant, start, end, labels=labels, labelled_version=version,
+                                    label_window=timedelta(days=config.monitoring.performance_window_days))
     ok = frame[frame["status"] == "ok"]
     current = ok[[*config.features, SCORE_COLUMN]].reset_index(drop=True)
 

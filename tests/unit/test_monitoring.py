@@ -485,6 +485,9 @@ def _seed_interval(config, engine):
 def test_monitor_interval_upserts_rows_and_reruns_identically(config, settings, engine, reference, tmp_path):
     from sklearn import metrics as m
 
+    # 80 labels in this fixture: judge performance from 50, on the interval's arrivals only
+    config = config.model_copy(update={"monitoring": config.monitoring.model_copy(
+        update={"min_labelled_rows": 50, "performance_window_days": 1})})
     preds, older, truth = _seed_interval(config, engine)
     start, end = utc(SHIFTED_DAY), utc(SHIFTED_DAY + timedelta(days=1))
     before_other = [r for r in table(engine, store.monitoring_runs) if r[2] != start]
