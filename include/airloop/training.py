@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from airloop.config import PipelineConfig, Settings
+from airloop.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import time
-import uuid
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
@@ -22,11 +21,11 @@ import sqlalchemy as sa
 
 from airloop import monitoring as mon
 from airloop import store
+from tests.pg import fresh_database
 from airloop.config import ConfigError
 from airloop.simulator import generate_day
 from airloop.stages import SCORE_COLUMN
 
-PG_ADMIN = os.environ.get("AIRLOOP_TEST_PG_ADMIN_URI", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REFERENCE_DAYS = [date(2026, 3, 11) + timedelta(days=i) for i in range(28)]  # 03-11 .. 04-07
 STABLE_DAYS = [date(2026, 4, 8) + timedelta(days=i) for i in range(10)]  # 04-08 .. 04-17
 SHIFTED_DAY = date(2026, 4, 25)
@@ -87,18 +86,6 @@ def stable_tables(config, reference):
     return {day: mon.drift_table(config, reference, served(config, [day])) for day in STABLE_DAYS}
 
 
-def _pg_engine():
-    name = f"airloop_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as err:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable: {err.__class__.__name__}")
-    return admin, name, sa.create_engine(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}")
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request, tmp_path):
     if request.param == "sqlite":
@@ -107,15 +94,11 @@ def engine(request, tmp_path):
         yield eng
         eng.dispose()
         return
-    admin, name, eng = _pg_engine()
-    store.migrate(eng)
-    try:
+    with fresh_database() as uri:
+        eng = sa.create_engine(uri)
+        store.migrate(eng)
         yield eng
-    finally:
         eng.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

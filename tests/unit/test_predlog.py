@@ -24,9 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from airloop import store
 from airloop.predlog import STALE_TMP_S, PredictionLogCollector, PredictionLogger
+from tests.pg import PG_ADMIN, admin_sql, drop_database, fresh_database
+from tests.pg import pg_uri as pg_uri_of
 
-PG_ADMIN = os.environ.get("AIRLOOP_TEST_PG_ADMIN_URI", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-PG_HOST = sa.engine.make_url(PG_ADMIN)
 CLOSED_PORT_URI = "postgresql+psycopg://postgres@127.0.0.1:1/airloop_unreachable"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -36,53 +36,22 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 # --------------------------------------------------------------------------------------------
 
 
-def _pg_uri(name: str, host: str | None = None, port: int | None = None) -> str:
-    url = PG_HOST.set(database=name)
-    if host is not None:
-        url = url.set(host=host, port=port)
-    return url.render_as_string(hide_password=False)
-
-
-def _admin(sql: str) -> None:
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(sql))
-    finally:
-        admin.dispose()
-
-
-def _drop(name: str, *uris: str) -> None:
-    for uri in uris:
-        try:
-            store.get_engine(uri).dispose()
-        except Exception:
-            pass
-    store.get_engine.cache_clear()
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="module")
 def pg_uri() -> Iterator[str]:
     """A fresh PostgreSQL database for this module."""
-    name = f"airloop_test_{uuid.uuid4().hex[:12]}"
-    _admin(f'CREATE DATABASE "{name}"')
-    uri = _pg_uri(name)
-    try:
+    with fresh_database() as uri:
         yield uri
-    finally:
-        _drop(name, uri)
 
 
 @pytest.fixture
 def late_db() -> Iterator[tuple[str, str]]:
     """``(name, uri)`` of a PostgreSQL database that does not exist yet (dropped afterwards)."""
     name = f"airloop_test_late_{uuid.uuid4().hex[:12]}"
-    uri = _pg_uri(name)
+    uri = pg_uri_of(name)
     try:
         yield name, uri
     finally:
-        _drop(name, uri)
+        drop_database(name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -255,7 +224,7 @@ def test_database_created_while_serving(late_db: tuple[str, str], tmp_path: Path
         logger.log(_rows("early", 75))
         assert logger.flush(10) is False
         assert logger.stats().rows_spooled == 75
-        _admin(f'CREATE DATABASE "{name}"')
+        admin_sql(f'CREATE DATABASE "{name}"')
         logger.log(_rows("late", 25))
         assert logger.flush(10)  # engine created (schema migrated), spool replayed first
         stats = logger.stats()
@@ -335,9 +304,10 @@ def test_connection_lost_mid_stream_and_restored(pg_uri: str, tmp_path: Path) ->
     store.get_engine(pg_uri)  # schema in place
     with store.get_engine(pg_uri).begin() as conn:
         conn.execute(sa.text("TRUNCATE predictions"))
-    proxy = TcpProxy((PG_HOST.host, PG_HOST.port or 5432))
+    pg_host = sa.engine.make_url(PG_ADMIN)
+    proxy = TcpProxy((pg_host.host, pg_host.port or 5432))
     proxy.start()
-    uri = _pg_uri(sa.engine.make_url(pg_uri).database, "127.0.0.1", proxy.port)
+    uri = pg_uri_of(sa.engine.make_url(pg_uri).database, "127.0.0.1", proxy.port)
     engine = sa.create_engine(uri, pool_pre_ping=True)
     spool = tmp_path / "spool"
     try:

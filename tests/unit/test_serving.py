@@ -55,6 +55,7 @@ from airloop.serving import (
     vet_skops_types,
 )
 from airloop.simulator import generate_day
+from tests.pg import admin_sql, drop_database, fresh_database, pg_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = "claims_fraud"
@@ -526,40 +527,11 @@ def test_skops_trusted_types_for_logging(registry: Registry) -> None:
 # Prediction log and feedback (real SQLite and PostgreSQL monitoring stores)
 # --------------------------------------------------------------------------------------------
 
-PG_ADMIN = os.environ.get("AIRLOOP_TEST_PG_ADMIN_URI", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
-
-def _pg_admin(sql: str) -> None:
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(sql))
-    finally:
-        admin.dispose()
-
-
-def _pg_uri(name: str) -> str:
-    return sa.engine.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-
-
-def _pg_drop(name: str) -> None:
-    try:
-        store.get_engine(_pg_uri(name)).dispose()
-    except Exception:
-        pass
-    store.get_engine.cache_clear()
-    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="module")
 def pg_monitoring() -> Iterator[str]:
     """A fresh PostgreSQL monitoring database for this module (dropped afterwards)."""
-    name = f"airloop_test_{uuid.uuid4().hex[:12]}"
-    _pg_admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield _pg_uri(name)
-    finally:
-        _pg_drop(name)
+    with fresh_database() as uri:
+        yield uri
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -715,7 +687,7 @@ def test_database_down_predictions_answer_and_spool_is_replayed(tmp_path: Path, 
     (also across an app restart); feedback answers 503. Once the database is created, the spool
     is replayed: every row exactly once, spool files gone."""
     name = f"airloop_test_late_{uuid.uuid4().hex[:12]}"
-    uri = _pg_uri(name)
+    uri = pg_uri(name)
     settings = _settings(tmp_path, registry.uri, AIRLOOP_MONITORING_DB_URI=uri)
     records = _records(registry.test_frame.head(10))
     sent: list[str] = []
@@ -741,7 +713,7 @@ def test_database_down_predictions_answer_and_spool_is_replayed(tmp_path: Path, 
             assert _metric(second, "airloop_predlog_rows_spooled_total") == 5
             assert second.get("/health").json()["prediction_log"]["db_up"] is False
 
-            _pg_admin(f'CREATE DATABASE "{name}"')
+            admin_sql(f'CREATE DATABASE "{name}"')
             assert second.app.state.prediction_logger.flush(10)
             assert _metric(second, "airloop_predlog_rows_replayed_total") == 35
             assert _metric(second, "airloop_predlog_db_up") == 1
@@ -752,7 +724,7 @@ def test_database_down_predictions_answer_and_spool_is_replayed(tmp_path: Path, 
         assert not _spool_files(settings)
         assert list(_table(uri, store.ground_truth)) == ["k1"]
     finally:
-        _pg_drop(name)
+        drop_database(name)
 
 
 def test_closed_port_predictions_answer_and_feedback_is_503(tmp_path: Path, registry: Registry) -> None:

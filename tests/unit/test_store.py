@@ -3,15 +3,11 @@ on the real PostgreSQL server (a fresh database per run, dropped afterwards)."""
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
 import sqlalchemy as sa
 
 from airloop import store
-
-PG_ADMIN = os.environ.get("AIRLOOP_TEST_PG_ADMIN_URI", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from tests.pg import fresh_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -21,18 +17,10 @@ def engine(request, tmp_path):
         yield eng
         eng.dispose()
         return
-    name = f"airloop_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    eng = sa.create_engine(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}")
-    try:
+    with fresh_database() as uri:
+        eng = sa.create_engine(uri)
         yield eng
-    finally:
         eng.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def entry(key: str, action: str = "promote", to: str = "2") -> store.LedgerEntry:
