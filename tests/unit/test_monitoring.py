@@ -267,7 +267,7 @@ def test_rules_fire_only_on_present_metrics(config):
     quiet = {"drift_share": 0.1, "prediction_drift": 0.05, "performance_drop": 0.01, "volume_ratio": 0.9,
              "error_rate": 0.0, "latency_p95_ms": 20.0, "drifted_features": []}
     assert mon.evaluate_rules(config, quiet) == []
-    loud = {"drift_share": 0.3, "prediction_drift": 0.56, "performance_drop": 0.08, "volume_ratio": 0.4,
+    loud = {"drift_share": 0.3, "prediction_drift": 0.56, "performance_drop": 0.12, "volume_ratio": 0.4,
             "error_rate": 0.06, "latency_p95_ms": 150.0,
             "drifted_features": ["claim_amount", "customer_age", "channel", "policy_tenure_days"],
             "metric": "roc_auc", "performance": {"roc_auc": 0.69}, "reference_performance": {"roc_auc": 0.75}}
