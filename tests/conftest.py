@@ -39,6 +39,8 @@ os.environ.update(
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(_SESSION_DIR / "airflow-logs"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__FERNET_KEY": "x7B3QbhXlrIWmZUQ0y8y5bY6Fq1TB0Z3tPj1xRkZb0c=",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "airloop-test-jwt-secret-not-for-production",
+        "AIRFLOW__API__SECRET_KEY": "airloop-test-api-secret-not-for-production",
         "MLFLOW_ENABLE_TELEMETRY": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",

@@ -322,6 +322,7 @@ def run_loop(settings: Settings, config, timeline: list, first: date, days: int)
     from datetime import timedelta
 
     events: list[str] = []
+    previous_alerts: list[str] = []
     for offset in range(days):
         day = first + timedelta(days=offset)
         sent = replay_traffic(settings, config, day)
@@ -332,8 +333,9 @@ def run_loop(settings: Settings, config, timeline: list, first: date, days: int)
         line = (f"{day}: {sent} requests served by v{summary.get('model_version')}, monitoring {state} "
                 f"({seconds:.0f} s), drift share {summary.get('drift_share')}, alerts {alerts or 'none'}")
         print(line)
-        if alerts:
-            events.append(f"{day}: alerts {alerts}" + (f" (drifted: {', '.join(drifted)})" if drifted else ""))
+        if alerts != previous_alerts:  # summarise changes; the alert table has every day
+            events.append(f"{day}: alerts {alerts or 'none'}" + (f" (drifted: {', '.join(drifted)})" if drifted else ""))
+        previous_alerts = alerts
         request = pending_retrain(settings, config, day)
         if request:
             events.append(f"{day}: retraining requested as of {request['as_of']}: {request['reason'][:160]}")
@@ -521,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=int, default=150)
     p.add_argument("--as-of", default="2026-03-01")
     p.add_argument("--loop-from", default="2026-04-15", help="first day of replayed traffic + monitoring")
-    p.add_argument("--loop-days", type=int, default=38)
+    p.add_argument("--loop-days", type=int, default=21)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("summary")
     p.add_argument("--pipeline", default="claims_fraud")

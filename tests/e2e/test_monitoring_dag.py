@@ -1,6 +1,6 @@
 """End to end: the closed loop on real components.
 
-A champion trained as of 2026-04-06 serves replayed traffic (the simulator's claims, each with its
+A champion trained as of 2026-04-01 serves replayed traffic (the simulator's claims, each with its
 business timestamp and its claim id as request id) through the real serving app with prediction
 logging; the real monitoring DAG (``dag.test``) then runs day by day over stable days and the
 covariate shift of 2026-04-20:
@@ -23,8 +23,9 @@ import sqlalchemy as sa
 pytestmark = pytest.mark.e2e
 
 SHIFT = date(2026, 4, 20)
-DAYS = [date(2026, 4, 14) + timedelta(days=i) for i in range(9)]  # 04-14 .. 04-22
+DAYS = [date(2026, 4, 14) + timedelta(days=i) for i in range(9)]  # 04-14 .. 04-22, monitored one by one
 STABLE = [d for d in DAYS if d < SHIFT]
+BACKFILL = [date(2026, 4, 1) + timedelta(days=i) for i in range(30)]  # 04-01 .. 04-30, replayed traffic
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def loop_env(settings, claims_config, airflow_db):
 
     write_history(resolve_source_path(claims_config, settings), start=date(2026, 3, 1), days=60,
                   pattern=claims_config.source.partition)
-    as_of = "2026-04-06"
+    as_of = "2026-04-01"
     snap = stages.extract(claims_config, as_of, settings, window=21)
     validation = stages.validate(claims_config, snap, settings)
     ctx = {"dag_id": "e2e", "dag_run_id": "monitoring-setup", "as_of": as_of}
@@ -52,7 +53,7 @@ def loop_env(settings, claims_config, airflow_db):
 
     app = create_app(settings)
     with TestClient(app) as client:
-        for day in DAYS:
+        for day in BACKFILL:
             frame = generate_day(day)
             records = json.loads(frame[list(claims_config.features)].to_json(orient="records"))
             answer = client.post("/predict", json={
@@ -176,3 +177,91 @@ def test_rerunning_an_interval_changes_nothing(monitored, monitoring_dag, settin
     after = [table(engine, t, o) for t, o in tables]
     for (t, _), b, a in zip(tables, before, after):
         assert b == a, f"table {t.name} changed on re-run"
+
+
+def test_backfill_with_the_real_scheduler_matches_scheduled_results(monitored, settings, tmp_path):
+    """`airflow backfill create` over 30 days, executed by a real scheduler (LocalExecutor) and
+    api-server: every interval gets its row, and the intervals already monitored one by one are
+    unchanged to the last value."""
+    import subprocess
+    import sys
+    import time
+
+    from airloop import store
+    from tests.conftest import free_port
+
+    engine = store.get_engine(settings.monitoring_db_uri)
+    tables = [(store.monitoring_runs, [store.monitoring_runs.c.interval_start]),
+              (store.feature_drift, [store.feature_drift.c.interval_start, store.feature_drift.c.feature])]
+    days = {datetime.combine(d, datetime.min.time(), tzinfo=timezone.utc) for d in DAYS}
+
+    def rows_of_monitored_days():
+        return [[r for r in table(engine, t, o) if _utc(r[2]) in days] for t, o in tables]
+
+    before = rows_of_monitored_days()
+    port = free_port()
+    env = {**os.environ, "AIRFLOW__API__PORT": str(port),
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"}
+    airflow = [sys.executable, "-m", "airflow"]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    subprocess.run([*airflow, "dags", "reserialize"], env=env, check=True, capture_output=True, timeout=300)
+    # The one-by-one runs above were manual runs whose logical dates the backfill needs (a manual
+    # run of day D is dated D + 1); their Airflow metadata goes, our monitoring tables stay.
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.types import DagRunType
+
+    with create_session() as session:
+        for run in session.query(DagRun).filter(DagRun.dag_id == "claims_fraud__monitor",
+                                                DagRun.run_type == DagRunType.MANUAL).all():
+            session.delete(run)
+    # A backfill's runs are only scheduled for an unpaused DAG.
+    subprocess.run([*airflow, "dags", "unpause", "claims_fraud__monitor"], env=env, check=True, capture_output=True,
+                   timeout=120)
+    procs = [subprocess.Popen([*airflow, *cmd], env=env, stdout=open(logs / f"{cmd[0]}.log", "w"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
+             for cmd in (["api-server", "--port", str(port)], ["scheduler"])]
+    try:
+        started = time.perf_counter()
+        out = subprocess.run([*airflow, "backfill", "create", "--dag-id", "claims_fraud__monitor",
+                              "--from-date", "2026-04-01", "--to-date", "2026-04-30", "--max-active-runs", "1",
+                              "--reprocess-behavior", "completed"],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+        deadline = time.monotonic() + 1800
+        while True:
+            with create_session() as session:
+                runs = session.query(DagRun).filter(DagRun.dag_id == "claims_fraud__monitor",
+                                                    DagRun.run_type == DagRunType.BACKFILL_JOB).all()
+                states = [str(r.state) for r in runs]
+            if len(runs) == 30 and all(s in ("success", "failed") for s in states):
+                break
+            assert all(p.poll() is None for p in procs), "scheduler or api-server died; see " + str(logs)
+            assert time.monotonic() < deadline, f"backfill not done in 30 min: {states}"
+            time.sleep(5)
+        seconds = time.perf_counter() - started
+        print(f"\nbackfill of 30 monitoring intervals: {seconds:.0f} s ({seconds / 30:.1f} s per interval)")
+        assert states.count("success") == 30, states
+    finally:
+        import signal
+
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+    monitored_days = {_utc(r[2]).date() for r in table(engine, store.monitoring_runs, [store.monitoring_runs.c.interval_start])}
+    assert set(BACKFILL) <= monitored_days
+    assert rows_of_monitored_days() == before  # same results as the runs made one interval at a time
+
+
+def _utc(value):
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
