@@ -31,11 +31,17 @@ def _utc(moment: datetime) -> datetime:
 # ------------------------------------------------------------------------------ label ingest
 def ingest_labels(config: PipelineConfig, settings: Settings, start: datetime, end: datetime,
                   tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
-    """Batch-ingest the labels that became known during ``[start, end)`` from the source.
+    """Batch-ingest the labels that became known during the interval's performance window
+    ``[end - monitoring.performance_window_days, end)`` (at least ``[start, end)``) from the source.
+
+    Ingesting the whole window that the interval's performance is measured on (not only the
+    interval) makes each interval self-contained: its result does not depend on which earlier
+    intervals ran before it, so a backfill in any order matches the scheduled runs. Upserts make
+    the overlap between consecutive intervals harmless.
 
     For file sources with a ``label_timestamp`` column: the partitions of the
     ``monitoring.label_lookback_days`` before ``end`` are read, rows whose label time falls in the
-    interval become ``ground_truth`` rows keyed by the id column (the request id used when the
+    window become ``ground_truth`` rows keyed by the id column (the request id used when the
     traffic was served). ``received_at`` is the label time, so re-runs write identical rows.
     """
     from airloop.data import read_partition
@@ -43,6 +49,7 @@ def ingest_labels(config: PipelineConfig, settings: Settings, start: datetime, e
     if not config.label_timestamp:
         return {"labels": 0, "reason": "pipeline has no label_timestamp column"}
     start, end = _utc(start), _utc(end)
+    start = min(start, end - timedelta(days=config.monitoring.performance_window_days))
     first = (start - timedelta(days=config.monitoring.label_lookback_days)).date()
     rows: list[dict[str, Any]] = []
     day = first

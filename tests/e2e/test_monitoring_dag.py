@@ -219,17 +219,17 @@ def test_backfill_with_the_real_scheduler_matches_scheduled_results(monitored, s
     # A backfill's runs are only scheduled for an unpaused DAG.
     subprocess.run([*airflow, "dags", "unpause", "claims_fraud__monitor"], env=env, check=True, capture_output=True,
                    timeout=120)
+    # Create the backfill before the scheduler starts: SQLite takes one writer at a time.
+    started = time.perf_counter()
+    out = subprocess.run([*airflow, "backfill", "create", "--dag-id", "claims_fraud__monitor",
+                          "--from-date", "2026-04-01", "--to-date", "2026-04-30", "--max-active-runs", "1",
+                          "--reprocess-behavior", "completed"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     procs = [subprocess.Popen([*airflow, *cmd], env=env, stdout=open(logs / f"{cmd[0]}.log", "w"),
                               stderr=subprocess.STDOUT, start_new_session=True)
              for cmd in (["api-server", "--port", str(port)], ["scheduler"])]
     try:
-        started = time.perf_counter()
-        out = subprocess.run([*airflow, "backfill", "create", "--dag-id", "claims_fraud__monitor",
-                              "--from-date", "2026-04-01", "--to-date", "2026-04-30", "--max-active-runs", "1",
-                              "--reprocess-behavior", "completed"],
-                             env=env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-
         deadline = time.monotonic() + 1800
         while True:
             with create_session() as session:
