@@ -37,6 +37,8 @@ os.environ.update(
         "AIRLOOP_ADMIN_TOKEN": "test-admin-token",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_SESSION_DIR / 'airflow.db'}",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(_SESSION_DIR / "airflow-logs"),
+        # the api-server (backfill e2e) writes the generated UI login here; the repo's .airloop may not exist
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(_SESSION_DIR / "simple_auth_manager_passwords.json"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__FERNET_KEY": "x7B3QbhXlrIWmZUQ0y8y5bY6Fq1TB0Z3tPj1xRkZb0c=",
         "AIRFLOW__API_AUTH__JWT_SECRET": "airloop-test-jwt-secret-not-for-production",
