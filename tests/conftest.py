@@ -19,36 +19,18 @@ from pathlib import Path
 
 import pytest
 
+from airloop.sandbox import isolated_environ  # imports no Airflow: the environment is set first
+
 ROOT = Path(__file__).resolve().parent.parent
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="airloop-test-"))
 STATE = _SESSION_DIR / "state"
 
-os.environ.update(
-    {
-        "AIRFLOW_HOME": str(ROOT),
-        "AIRLOOP_HOME": str(ROOT),
-        "AIRLOOP_STATE_DIR": str(STATE),
-        "AIRLOOP_DATA_DIR": str(STATE / "data"),
-        "AIRLOOP_PIPELINES_DIR": str(ROOT / "include" / "pipelines"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{STATE / 'mlflow' / 'mlflow.db'}",
-        "AIRLOOP_MLFLOW_ARTIFACT_ROOT": str(STATE / "mlflow" / "artifacts"),
-        "AIRLOOP_MONITORING_DB_URI": f"sqlite:///{STATE / 'monitoring.db'}",
-        "AIRLOOP_OPTUNA_STORAGE": f"journal://{STATE / 'optuna' / 'journal.log'}",
-        "AIRLOOP_ADMIN_TOKEN": "test-admin-token",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_SESSION_DIR / 'airflow.db'}",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(_SESSION_DIR / "airflow-logs"),
-        # the api-server (backfill e2e) writes the generated UI login here; the repo's .airloop may not exist
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(_SESSION_DIR / "simple_auth_manager_passwords.json"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__FERNET_KEY": "x7B3QbhXlrIWmZUQ0y8y5bY6Fq1TB0Z3tPj1xRkZb0c=",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "airloop-test-jwt-secret-not-for-production",
-        "AIRFLOW__API__SECRET_KEY": "airloop-test-api-secret-not-for-production",
-        "MLFLOW_ENABLE_TELEMETRY": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-        "GX_ANALYTICS_ENABLED": "false",
-    }
-)
+os.environ.update(isolated_environ(ROOT, _SESSION_DIR, secret_values={
+    "AIRLOOP_ADMIN_TOKEN": "test-admin-token",
+    "AIRFLOW__CORE__FERNET_KEY": "x7B3QbhXlrIWmZUQ0y8y5bY6Fq1TB0Z3tPj1xRkZb0c=",
+    "AIRFLOW__API_AUTH__JWT_SECRET": "airloop-test-jwt-secret-not-for-production",
+    "AIRFLOW__API__SECRET_KEY": "airloop-test-api-secret-not-for-production",
+}))
 (STATE / "mlflow").mkdir(parents=True, exist_ok=True)
 
 

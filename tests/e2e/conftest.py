@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-STATE_VARS = ("AIRLOOP_STATE_DIR", "AIRLOOP_DATA_DIR", "MLFLOW_TRACKING_URI", "AIRLOOP_MLFLOW_ARTIFACT_ROOT",
-              "AIRLOOP_MONITORING_DB_URI", "AIRLOOP_OPTUNA_STORAGE")
 
 
 @pytest.fixture(scope="module")
@@ -19,17 +17,11 @@ def settings(request):
     """Settings of this module's own state folder (environment restored afterwards)."""
     from airloop import store
     from airloop.config import get_settings
+    from airloop.sandbox import STATE_VARS, state_environ
 
     state = Path(tempfile.mkdtemp(prefix=f"airloop-e2e-{request.module.__name__.rsplit('.', 1)[-1]}-"))
     saved = {k: os.environ.get(k) for k in STATE_VARS}
-    os.environ.update({
-        "AIRLOOP_STATE_DIR": str(state),
-        "AIRLOOP_DATA_DIR": str(state / "data"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{state / 'mlflow' / 'mlflow.db'}",
-        "AIRLOOP_MLFLOW_ARTIFACT_ROOT": str(state / "mlflow" / "artifacts"),
-        "AIRLOOP_MONITORING_DB_URI": f"sqlite:///{state / 'monitoring.db'}",
-        "AIRLOOP_OPTUNA_STORAGE": f"journal://{state / 'optuna' / 'journal.log'}",
-    })
+    os.environ.update(state_environ(state))
     (state / "mlflow").mkdir(parents=True)
     get_settings.cache_clear()
     store.get_engine.cache_clear()

@@ -1,0 +1,64 @@
+"""Throwaway airloop + Airflow state: the environment that puts every store in one folder.
+
+Tests and benchmarks run the real components (Airflow metadata DB, MLflow store, monitoring
+store, Optuna journal, data) without touching the developer's ``.airloop`` folder: they export
+these variables before anything imports Airflow or airloop, and remove the folder afterwards.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+#: The variables that locate airloop's own state (data, MLflow, monitoring store, Optuna).
+STATE_VARS = ("AIRLOOP_STATE_DIR", "AIRLOOP_DATA_DIR", "MLFLOW_TRACKING_URI", "AIRLOOP_MLFLOW_ARTIFACT_ROOT",
+              "AIRLOOP_MONITORING_DB_URI", "AIRLOOP_OPTUNA_STORAGE")
+
+
+def state_environ(state: Path) -> dict[str, str]:
+    """airloop's stores under ``state`` (embedded defaults: SQLite files and a journal file)."""
+    return {
+        "AIRLOOP_STATE_DIR": str(state),
+        "AIRLOOP_DATA_DIR": str(state / "data"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{state / 'mlflow' / 'mlflow.db'}",
+        "AIRLOOP_MLFLOW_ARTIFACT_ROOT": str(state / "mlflow" / "artifacts"),
+        "AIRLOOP_MONITORING_DB_URI": f"sqlite:///{state / 'monitoring.db'}",
+        "AIRLOOP_OPTUNA_STORAGE": f"journal://{state / 'optuna' / 'journal.log'}",
+    }
+
+
+def generated_secrets() -> dict[str, str]:
+    """Fresh Airflow/serving secrets for one throwaway session (never written anywhere)."""
+    from cryptography.fernet import Fernet
+
+    return {
+        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
+        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(48),
+        "AIRLOOP_ADMIN_TOKEN": secrets.token_urlsafe(32),
+    }
+
+
+def isolated_environ(root: Path, session: Path, secret_values: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Everything of one session under ``session``: airloop's stores in ``session/state``, the
+    Airflow metadata DB (SQLite), task logs and the UI login file beside it. ``root`` is the
+    checkout (``AIRFLOW_HOME``: its ``airflow.cfg``, ``dags/`` and ``plugins/``)."""
+    state = session / "state"
+    return {
+        "AIRFLOW_HOME": str(root),
+        "AIRLOOP_HOME": str(root),
+        **state_environ(state),
+        "AIRLOOP_PIPELINES_DIR": str(root / "include" / "pipelines"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{session / 'airflow.db'}",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(session / "airflow-logs"),
+        "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": str(session / "airflow-logs" / "dag_processor"),
+        # the api-server writes the generated UI login here; the checkout may have no .airloop/
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(session / "simple_auth_manager_passwords.json"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        **(dict(secret_values) if secret_values is not None else generated_secrets()),
+        "MLFLOW_ENABLE_TELEMETRY": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "GX_ANALYTICS_ENABLED": "false",
+    }
