@@ -1,0 +1,191 @@
+"""Shared helpers of the benchmarks: an isolated state folder per run, timing, the JSON line.
+
+Every benchmark runs on throwaway state (``airloop.sandbox``, the same environment the tests
+use): its own Airflow metadata DB, MLflow store, monitoring store, Optuna journal and data, in
+a temporary folder removed at the end (``--keep`` keeps it). Figures are medians of repeats with
+the warm-up excluded, and the last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+for _path in (ROOT, ROOT / "include", ROOT / "plugins"):  # a plain `python benchmarks/x.py` finds the project
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from airloop.sandbox import isolated_environ, state_environ  # noqa: E402 - after the path fix
+
+PIPELINE = "claims_fraud"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """Command line shared by the benchmarks (``--repeats``, ``--keep``)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--repeats", type=int, default=3, help="measured repeats (median reported); a warm-up runs first")
+    p.add_argument("--keep", action="store_true", help="keep the benchmark's state folder (path printed)")
+    return p
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so stdout ends with the JSON line."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def median(values: list[float]) -> float:
+    """Median, rounded for the report."""
+    return round(statistics.median(values), 4)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(result, wall seconds) of ``fn()``."""
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started
+
+
+def emit(figures: dict[str, Any]) -> None:
+    """Print the benchmark's figures as the last line: one JSON object."""
+    print(json.dumps(figures, sort_keys=False, default=str), flush=True)
+
+
+def _clear_caches() -> None:
+    """Forget settings and engines built for another state folder."""
+    if "airloop.config" in sys.modules:
+        sys.modules["airloop.config"].get_settings.cache_clear()
+    if "airloop.store" in sys.modules:
+        sys.modules["airloop.store"].get_engine.cache_clear()
+
+
+@contextmanager
+def session(name: str, keep: bool = False) -> Iterator[Path]:
+    """A throwaway session folder whose environment is exported to this process (and so to
+    the Airflow subprocesses it starts); the environment is restored and the folder removed
+    afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix=f"airloop-bench-{name}-"))
+    saved = dict(os.environ)
+    os.environ.update(isolated_environ(ROOT, folder))
+    (folder / "state" / "mlflow").mkdir(parents=True, exist_ok=True)
+    _clear_caches()
+    try:
+        yield folder
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        _clear_caches()
+        if keep:
+            log(f"state kept in {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def use_state(state: Path, data_dir: Path | None = None):
+    """Point airloop at a fresh state folder (new MLflow store, monitoring store, Optuna
+    journal), optionally reading the data of ``data_dir`` so repeats see the same data; return
+    its settings with the MLflow store already created (store creation is set-up, not timed)."""
+    from airloop import registry
+    from airloop.config import get_settings, load_pipeline_config
+
+    env = state_environ(state)
+    if data_dir is not None:
+        env["AIRLOOP_DATA_DIR"] = str(data_dir)
+    os.environ.update(env)
+    (state / "mlflow").mkdir(parents=True, exist_ok=True)
+    _clear_caches()
+    settings = get_settings()
+    client = registry.get_client(settings)
+    registry.ensure_experiment(client, load_pipeline_config(PIPELINE, settings), settings)
+    return settings
+
+
+def write_demo_history(settings, days: int = 150) -> Path:
+    """The demo's simulated history (as ``make demo`` writes it) into the settings' data folder."""
+    from airloop.config import load_pipeline_config, resolve_source_path
+    from airloop.simulator import DEFAULT_START, write_history
+
+    config = load_pipeline_config(PIPELINE, settings)
+    root = resolve_source_path(config, settings)
+    write_history(root, start=DEFAULT_START, days=days, pattern=config.source.partition, fmt=config.source.format)
+    return root
+
+
+def airflow(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``airflow <args>`` with this process's environment; raise with its output on failure."""
+    out = subprocess.run([sys.executable, "-m", "airflow", *args], capture_output=True, text=True,
+                         env=os.environ.copy(), timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"airflow {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def start_group(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a long-running process in its own process group (stopped with :func:`stop_group`)."""
+    return subprocess.Popen(argv, env=env or os.environ.copy(), stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=ROOT)
+
+
+def stop_group(procs: list[subprocess.Popen], timeout: float = 30) -> None:
+    """SIGTERM each process group, SIGKILL what is left after ``timeout``."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=timeout)
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
+    """Wait until ``url`` answers (any status below 500) while ``proc`` lives."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {seconds:.0f} s")
+
+
+def last_json_line(text: str) -> dict[str, Any]:
+    """The last line of ``text`` that is a JSON object (a child benchmark process's figures)."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise ValueError(f"no JSON line in output:\n{text[-2000:]}")
