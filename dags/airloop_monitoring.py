@@ -3,7 +3,7 @@
 
 One run per data interval (daily for the demo):
 
-`ingest_labels → monitor → alerts → request_retrain`
+`ingest_labels → monitor → alerts → request_retrain`, and `monitor → post_deploy_guard`
 
 * **monitor**: the interval's served traffic against the training reference of the model version
   that was champion then (promotion ledger): Evidently drift report (HTML, also logged to the
@@ -13,6 +13,10 @@ One run per data interval (daily for the demo):
 * **alerts**: rules from the pipeline file with severities; one row per rule and interval in the
   `alerts` table, delivered through Airflow notifiers (webhook, e-mail); failed deliveries are
   recorded and retried.
+* **post_deploy_guard**: within a new champion's first monitored intervals, an error rate,
+  latency or quality drop beyond the pipeline's `promotion.post_deploy_guard` limits rolls it
+  back to the previous champion (ledger row, serving reloaded). Only the current champion is
+  ever rolled back, so backfills over old history never touch today's model.
 * **request_retrain**: when a retrain rule fires and the cool-down allows, an Asset event
   (with the reason and as-of day) triggers `<pipeline>__train`.
 
@@ -83,9 +87,19 @@ def monitoring_dag(pipeline: str):
             context["outlet_events"][retrain].extra = {"as_of": decision["as_of"], "reason": decision["reason"][:2000]}
             return decision
 
+        @task
+        def post_deploy_guard(summary: dict, **context) -> dict:
+            from airloop import lifecycle
+            from airloop_provider.hooks import ServingHook
+            from airloop_provider.operators import run_actor, run_context
+
+            return lifecycle.post_deploy_guard(config, get_settings(), summary, actor=run_actor(context),
+                                               run_context=run_context(context, None), endpoint=ServingHook().endpoint)
+
         summary = monitor(ingest_labels())
         alerts(summary)
         request_retrain(summary)
+        post_deploy_guard(summary)
 
     return monitor_pipeline()
 

@@ -226,15 +226,117 @@ class ValidationConfig(_Strict):
     expectations: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class PromotionConfig(_Strict):
-    """Gates a challenger must pass to become champion."""
+class GateConfig(_Strict):
+    """Gates a version must pass to enter an environment (all optional but the latency budget)."""
 
-    #: Absolute floors (or ceilings for error metrics, see airloop.metrics.LOWER_IS_BETTER).
+    #: Absolute floors (or ceilings for error metrics, see airloop.evaluation.LOWER_IS_BETTER).
     thresholds: dict[str, float] = Field(default_factory=dict)
-    #: The challenger must beat the champion on the holdout by at least this much.
-    min_improvement: float = 0.0
+    #: The candidate must beat the environment's current version by at least this much on the
+    #: same holdout (the training metric). ``None``: no comparison with the incumbent.
+    min_improvement: float | None = 0.0
     #: p95 single-record prediction latency budget in milliseconds.
     latency_budget_ms: float = Field(default=100.0, gt=0)
+    #: Minimum number of training rows behind the version ("minimum data").
+    min_training_rows: int = Field(default=0, ge=0)
+
+
+_GATE_FIELDS = ("thresholds", "min_improvement", "latency_budget_ms", "min_training_rows")
+#: Aliases with a fixed meaning that environments may not take.
+RESERVED_ALIASES = frozenset({"champion", "challenger"})
+
+
+class EnvironmentConfig(GateConfig):
+    """One deployment environment: a registry alias and the gates to enter it.
+
+    Gate fields left out inherit the ``promotion`` block's values, except ``min_improvement``,
+    which only the serving environment inherits (lower environments do not compare with their
+    incumbent unless they say so).
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$")
+    #: The MLflow alias of the environment (default: its name).
+    alias: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,39}$")
+    #: The environment the serving process follows; its version is also the ``champion``.
+    serving: bool = False
+
+    @property
+    def registry_alias(self) -> str:
+        """The alias this environment moves."""
+        return self.alias or self.name
+
+
+class GuardConfig(_Strict):
+    """Post-deploy guard: roll a new champion back when it breaks these within its first
+    monitored intervals. A limit set to ``None`` is not checked."""
+
+    #: How many monitored intervals after a promotion the guard watches (0 disables it).
+    intervals: int = Field(default=3, ge=0)
+    max_error_rate: float | None = Field(default=0.05, ge=0)
+    max_latency_p95_ms: float | None = Field(default=None, gt=0)
+    #: Relative drop of the training metric on labelled traffic vs the version's holdout.
+    max_performance_drop: float | None = Field(default=0.10, gt=0)
+
+
+class PromotionConfig(GateConfig):
+    """The promotion path: environments in order (``dev -> staging -> prod``), their gates, the
+    environment training runs promote into automatically, and the post-deploy guard.
+
+    The gate fields at this level are the defaults of every environment. Without
+    ``environments`` the path is a single serving environment ``prod`` with these gates.
+    """
+
+    environments: list[EnvironmentConfig] = Field(default_factory=list)
+    #: Training runs walk the path up to this environment (default: the serving one).
+    auto_promote_to: str | None = None
+    post_deploy_guard: GuardConfig = GuardConfig()
+
+    @model_validator(mode="after")
+    def _check_environments(self) -> "PromotionConfig":
+        names = [e.name for e in self.environments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"environment names must be unique: {names}")
+        aliases = [e.registry_alias for e in self.environments]
+        if len(set(aliases)) != len(aliases) or RESERVED_ALIASES & set(aliases):
+            raise ValueError(f"environment aliases must be unique and not {sorted(RESERVED_ALIASES)}: {aliases}")
+        if sum(e.serving for e in self.environments) > 1:
+            raise ValueError("at most one environment may have 'serving: true' (default: the last)")
+        if self.auto_promote_to is not None and self.auto_promote_to not in [e.name for e in self.path()]:
+            raise ValueError(f"auto_promote_to {self.auto_promote_to!r} is not an environment: {names or ['prod']}")
+        return self
+
+    def path(self) -> list[EnvironmentConfig]:
+        """The environments in promotion order, gates resolved (inherited where not set)."""
+        if not self.environments:
+            return [EnvironmentConfig(name="prod", serving=True, **{f: getattr(self, f) for f in _GATE_FIELDS})]
+        serving = next((e.name for e in self.environments if e.serving), self.environments[-1].name)
+        resolved = []
+        for env in self.environments:
+            values = env.model_dump()
+            for f in _GATE_FIELDS:
+                if f not in env.model_fields_set and (f != "min_improvement" or env.name == serving):
+                    values[f] = getattr(self, f)
+                elif f == "min_improvement" and f not in env.model_fields_set:
+                    values[f] = None
+            values["serving"] = env.name == serving
+            resolved.append(EnvironmentConfig(**values))
+        return resolved
+
+    def environment(self, name: str) -> EnvironmentConfig:
+        """The resolved environment ``name``; ``ValueError`` naming the valid ones."""
+        for env in self.path():
+            if env.name == name:
+                return env
+        raise ValueError(f"unknown environment {name!r}; this pipeline has {[e.name for e in self.path()]}")
+
+    @property
+    def serving_environment(self) -> EnvironmentConfig:
+        """The environment whose version serving answers with (the champion)."""
+        return next(e for e in self.path() if e.serving)
+
+    @property
+    def auto_target(self) -> str:
+        """Where training runs promote to."""
+        return self.auto_promote_to or self.serving_environment.name
 
 
 DriftMethod = Literal["ks", "psi", "wasserstein", "jensenshannon", "chisquare", "z", "kl_div", "hellinger"]

@@ -71,22 +71,13 @@ def ingest_labels(config: PipelineConfig, settings: Settings, start: datetime, e
 
 
 # ------------------------------------------------------------------------- champion in time
-def _effective(row: dict[str, Any]) -> datetime:
-    """When a ledger move took effect in business time: its run's as-of day, else when recorded."""
-    if row.get("data_interval_end"):
-        return datetime.fromisoformat(row["data_interval_end"][:10]).replace(tzinfo=timezone.utc)
-    return _utc(row["recorded_at"])
-
-
 def champion_at(engine: sa.Engine, pipeline: str, at: datetime) -> str | None:
-    """The version that was champion at business time ``at``, from the promotion ledger."""
-    moves = store.ledger_rows(engine, pipeline, where=lambda t: t.c.action.in_(("promote", "rollback")))
-    current, best_key = None, None
-    for row in moves:
-        key = (_effective(row), row["id"])
-        if key[0] <= _utc(at) and (best_key is None or key > best_key):
-            current, best_key = row["to_version"], key
-    return current
+    """The version that was champion at business time ``at`` (its run's as-of day), from the
+    promotion ledger."""
+    from airloop.lifecycle import CHAMPION, version_at
+
+    row = version_at(engine, pipeline, CHAMPION, _utc(at), business=True)
+    return row["to_version"] if row else None
 
 
 # ------------------------------------------------------------------------------ monitoring

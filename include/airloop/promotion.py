@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from airloop.config import PipelineConfig
+from airloop.config import EnvironmentConfig, PipelineConfig
 from airloop.evaluation import LOWER_IS_BETTER, compare_to_champion
 
 
@@ -59,19 +59,24 @@ def evaluate_gates(
     champion: dict[str, float] | None,
     champion_error: str | None = None,
     force: bool = False,
+    environment: EnvironmentConfig | None = None,
+    train_rows: int | None = None,
 ) -> Decision:
-    """Apply the configured gates to the challenger's holdout metrics.
+    """Apply ``environment``'s gates (default: the serving environment's) to a candidate's
+    holdout metrics.
 
-    * absolute thresholds (``promotion.thresholds``; floors, or ceilings for error metrics),
-    * latency budget (``latency_p95_ms`` against ``promotion.latency_budget_ms``),
-    * "beats the champion by ``min_improvement``" on the study metric, both scored on the same
-      holdout. No champion yet passes; a champion that cannot score today's holdout passes too
-      (it is broken on current data), and the reason says so.
+    * absolute thresholds (floors, or ceilings for error metrics),
+    * latency budget (``latency_p95_ms`` against ``latency_budget_ms``),
+    * minimum data (``train_rows`` against ``min_training_rows``, when that is above 0),
+    * "beats the incumbent by ``min_improvement``" on the training metric, both scored on the
+      same holdout (``champion``: the environment's current version's metrics; skipped when the
+      environment sets no ``min_improvement``). No incumbent yet passes; an incumbent that cannot
+      score the holdout passes too (it is broken on current data), and the reason says so.
     ``force`` promotes whatever the gates say; the checks are still recorded.
     """
-    promo = config.promotion
+    gates = environment or config.promotion.serving_environment
     checks: list[GateCheck] = []
-    for metric, bound in sorted(promo.thresholds.items()):
+    for metric, bound in sorted(gates.thresholds.items()):
         value = challenger.get(metric)
         if not _finite(value):
             checks.append(GateCheck(f"threshold:{metric}", False, f"metric {metric!r} not available"))
@@ -81,10 +86,18 @@ def evaluate_gates(
         checks.append(GateCheck(f"threshold:{metric}", ok, f"{value:.4f} {'<=' if lower else '>='} {bound} required"))
     latency = challenger.get("latency_p95_ms")
     if _finite(latency):
-        checks.append(GateCheck("latency", latency <= promo.latency_budget_ms,
-                                f"p95 {latency:.2f} ms, budget {promo.latency_budget_ms} ms"))
+        checks.append(GateCheck("latency", latency <= gates.latency_budget_ms,
+                                f"p95 {latency:.2f} ms, budget {gates.latency_budget_ms} ms"))
+    if gates.min_training_rows:
+        if train_rows is None:
+            checks.append(GateCheck("min_training_rows", False, "number of training rows unknown"))
+        else:
+            checks.append(GateCheck("min_training_rows", train_rows >= gates.min_training_rows,
+                                    f"{train_rows} rows, {gates.min_training_rows} required"))
     metric = config.training.metric
-    if champion_error:
+    if gates.min_improvement is None:
+        pass  # this environment does not compare with its incumbent
+    elif champion_error:
         checks.append(GateCheck("beats_champion", True, f"champion could not score the holdout ({champion_error})"))
     elif not champion:
         checks.append(GateCheck("beats_champion", True, "no champion yet"))
@@ -93,9 +106,9 @@ def evaluate_gates(
         if delta is None:
             checks.append(GateCheck("beats_champion", False, f"{metric} missing for challenger or champion"))
         else:
-            ok = delta >= promo.min_improvement
+            ok = delta >= gates.min_improvement
             checks.append(GateCheck("beats_champion", ok,
                                     f"{metric} {challenger[metric]:.4f} vs champion {champion[metric]:.4f} "
-                                    f"(delta {delta:+.4f}, margin {promo.min_improvement})"))
+                                    f"(delta {delta:+.4f}, margin {gates.min_improvement})"))
     passed = all(c.passed for c in checks)
     return Decision(promote=passed or force, forced=force and not passed, checks=checks)

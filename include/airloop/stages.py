@@ -180,6 +180,7 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
     model = fit_best(config, train, best)
     metrics = holdout_metrics(config, model, holdout) | predict_latency_ms(config, model, holdout)
     metrics["cv_best"] = best["value"]
+    train_rows = len(train)
 
     client = registry.get_client(settings)
     champion_version = registry.alias_version(client, config.model_name, registry.CHAMPION)
@@ -207,7 +208,8 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
         mlflow.set_tags({"best.estimator": best["family"], "best.trial": best["number"],
                          "best.n_finished_trials": best["n_finished"],
                          **{f"best.param.{k}": v for k, v in best["params"].items()}})
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in json_safe(metrics).items() if v is not None})
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in json_safe(metrics).items() if v is not None}
+                           | {"train_rows": train_rows})
         if champion:
             mlflow.log_metrics({f"champion_holdout_{k}": v for k, v in champion["metrics"].items() if v is not None})
         with tempfile.TemporaryDirectory() as tmp:
@@ -232,6 +234,7 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
         "best": best,
         "champion": champion,
         "champion_error": champion_error,
+        "train_rows": train_rows,
     }
 
 
@@ -309,43 +312,22 @@ def register(config: PipelineConfig, snapshot: dict[str, Any], validation: dict[
 # ------------------------------------------------------------------------------------ promote
 def promote(config: PipelineConfig, registration: dict[str, Any], evaluation: dict[str, Any], settings: Settings,
             actor: str, run_context: dict[str, str], force: bool = False) -> dict[str, Any]:
-    """Gate the challenger; move ``champion`` if it passes; append the decision to the ledger.
+    """Walk the promotion path (e.g. dev -> staging -> prod) with the training run's evidence,
+    one gated, ledgered step per environment (:func:`airloop.lifecycle.promote_along_path`).
 
-    Idempotent per interval: a decided interval returns its recorded decision unchanged.
+    Idempotent per interval: a decided interval returns its recorded decisions unchanged.
+    ``promoted`` is true when the version became the champion (serving environment).
     """
-    from airloop import registry, store
-    from airloop.promotion import evaluate_gates
+    from airloop import lifecycle
 
-    engine = store.get_engine(settings.monitoring_db_uri)
-    key = f"{registration['interval_key']}:promotion"
-    recorded = store.find_ledger(engine, key)
-    if recorded is not None:
-        log.info("interval already decided (%s -> %s): %s", recorded["action"], recorded["to_version"], recorded["reason"])
-        return {"promoted": recorded["action"] == "promote", "version": registration["version"],
-                "previous": recorded["from_version"], "reason": recorded["reason"], "replayed": True}
-
-    client = registry.get_client(settings)
-    version = registration["version"]
-    current = registry.alias_version(client, config.model_name, registry.CHAMPION)
-    previous = str(current.version) if current is not None else None
-    champion_metrics = (evaluation.get("champion") or {}).get("metrics")
-    decision = evaluate_gates(config, evaluation["metrics"], champion_metrics, evaluation.get("champion_error"), force)
-    if decision.promote and previous != version:
-        client.set_model_version_tag(config.model_name, version, "airloop.replaced_version", previous or "")
-        client.set_registered_model_alias(config.model_name, registry.CHAMPION, version)
-    client.set_model_version_tag(config.model_name, version, "airloop.promotion", "promoted" if decision.promote else "refused")
-    client.set_model_version_tag(config.model_name, version, "airloop.promotion_reason", decision.reason[:5000])
-    store.append_ledger(engine, store.LedgerEntry(
-        idempotency_key=key, pipeline=config.name, model_name=config.model_name,
-        action="promote" if decision.promote else "refuse", alias=registry.CHAMPION,
-        from_version=previous, to_version=version, actor=actor, reason=decision.reason,
-        dag_id=run_context.get("dag_id"), run_id=run_context.get("dag_run_id"),
-        data_interval_end=run_context.get("as_of"),
-        metrics={"challenger": evaluation["metrics"], "champion": champion_metrics, "checks": decision.to_dict()["checks"]},
-    ))
-    log.info("promotion of %s v%s: %s", config.model_name, version, decision.reason)
-    return {"promoted": decision.promote, "version": version, "previous": previous, "reason": decision.reason,
-            "replayed": False}
+    evidence = {"metrics": evaluation["metrics"], "champion": evaluation.get("champion"),
+                "champion_error": evaluation.get("champion_error"), "train_rows": evaluation.get("train_rows")}
+    result = lifecycle.promote_along_path(
+        config, settings, registration["version"], evidence, actor=actor, interval_key=registration["interval_key"],
+        run_context=run_context, force=force)
+    log.info("promotion of %s v%s: reached %s; %s", config.model_name, registration["version"],
+             result["reached"] or "no environment", result["reason"])
+    return result
 
 
 # ------------------------------------------------------------------------------------- deploy
@@ -359,14 +341,14 @@ def smoke_records(config: PipelineConfig, snapshot: dict[str, Any], n: int = 20)
     return json.loads(features.to_json(orient="records"))
 
 
-def deploy(config: PipelineConfig, promotion: dict[str, Any], snapshot: dict[str, Any], endpoint, settings: Settings,
+def deploy(config: PipelineConfig, promotion: dict[str, Any], snapshot: dict[str, Any] | None, endpoint, settings: Settings,
            actor: str, run_context: dict[str, str]) -> dict[str, Any]:
     """Hot-reload ``champion`` in serving and smoke-test it; on failure restore the previous champion.
 
     Returns what serving runs now. Raises :class:`airloop.deploy.DeployError` after a rollback so
     the failure is visible in Airflow (serving keeps answering with the previous model).
     """
-    from airloop import registry, store
+    from airloop import registry
     from airloop.deploy import DeployError, reload_alias, smoke_test
 
     client = registry.get_client(settings)
@@ -374,7 +356,9 @@ def deploy(config: PipelineConfig, promotion: dict[str, Any], snapshot: dict[str
     if champion_version is None:
         raise DeployError(f"{config.model_name} has no champion to deploy")
     version = str(champion_version.version)
-    records = smoke_records(config, snapshot)
+    from airloop.lifecycle import smoke_inputs
+
+    records = smoke_inputs(config, settings, version, snapshot)
     try:
         reload_alias(endpoint, registry.CHAMPION)
         smoke = smoke_test(endpoint, version, records)
@@ -385,14 +369,12 @@ def deploy(config: PipelineConfig, promotion: dict[str, Any], snapshot: dict[str
         log.error("deploy of v%s failed: %s", version, err)
         if not promotion.get("promoted") or not previous or str(promotion.get("version")) != version:
             raise  # not our promotion to undo (nothing promoted, first model, or champion moved since)
-        client.set_registered_model_alias(config.model_name, registry.CHAMPION, previous)
-        engine = store.get_engine(settings.monitoring_db_uri)
-        store.append_ledger(engine, store.LedgerEntry(
-            idempotency_key=f"{promotion.get('version')}:{run_context.get('dag_run_id')}:deploy-rollback",
-            pipeline=config.name, model_name=config.model_name, action="rollback", alias=registry.CHAMPION,
-            from_version=version, to_version=previous, actor=actor,
-            reason=f"deploy smoke test failed: {err}", dag_id=run_context.get("dag_id"),
-            run_id=run_context.get("dag_run_id"), data_interval_end=run_context.get("as_of")))
+        from airloop import lifecycle
+
+        lifecycle.rollback(
+            config, settings, None, previous, actor=actor, reason=f"deploy smoke test failed: {err}",
+            run_context=run_context,
+            idempotency_key=f"{promotion.get('version')}:{run_context.get('dag_run_id')}:deploy-rollback")
         try:
             reload_alias(endpoint, registry.CHAMPION)
         except DeployError as reload_err:

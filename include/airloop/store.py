@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -48,6 +49,8 @@ promotion_ledger = sa.Table(
     sa.Column("run_id", sa.String(250)),
     sa.Column("data_interval_end", sa.String(40)),
     sa.Column("metrics", sa.Text),  # JSON
+    # migration 4: the environment whose alias moved (the serving one's rows have alias "champion")
+    sa.Column("environment", sa.String(40)),
 )
 
 # ------------------------------------------------------------------ closed loop (migration 2)
@@ -157,12 +160,88 @@ retrain_requests = sa.Table(
     sa.Column("suppressed_by", sa.DateTime(timezone=True)),  # the earlier request in the cool-down
 )
 
-#: Ordered schema versions: (version, description, tables created by it).
-MIGRATIONS: list[tuple[int, str, list[sa.Table]]] = [
+#: One row per pipeline; promotions and rollbacks hold it (row lock on PostgreSQL, the database
+#: write lock on SQLite) for their whole transaction, so they are serialised across processes.
+lifecycle_locks = sa.Table(
+    "lifecycle_locks",
+    metadata,
+    sa.Column("pipeline", sa.String(100), primary_key=True),
+    sa.Column("holder", sa.String(300), nullable=False),
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def _add_missing_columns(conn: sa.Connection, table: sa.Table, names: list[str]) -> None:
+    """``ALTER TABLE … ADD COLUMN`` for columns of ``table`` the database does not have yet."""
+    present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+    for name in names:
+        if name not in present:
+            column = table.c[name]
+            type_sql = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {type_sql}'))
+
+
+# ------------------------------------------------------------------ A/B tests (migration 5)
+#: A/B and shadow tests of a pipeline (+ tenant): champion vs challenger version, the routing and
+#: the statistics settings, the outcome. At most one running test per pipeline and tenant.
+ab_tests = sa.Table(
+    "ab_tests",
+    metadata,
+    sa.Column("test_id", sa.String(100), primary_key=True),
+    sa.Column("pipeline", sa.String(100), nullable=False, index=True),
+    sa.Column("tenant", sa.String(100), nullable=False, server_default="default"),
+    sa.Column("champion_version", sa.String(20), nullable=False),
+    sa.Column("challenger_version", sa.String(20), nullable=False),
+    sa.Column("mode", sa.String(10), nullable=False),  # ab | shadow
+    sa.Column("traffic_pct", sa.Float, nullable=False),  # share of keys routed to the challenger (ab)
+    sa.Column("key_field", sa.String(200), nullable=False),
+    sa.Column("success_metric", sa.String(50), nullable=False),
+    sa.Column("alpha", sa.Float, nullable=False),
+    sa.Column("min_samples", sa.Integer, nullable=False),  # labelled rows per variant (the horizon)
+    sa.Column("max_duration_days", sa.Float, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # running | concluded | stopped
+    sa.Column("decision", sa.String(30)),  # promote_challenger | keep_champion | stopped
+    sa.Column("decided_at", sa.DateTime(timezone=True)),
+    sa.Column("result", sa.Text),  # JSON: the concluding evaluation (or the stop reason)
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("uq_ab_tests_running", "pipeline", "tenant", unique=True,
+             sqlite_where=sa.text("status = 'running'"), postgresql_where=sa.text("status = 'running'")),
+)
+
+#: One evaluation of a test per data interval (upserted: re-running an interval rewrites its row).
+ab_test_results = sa.Table(
+    "ab_test_results",
+    metadata,
+    sa.Column("test_id", sa.String(100), primary_key=True),
+    sa.Column("interval_end", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("interval_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("decision", sa.String(30), nullable=False),  # continue | promote_challenger | keep_champion
+    sa.Column("champion_rows", sa.Integer, nullable=False),  # labelled rows used
+    sa.Column("challenger_rows", sa.Integer, nullable=False),
+    sa.Column("difference", sa.Float),  # challenger - champion, in the success metric's units
+    sa.Column("ci_low", sa.Float),
+    sa.Column("ci_high", sa.Float),
+    sa.Column("p_value", sa.Float),
+    sa.Column("result", sa.Text, nullable=False),  # JSON: the whole evaluation
+)
+
+#: The challenger's answers in shadow mode (same request ids as the served ``predictions`` rows,
+#: hence a table of their own; variant "shadow"). Same columns as ``predictions``.
+shadow_predictions = sa.Table(
+    "shadow_predictions", metadata, *(column._copy() for column in predictions.columns)
+)
+
+
+#: Ordered schema versions: (version, description, tables created by it[, extra step]).
+MIGRATIONS: list[tuple] = [
     (1, "promotion ledger", [promotion_ledger]),
     (2, "closed loop: predictions, ground truth, drift, monitoring runs, alerts",
      [predictions, ground_truth, feature_drift, monitoring_runs, alerts]),
     (3, "retrain requests", [retrain_requests]),
+    (4, "lifecycle: environments in the ledger, promotion lock", [lifecycle_locks],
+     lambda conn: _add_missing_columns(conn, promotion_ledger, ["environment"])),
+    (5, "ab tests", [ab_tests, ab_test_results, shadow_predictions]),
 ]
 
 
@@ -188,12 +267,14 @@ def migrate(engine: sa.Engine) -> list[int]:
     with engine.connect() as conn:
         done = set(conn.execute(sa.select(schema_migrations.c.version)).scalars())
     applied = []
-    for version, description, tables in MIGRATIONS:
+    for version, description, tables, *step in MIGRATIONS:
         if version in done:
             continue
         with engine.begin() as conn:
             for table in tables:
                 table.create(conn, checkfirst=True)
+            for extra in step:
+                extra(conn)
             try:
                 conn.execute(
                     schema_migrations.insert().values(
@@ -226,13 +307,19 @@ class LedgerEntry:
     metrics: dict[str, Any] | None = None
 
 
-def append_ledger(engine: sa.Engine, entry: LedgerEntry, recorded_at: datetime | None = None) -> bool:
-    """Append ``entry`` unless its idempotency key is already recorded; True if written."""
+def append_ledger(engine: sa.Engine | sa.Connection, entry: LedgerEntry, recorded_at: datetime | None = None) -> bool:
+    """Append ``entry`` unless its idempotency key is already recorded; True if written.
+
+    Given a connection (inside :func:`lifecycle_lock`) the row joins that transaction.
+    """
     values = {
         **{k: v for k, v in entry.__dict__.items() if k != "metrics"},
         "metrics": json.dumps(entry.metrics, sort_keys=True, default=str) if entry.metrics is not None else None,
         "recorded_at": recorded_at or datetime.now(timezone.utc),
     }
+    if isinstance(engine, sa.Connection):
+        stmt = _dialect_insert(engine, promotion_ledger).values(**values).on_conflict_do_nothing()
+        return bool(engine.execute(stmt).rowcount)
     try:
         with engine.begin() as conn:
             conn.execute(promotion_ledger.insert().values(**values))
@@ -242,6 +329,26 @@ def append_ledger(engine: sa.Engine, entry: LedgerEntry, recorded_at: datetime |
         if existing is None:
             raise
         return False
+
+
+@contextmanager
+def lifecycle_lock(engine: sa.Engine, pipeline: str, holder: str) -> Iterator[sa.Connection]:
+    """Serialise promotions and rollbacks of ``pipeline`` with a database lock.
+
+    Upserts the pipeline's row of ``lifecycle_locks`` at the start of a transaction and yields
+    that transaction's connection: PostgreSQL keeps the row locked, SQLite its write lock, until
+    the block ends (commit, or rollback on an exception). A second caller waits (SQLite: up to the
+    connection timeout, 30 s). Ledger rows written through the yielded connection commit with it.
+    """
+    stmt = _dialect_insert(engine, lifecycle_locks).values(
+        pipeline=pipeline, holder=holder[:300], acquired_at=datetime.now(timezone.utc))
+    stmt = stmt.on_conflict_do_update(index_elements=["pipeline"],
+                                      set_={"holder": stmt.excluded.holder, "acquired_at": stmt.excluded.acquired_at})
+    with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock now, not at the first write
+        conn.execute(stmt)
+        yield conn
 
 
 def find_ledger(engine: sa.Engine, idempotency_key: str) -> dict[str, Any] | None:

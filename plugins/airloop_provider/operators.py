@@ -13,15 +13,17 @@ class DeployModelOperator(BaseOperator):
     """Hot-reload the pipeline's ``champion`` in serving, smoke-test it, roll back on failure.
 
     :param pipeline: pipeline name (``include/pipelines/<name>.yaml``).
-    :param promotion: the promote task's output (XComArg or dict); skipped if nothing was promoted.
-    :param snapshot: the extract task's output (smoke-test records come from it).
+    :param promotion: the promote task's output (XComArg or dict); skipped unless it moved the
+        serving environment (the champion).
+    :param snapshot: the extract task's output (smoke-test records come from it); ``None``: the
+        promoted version's own training snapshot, else its input example.
     :param serving_conn_id: connection of the serving process (see :class:`ServingHook`).
     """
 
     template_fields: Sequence[str] = ("pipeline", "promotion", "snapshot", "serving_conn_id")
     ui_color = "#d6f5e3"
 
-    def __init__(self, *, pipeline: str, promotion: Any, snapshot: Any,
+    def __init__(self, *, pipeline: str, promotion: Any, snapshot: Any = None,
                  serving_conn_id: str = "airloop_serving", **kwargs) -> None:
         super().__init__(**kwargs)
         self.pipeline = pipeline
@@ -46,9 +48,13 @@ class DeployModelOperator(BaseOperator):
             raise AirflowSkipException(f"nothing to deploy: {self.promotion.get('reason')}")
         settings = get_settings()
         config = load_pipeline_config(self.pipeline, settings)
+        environment = self.promotion.get("environment")
+        if environment and not config.promotion.environment(environment).serving:
+            raise AirflowSkipException(f"{environment} is not served by this serving process; nothing to reload")
         self.log.info("deploying %s champion to %s", config.model_name, self.hook.endpoint.url)
         return stages.deploy(config, self.promotion, self.snapshot, self.hook.endpoint, settings,
-                             actor=run_actor(context), run_context=run_context(context, self.snapshot.get("as_of")))
+                             actor=run_actor(context),
+                             run_context=run_context(context, (self.snapshot or {}).get("as_of")))
 
 
 def run_actor(context) -> str:

@@ -58,7 +58,8 @@ def test_dag_file_parses_fast_without_heavy_imports(path):
 def test_every_dag_has_tags_retries_and_schedule(dagbag):
     for dag_id, dag in dagbag.dags.items():
         assert dag.tags, f"{dag_id} has no tags"
-        assert dag.schedule is not None, f"{dag_id} has no explicit schedule"
+        # manual lifecycle DAGs run only from their form (schedule=None, said explicitly)
+        assert dag.schedule is not None or "lifecycle" in dag.tags, f"{dag_id} has no explicit schedule"
         assert dag.doc_md, f"{dag_id} has no documentation"
         for task in dag.tasks:
             assert task.retries >= 1, f"{dag_id}.{task.task_id} has retries={task.retries}"
@@ -85,6 +86,7 @@ def test_monitoring_dags(dagbag):
         order = ["ingest_labels", "monitor", "alerts"]
         for upstream, downstream in zip(order, order[1:]):
             assert upstream in dag.get_task(downstream).upstream_task_ids
+        assert "monitor" in dag.get_task("post_deploy_guard").upstream_task_ids
         retrain = dag.get_task("request_retrain")
         assert [o.uri for o in retrain.outlets] == [f"airloop://{dag_id.split('__')[0]}/retrain-requests"]
 
@@ -93,3 +95,15 @@ def test_training_is_scheduled_on_time_or_retrain_requests(dagbag):
     dag = dagbag.dags["claims_fraud__train"]
     assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
     assert "airloop://claims_fraud/retrain-requests" in str(dag.timetable.asset_condition)
+
+
+def test_lifecycle_dags_are_forms(dagbag):
+    promote = dagbag.dags["claims_fraud__promote"]
+    assert {"model", "version", "environment", "reason", "force"} == set(promote.params.keys())
+    assert promote.params.get_param("environment").schema["enum"] == ["dev", "staging", "prod"]
+    assert "promote" in promote.get_task("deploy").upstream_task_ids
+    rollback = dagbag.dags["claims_fraud__rollback"]
+    assert {"environment", "target", "reason"} == set(rollback.params.keys())
+    assert rollback.params["environment"] == "prod" and rollback.params["target"] == "previous"
+    for dag in (promote, rollback):
+        assert dag.schedule is None and {"lifecycle", "claims_fraud"} <= set(dag.tags)
