@@ -41,6 +41,24 @@ def reload_alias(endpoint: ServingEndpoint, alias: str, timeout: float = 120.0) 
     return response.json()
 
 
+def refresh_abtest(endpoint: ServingEndpoint, timeout: float = 120.0) -> dict[str, Any]:
+    """Ask serving to re-read the running A/B and shadow tests (after one was started, concluded
+    or stopped) and load their challengers; return ``{"tests": [...], "errors": {}}``.
+
+    Raises :class:`DeployError` when serving is unreachable or refuses (a challenger that cannot
+    be loaded answers 409 with the test's error; the champion keeps serving either way).
+    """
+    import httpx
+
+    try:
+        response = httpx.post(f"{endpoint.url}/abtest/refresh", headers=endpoint.headers(), timeout=timeout)
+    except httpx.HTTPError as err:
+        raise DeployError(f"serving at {endpoint.url} unreachable for /abtest/refresh: {err}") from err
+    if response.status_code != 200:
+        raise DeployError(f"serving refused /abtest/refresh: HTTP {response.status_code} {response.text[:500]}")
+    return response.json()
+
+
 def smoke_test(endpoint: ServingEndpoint, expected_version: str, records: list[dict[str, Any]], timeout: float = 30.0) -> dict[str, Any]:
     """Check serving reports ``expected_version``, is ready, and predicts ``records`` correctly."""
     import httpx

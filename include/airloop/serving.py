@@ -27,9 +27,21 @@ plus one ``error`` row per request whose prediction failed with a 5xx) by a
 batches and spools them to ``<state_dir>/spool/<pipeline>`` while the database is unavailable.
 Labels come back through ``POST /feedback`` into ``ground_truth``, joined by request id.
 
+A/B tests and shadow mode (:mod:`airloop.abtest`): the running tests of the pipeline are read
+from the monitoring store at startup and on ``POST /abtest/refresh`` (never per request); each
+test's challenger version is loaded and smoke-tested beside the champion, and the table of active
+tests (one per tenant) is swapped in by one reference assignment. In an A/B test each record is
+routed by :func:`airloop.abtest.assign_variant` on its request key (``key_field``: the request id,
+the ``X-Request-Key`` header or a feature of the record), answered by that variant, and logged with
+``variant`` and the version that answered; the answer items carry ``variant`` and
+``model_version``. A challenger that fails on its records never fails the request: the champion
+answers them (logged as variant ``fallback``) and one ``error`` row is logged for the challenger.
+In shadow mode the champion answers; the challenger scores the same records after the response is
+sent (a background task) and its rows go to ``shadow_predictions`` through a second logger.
+
 Endpoints: ``POST /predict``, ``POST /feedback``, ``GET /health``, ``GET /ready``, ``GET /model``,
-``POST /reload`` (``Authorization: Bearer <AIRLOOP_ADMIN_TOKEN>``) and ``GET /metrics``
-(Prometheus, one registry per app).
+``POST /reload`` and ``POST /abtest/refresh`` (both ``Authorization: Bearer
+<AIRLOOP_ADMIN_TOKEN>``), ``GET /abtest`` and ``GET /metrics`` (Prometheus, one registry per app).
 """
 
 from __future__ import annotations
@@ -48,7 +60,7 @@ import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Annotated, Any, AsyncIterator
 
@@ -72,7 +84,9 @@ from pydantic import (
     create_model,
 )
 
-from airloop import store
+from starlette.background import BackgroundTask
+
+from airloop import abtest, store
 from airloop.config import PipelineConfig, Settings, get_settings, load_pipeline_config
 from airloop.predlog import PredictionLogCollector, PredictionLogger, spool_dir_for, to_utc
 
@@ -88,8 +102,10 @@ MAX_REPORTED_ERRORS = 100
 STARTUP_LOAD_WAIT_S = 30.0
 #: The registry alias served by default.
 DEFAULT_ALIAS = "champion"
-#: The variant recorded with every logged prediction (A/B variants may be added later).
-DEFAULT_VARIANT = "champion"
+#: The variant recorded with every prediction outside an A/B test (and of the champion in one).
+DEFAULT_VARIANT = abtest.CHAMPION
+#: Longest ``X-Request-Key`` header (the A/B routing key when a test's ``key_field`` is "header").
+MAX_REQUEST_KEY_LENGTH = 200
 #: Tenant recorded when a request has no ``X-Tenant`` header.
 DEFAULT_TENANT = "default"
 #: Largest number of labels one ``POST /feedback`` may carry.
@@ -101,7 +117,8 @@ SHUTDOWN_FLUSH_S = 10.0
 #: Top-level packages whose classes may be instantiated from a skops file.
 TRUSTED_SKOPS_PACKAGES: frozenset[str] = frozenset({"sklearn", "numpy"})
 
-_ENDPOINTS = frozenset({"/predict", "/feedback", "/health", "/ready", "/model", "/reload", "/metrics"})
+_ENDPOINTS = frozenset({"/predict", "/feedback", "/health", "/ready", "/model", "/reload", "/metrics", "/abtest",
+                        "/abtest/refresh"})
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -472,7 +489,7 @@ class ServedModel:
     schema: RecordSchema
     predictor: Predictor
     input_example: pd.DataFrame = field(repr=False)
-    #: Recorded with every logged prediction (room for A/B variants).
+    #: Recorded with every logged prediction: champion, or challenger / shadow in a test.
     variant: str = DEFAULT_VARIANT
 
     def ref(self) -> dict[str, Any]:
@@ -632,6 +649,13 @@ class ServingMetrics:
             "airloop_serving_feedback_labels", "Labels written to ground_truth by POST /feedback.",
             registry=self.registry,
         )
+        self.ab_records = Counter(
+            "airloop_serving_ab_records", "Records of A/B and shadow tests by variant.", ["variant"],
+            registry=self.registry,
+        )
+        self.abtest_refreshes = Counter(
+            "airloop_serving_abtest_refreshes", "A/B test refreshes by outcome.", ["outcome"], registry=self.registry
+        )
 
     def set_model(self, model: ServedModel) -> None:
         """Point the model gauges at ``model``."""
@@ -689,8 +713,31 @@ def _existing_local_dir(uri: str) -> str | None:
     return path if os.path.isdir(path) else None
 
 
+@dataclass(frozen=True, slots=True)
+class ActiveTest:
+    """A running A/B or shadow test as serving applies it: the definition and the loaded
+    challenger (its ``variant`` is ``challenger`` in A/B mode, ``shadow`` in shadow mode)."""
+
+    test: abtest.ABTest
+    challenger: ServedModel
+
+    def describe(self) -> dict[str, Any]:
+        """The definition plus the loaded challenger's reference."""
+        return {**self.test.describe(), "challenger_model": self.challenger.ref()}
+
+    def route(self, records: Sequence[Any], request_ids: Sequence[str], header_key: str | None) -> list[str]:
+        """The variant of each record (``champion`` / ``challenger``), sticky by request key."""
+        test = self.test
+        keys = abtest.request_keys(test.key_field, records, request_ids, header_key)
+        return [abtest.assign_variant(key, test.test_id, test.traffic_pct) for key in keys]
+
+
 class ModelManager:
-    """Holds the served model of one app; loads new versions beside it and swaps atomically."""
+    """Holds the served model of one app; loads new versions beside it and swaps atomically.
+
+    Also holds the active A/B and shadow tests (by tenant) with their loaded challengers; they
+    are replaced together by :meth:`refresh_tests`.
+    """
 
     def __init__(self, settings: Settings, config: PipelineConfig, metrics: ServingMetrics) -> None:
         """Nothing is contacted here; the MLflow client is created on first use."""
@@ -701,12 +748,19 @@ class ModelManager:
         self._current: ServedModel | None = None
         self._client: Any = None
         self._reload_lock = threading.Lock()
+        self._tests: dict[str, ActiveTest] = {}
+        self._tests_lock = threading.Lock()
         self.last_error: str | None = None
 
     @property
     def current(self) -> ServedModel | None:
         """The model answering requests (read once per request)."""
         return self._current
+
+    @property
+    def tests(self) -> dict[str, ActiveTest]:
+        """The active tests by tenant (read once per request; never mutated, only replaced)."""
+        return self._tests
 
     @property
     def client(self) -> Any:
@@ -809,6 +863,43 @@ class ModelManager:
         )
         return candidate, previous
 
+    def refresh_tests(self) -> dict[str, Any]:
+        """Read the pipeline's running tests from the monitoring store, load each challenger
+        (smoke-tested; versions already loaded are reused) and swap the table of active tests in.
+
+        Returns ``{"tests": [...], "errors": {test_id: message}}``: a test whose challenger cannot
+        be loaded (or that does not fit the pipeline) is reported and not routed; the others are.
+        Raises :class:`ModelLoadError` (``unavailable``, 503) when the store cannot be read, and
+        ``busy`` while another refresh runs; the previous tests then stay active.
+        """
+        if not self._tests_lock.acquire(blocking=False):
+            raise ModelLoadError("another A/B test refresh is in progress", outcome="busy", status_code=409)
+        try:
+            try:
+                running = abtest.running_tests(store.get_engine(self.settings.monitoring_db_uri), self.config.name)
+            except Exception as err:
+                raise ModelLoadError(f"monitoring store unavailable: {type(err).__name__}: {err}".splitlines()[0],
+                                     outcome="unavailable", status_code=503) from err
+            loaded = {a.test.challenger_version: a.challenger for a in self._tests.values()}
+            active: dict[str, ActiveTest] = {}
+            errors: dict[str, str] = {}
+            for test in running:
+                try:
+                    abtest.check_test(self.config, test)
+                    model = loaded.get(test.challenger_version) or self.load(version=test.challenger_version)
+                except (abtest.ABTestError, ModelLoadError) as err:
+                    errors[test.test_id] = str(err)
+                    log.error("A/B test %s not routed: %s", test.test_id, err)
+                    continue
+                loaded[test.challenger_version] = model
+                variant = abtest.SHADOW if test.mode == "shadow" else abtest.CHALLENGER
+                active[test.tenant] = ActiveTest(test, replace(model, alias=None, variant=variant))
+            self._tests = active  # the swap: one reference assignment
+        finally:
+            self._tests_lock.release()
+        log.info("A/B tests active: %s", {t: a.test.test_id for t, a in active.items()} or "none")
+        return {"tests": [a.describe() for a in active.values()], "errors": errors}
+
     def load_initial(self) -> None:
         """Startup: try to serve the champion; log and stay not-ready on any failure."""
         try:
@@ -842,8 +933,21 @@ class ReloadRequest(BaseModel):
         return self.alias or DEFAULT_ALIAS, None
 
 
-def _json(content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(content, status_code=status_code, headers=dict(headers) if headers else None)
+def _json(content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None,
+          background: BackgroundTask | None = None) -> JSONResponse:
+    return JSONResponse(content, status_code=status_code, headers=dict(headers) if headers else None,
+                        background=background)
+
+
+def _admin_denied(request: Request, admin_token: str | None, action: str, outcomes: Counter) -> JSONResponse | None:
+    """The 401/403 answer when ``request`` lacks the admin token (see :func:`check_admin_token`),
+    counted in ``outcomes`` as ``unauthorized`` / ``forbidden``; None when the token is right."""
+    denied = check_admin_token(request.headers.get("authorization"), admin_token)
+    if denied is None:
+        return None
+    outcomes.labels("forbidden" if denied == 403 else "unauthorized").inc()
+    message = f"{action} is disabled: no admin token configured" if denied == 403 else "invalid or missing bearer token"
+    return _json({"detail": message}, denied, {"WWW-Authenticate": "Bearer"} if denied == 401 else None)
 
 
 def check_admin_token(authorization: str | None, admin_token: str | None) -> int | None:
@@ -932,6 +1036,19 @@ def prediction_rows(
             "status": "ok",
         })
     return rows
+
+
+def request_key_header(request: Request) -> str | None:
+    """The ``X-Request-Key`` header (None when absent); 422 unless 1-200 printable characters."""
+    key = request.headers.get("x-request-key")
+    if key is None or not key.strip():
+        return None
+    if len(key) > MAX_REQUEST_KEY_LENGTH or not key.isprintable():
+        raise RecordValidationError([{
+            "record": None, "field": abtest.KEY_HEADER_NAME,
+            "message": f"{abtest.KEY_HEADER_NAME} must be 1-{MAX_REQUEST_KEY_LENGTH} printable characters",
+        }])
+    return key
 
 
 def error_row(
@@ -1074,10 +1191,17 @@ def _add_routes(
     metrics: ServingMetrics,
     settings: Settings,
     prediction_logger: PredictionLogger | None = None,
+    shadow_logger: PredictionLogger | None = None,
+    ab_tests: bool = False,
 ) -> None:
-    """Register the endpoints on ``app`` (predictions are logged to ``prediction_logger``)."""
+    """Register the endpoints on ``app`` (predictions are logged to ``prediction_logger``, shadow
+    predictions to ``shadow_logger``; ``ab_tests`` enables ``POST /abtest/refresh``)."""
     pipeline = manager.config.name
     score = score_function(manager.config)
+
+    def log_rows(rows: list[dict[str, Any]]) -> None:
+        if prediction_logger is not None:
+            prediction_logger.log(rows)
 
     def serve(model: ServedModel, parsed: PredictRequest, tenant: str, started: float) -> list[dict[str, Any]]:
         """Validate, predict, stamp request ids and enqueue the log rows (no I/O)."""
@@ -1088,12 +1212,85 @@ def _add_routes(
         for item, request_id in zip(predictions, request_ids):
             item["request_id"] = request_id
         metrics.latency.observe(latency)
-        if prediction_logger is not None:
-            prediction_logger.log(prediction_rows(
-                model, pipeline, tenant, validated, predictions, request_ids, parsed.event_ts, now,
-                latency * 1000.0, score,
-            ))
+        log_rows(prediction_rows(
+            model, pipeline, tenant, validated, predictions, request_ids, parsed.event_ts, now, latency * 1000.0, score,
+        ))
         return predictions
+
+    def serve_ab(model: ServedModel, active: ActiveTest, parsed: PredictRequest, tenant: str, started: float,
+                 header_key: str | None) -> list[dict[str, Any]]:
+        """An A/B request: validate against the champion's schema (the endpoint's contract), route
+        each record by its key, let each variant answer its records, log them with their variant
+        and version. A failing challenger falls back to the champion (rows: ``fallback`` plus one
+        challenger ``error`` row). Each variant's rows carry its own latency (its validation and
+        prediction time)."""
+        records, n = parsed.records, len(parsed.records)
+        validated = model.schema.validate(records)
+        request_ids = parsed.request_ids or [uuid.uuid4().hex for _ in records]
+        variants = active.route(records, request_ids, header_key)
+        champion_ms = (time.perf_counter() - started) * 1000.0
+        now = datetime.now(timezone.utc)
+        predictions: list[dict[str, Any]] = [None] * n  # type: ignore[list-item]
+        rows: list[dict[str, Any]] = []
+
+        def answer(served: ServedModel, idx: list[int], rows_of: Sequence[BaseModel], items: list[dict[str, Any]],
+                   ms: float) -> None:
+            for i, item in zip(idx, items):
+                item |= {"request_id": request_ids[i], "variant": served.variant, "model_version": served.version}
+                predictions[i] = item
+            event_ts = [parsed.event_ts[i] for i in idx] if parsed.event_ts is not None else None
+            rows.extend(prediction_rows(served, pipeline, tenant, rows_of, items, [request_ids[i] for i in idx],
+                                        event_ts, now, ms, score))
+            metrics.ab_records.labels(served.variant).inc(len(idx))
+
+        to_challenger = [i for i, v in enumerate(variants) if v == abtest.CHALLENGER]
+        fallback: list[int] = []
+        if to_challenger:
+            t0 = time.perf_counter()
+            challenger = active.challenger
+            try:
+                c_rows, c_items = challenger.predict_validated([records[i] for i in to_challenger])
+            except Exception as err:
+                log.warning("A/B test %s: challenger v%s failed, the champion answers: %s",
+                            active.test.test_id, challenger.version, err)
+                rows.append(error_row(challenger, pipeline, tenant, parsed, now,
+                                      (time.perf_counter() - t0) * 1000.0, err))
+                fallback = to_challenger
+            else:
+                answer(challenger, to_challenger, c_rows, c_items, (time.perf_counter() - t0) * 1000.0)
+        groups = [(model, [i for i, v in enumerate(variants) if v != abtest.CHALLENGER])]
+        if fallback:
+            groups.append((replace(model, variant=abtest.FALLBACK), fallback))
+        for served, idx in groups:
+            if idx:
+                t0 = time.perf_counter()
+                own = [validated[i] for i in idx]
+                items = model.predictor.predict(model.schema.to_frame(own))
+                answer(served, idx, own, items, champion_ms + (time.perf_counter() - t0) * 1000.0)
+        metrics.latency.observe(time.perf_counter() - started)
+        log_rows(rows)
+        return predictions
+
+    def shadow_score(active: ActiveTest, parsed: PredictRequest, request_ids: list[str], tenant: str) -> None:
+        """Shadow mode, after the response: the challenger scores the request's records; its rows
+        (or one error row) go to ``shadow_predictions``. Never raises."""
+        challenger = active.challenger
+        started = time.perf_counter()
+        now = datetime.now(timezone.utc)
+        try:
+            try:
+                validated, items = challenger.predict_validated(parsed.records)
+                rows = prediction_rows(challenger, pipeline, tenant, validated, items, request_ids, parsed.event_ts,
+                                       now, (time.perf_counter() - started) * 1000.0, score)
+            except Exception as err:
+                log.warning("shadow test %s: challenger v%s failed: %s", active.test.test_id, challenger.version, err)
+                rows = [error_row(challenger, pipeline, tenant, parsed, now, (time.perf_counter() - started) * 1000.0,
+                                  err)]
+            metrics.ab_records.labels(abtest.SHADOW).inc(len(rows))
+            if shadow_logger is not None:
+                shadow_logger.log(rows)
+        except Exception:  # the response is already sent; nothing may escape into the server
+            log.exception("shadow test %s: could not log the challenger's rows", active.test.test_id)
 
     @app.post("/predict")
     async def predict(request: Request) -> Response:
@@ -1101,28 +1298,40 @@ def _add_routes(
         model = manager.current
         if model is None:
             return _not_ready(manager)
+        tests = manager.tests
         started = time.perf_counter()
         parsed: PredictRequest | None = None
         tenant = DEFAULT_TENANT
+        active: ActiveTest | None = None
+        background = None
         try:
             tenant = request_tenant(request)
+            active = tests.get(tenant) if tests else None
             parsed = parse_predict_request(await request.body())
+            run: Callable[..., list[dict[str, Any]]] = serve
+            args: tuple[Any, ...] = (model, parsed, tenant, started)
+            if active is not None and active.test.mode == "ab":
+                header_key = request_key_header(request) if active.test.key_field == abtest.KEY_HEADER else None
+                run, args = serve_ab, (model, active, parsed, tenant, started, header_key)
             if len(parsed.records) > INLINE_BATCH_RECORDS:
-                predictions = await run_in_threadpool(serve, model, parsed, tenant, started)
+                predictions = await run_in_threadpool(run, *args)
             else:
-                predictions = serve(model, parsed, tenant, started)
+                predictions = run(*args)
+            if active is not None and active.test.mode == "shadow":
+                background = BackgroundTask(shadow_score, active, parsed, [p["request_id"] for p in predictions],
+                                            tenant)
         except RecordValidationError as err:
             return _json({"detail": err.errors}, err.status_code)
         except Exception as err:
             log.exception("prediction failed (model %s v%s)", model.name, model.version)
-            if prediction_logger is not None:
-                latency_ms = (time.perf_counter() - started) * 1000.0
-                prediction_logger.log([
-                    error_row(model, pipeline, tenant, parsed, datetime.now(timezone.utc), latency_ms, err)
-                ])
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            log_rows([error_row(model, pipeline, tenant, parsed, datetime.now(timezone.utc), latency_ms, err)])
             return _json({"detail": "prediction failed"}, 500)
         metrics.records.inc(len(predictions))
-        return _json({"model": model.ref(), "predictions": predictions})
+        body: dict[str, Any] = {"model": model.ref(), "predictions": predictions}
+        if active is not None and active.test.mode == "ab":
+            body["abtest"] = active.test.test_id
+        return _json(body, background=background)
 
     @app.post("/feedback")
     async def feedback(request: Request) -> Response:
@@ -1194,14 +1403,9 @@ def _add_routes(
     @app.post("/reload")
     async def reload(request: Request) -> Response:
         """Load another version (admin token), smoke-test it and swap it in."""
-        denied = check_admin_token(request.headers.get("authorization"), settings.admin_token)
+        denied = _admin_denied(request, settings.admin_token, "reload", metrics.reloads)
         if denied is not None:
-            outcome = "forbidden" if denied == 403 else "unauthorized"
-            metrics.reloads.labels(outcome).inc()
-            message = (
-                "reload is disabled: no admin token configured" if denied == 403 else "invalid or missing bearer token"
-            )
-            return _json({"detail": message}, denied, {"WWW-Authenticate": "Bearer"} if denied == 401 else None)
+            return denied
         raw = await request.body()
         try:
             alias, version = ReloadRequest.model_validate_json(raw or b"{}").target()
@@ -1226,6 +1430,37 @@ def _add_routes(
         metrics.reloads.labels("success").inc()
         return _json({"model": new.describe(), "previous_version": previous.version if previous else None})
 
+    @app.get("/abtest")
+    async def abtest_info() -> Response:
+        """The active A/B and shadow tests (one per tenant) and the champion serving beside them."""
+        model = manager.current
+        tests = []
+        for active in manager.tests.values():
+            info = active.describe()
+            if model is not None and model.version != active.test.champion_version:
+                info["warning"] = (f"serving champion v{model.version}, the test compares v{active.test.champion_version}:"
+                                   " its champion rows are not counted")
+            tests.append(info)
+        return _json({"enabled": ab_tests, "champion": model.ref() if model else None, "tests": tests})
+
+    @app.post("/abtest/refresh")
+    async def abtest_refresh(request: Request) -> Response:
+        """Re-read the running tests from the monitoring store (admin token) and route by them."""
+        denied = _admin_denied(request, settings.admin_token, "A/B test refresh", metrics.abtest_refreshes)
+        if denied is not None:
+            return denied
+        if not ab_tests:
+            metrics.abtest_refreshes.labels("disabled").inc()
+            return _json({"detail": "A/B tests are disabled in this process (prediction logging is off)"}, 409)
+        try:
+            outcome = await run_in_threadpool(manager.refresh_tests)
+        except ModelLoadError as err:
+            metrics.abtest_refreshes.labels(err.outcome).inc()
+            return _json({"detail": str(err), "outcome": err.outcome}, err.status_code)
+        failed = bool(outcome["errors"])
+        metrics.abtest_refreshes.labels("partial" if failed else "success").inc()
+        return _json(outcome, 409 if failed else 200)
+
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
         """Prometheus text exposition of this app's registry."""
@@ -1233,7 +1468,8 @@ def _add_routes(
 
 
 def create_app(
-    settings: Settings | None = None, pipeline: str | None = None, log_predictions: bool = True
+    settings: Settings | None = None, pipeline: str | None = None, log_predictions: bool = True,
+    ab_tests: bool | None = None,
 ) -> FastAPI:
     """Build the serving app for ``pipeline`` (default ``settings.default_pipeline``).
 
@@ -1245,25 +1481,44 @@ def create_app(
     With ``log_predictions`` (default) every prediction is logged to ``settings.monitoring_db_uri``
     through a :class:`~airloop.predlog.PredictionLogger` (``app.state.prediction_logger``),
     started with the app and drained on shutdown; the store may be down at startup.
+
+    ``ab_tests`` (default: as ``log_predictions``; a test without logged rows cannot be evaluated)
+    makes the app read the running A/B and shadow tests at startup, after the champion, and on
+    ``POST /abtest/refresh``; shadow rows go through ``app.state.shadow_logger``.
     """
     settings = settings or get_settings()
     config = load_pipeline_config(pipeline or settings.default_pipeline, settings)
     metrics = ServingMetrics()
     manager = ModelManager(settings, config, metrics)
     metrics.model_version.labels(manager.model_name).set(0)
-    prediction_logger = None
+    ab_tests = log_predictions if ab_tests is None else ab_tests
+    prediction_logger = shadow_logger = None
     if log_predictions:
+        spool = spool_dir_for(settings.state_dir, config.name)
         prediction_logger = PredictionLogger.for_uri(
-            settings.monitoring_db_uri, spool_dir_for(settings.state_dir, config.name),
-            autostart=False, name=f"airloop-predlog-{config.name}",
+            settings.monitoring_db_uri, spool, autostart=False, name=f"airloop-predlog-{config.name}",
         )
         metrics.registry.register(PredictionLogCollector(prediction_logger))
+        shadow_logger = PredictionLogger.for_uri(
+            settings.monitoring_db_uri, spool / "shadow", table=store.shadow_predictions, autostart=False,
+            name=f"airloop-shadowlog-{config.name}",
+        )
+        metrics.registry.register(PredictionLogCollector(shadow_logger, prefix="airloop_shadowlog"))
+    loggers = [lg for lg in (prediction_logger, shadow_logger) if lg is not None]
+
+    def initial_load() -> None:
+        manager.load_initial()
+        if ab_tests:
+            try:
+                manager.refresh_tests()
+            except ModelLoadError as err:
+                log.warning("A/B tests not read at startup (POST /abtest/refresh later): %s", err)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if prediction_logger is not None:
-            prediction_logger.start()
-        loader = threading.Thread(target=manager.load_initial, name="airloop-initial-load", daemon=True)
+        for logger in loggers:
+            logger.start()
+        loader = threading.Thread(target=initial_load, name="airloop-initial-load", daemon=True)
         loader.start()
         await anyio.to_thread.run_sync(loader.join, STARTUP_LOAD_WAIT_S)
         if loader.is_alive():
@@ -1271,8 +1526,8 @@ def create_app(
         try:
             yield
         finally:
-            if prediction_logger is not None:
-                await anyio.to_thread.run_sync(prediction_logger.close, SHUTDOWN_FLUSH_S)
+            for logger in loggers:
+                await anyio.to_thread.run_sync(logger.close, SHUTDOWN_FLUSH_S)
 
     app = FastAPI(
         title=f"airloop serving: {config.name}",
@@ -1285,6 +1540,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.settings = settings
     app.state.prediction_logger = prediction_logger
-    _add_routes(app, manager, metrics, settings, prediction_logger)
+    app.state.shadow_logger = shadow_logger
+    _add_routes(app, manager, metrics, settings, prediction_logger, shadow_logger, ab_tests)
     app.add_middleware(_RequestCounter, metrics=metrics)
     return app
