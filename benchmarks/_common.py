@@ -31,6 +31,8 @@ for _path in (ROOT, ROOT / "include", ROOT / "plugins"):  # a plain `python benc
 from airloop.sandbox import isolated_environ, state_environ  # noqa: E402 - after the path fix
 
 PIPELINE = "claims_fraud"
+#: 1-minute load average when the benchmark started: other work on the 2 cores skews figures.
+LOAD_AT_START = os.getloadavg()[0]
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -59,7 +61,9 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def emit(figures: dict[str, Any]) -> None:
-    """Print the benchmark's figures as the last line: one JSON object."""
+    """Print the benchmark's figures as the last line: one JSON object (with the machine's load
+    when the benchmark started and its core count, to judge how quiet the run was)."""
+    figures = {**figures, "cpus": os.cpu_count(), "load_1m_at_start": round(LOAD_AT_START, 2)}
     print(json.dumps(figures, sort_keys=False, default=str), flush=True)
 
 
