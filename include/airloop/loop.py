@@ -98,10 +98,11 @@ def monitor(config: PipelineConfig, settings: Settings, start: datetime, end: da
         return {"skipped": "no champion at the interval start", "interval_start": start.isoformat()}
     client = registry.get_client(settings)
     reference = monitoring.load_reference(client, config, version, settings=settings)
+    profile = monitoring.load_profile(client, config, version, settings=settings)
     reference_metrics = monitoring.load_reference_metrics(client, config, version)
     summary = monitoring.monitor_interval(
         config, settings, tenant, start, end, version, reference, settings.state_dir / "reports",
-        reference_metrics=reference_metrics, engine=engine)
+        reference_metrics=reference_metrics, engine=engine, profile=profile)
     report = summary.get("report_uri")
     if report and Path(report).is_file():
         run_id = client.get_model_version(config.model_name, version).run_id

@@ -8,10 +8,20 @@ and stores the outcome in ``feature_drift`` (one row per feature and interval) a
 ``monitoring_runs`` (one row per interval), keyed by tenant, pipeline and interval start: a re-run
 rewrites its own rows and nothing else.
 
-Drift is judged by Evidently (0.7 API: ``Report`` + ``DataDriftPreset``/``ValueDrift``) with the
-methods and thresholds of ``monitoring.drift``; every verdict stored here is Evidently's own (the
-``drift`` test of its ``ValueDrift`` metric), never recomputed. Only data of ``[start, end)`` is
-used: nothing here looks at the wall clock to select rows.
+Drift is judged with the methods and thresholds of ``monitoring.drift`` and Evidently's semantics
+(0.7: ``DataDriftPreset``/``ValueDrift`` and its stat tests), in two ways:
+
+* the stored verdicts (``feature_drift`` rows, drift share, prediction drift) come from the fast
+  path, :mod:`airloop.driftstats`: Evidently's statistics recomputed with numpy on *every* row of
+  the interval against the version's reference profile (``reference/profile.npz``, logged with the
+  version; the unit tests check score and verdict against Evidently's own stat tests and report);
+* the human HTML report is Evidently's own ``Report``, drawn from a seeded sample of at most
+  :data:`HTML_MAX_ROWS` rows of each side when the interval (or the reference) is larger.
+
+The two can differ only where the HTML report works on a sample (a score near its threshold may
+land on the other side) or, for a reference with more distinct values than the profile keeps
+(``driftstats.PROFILE_MAX_POINTS``), by the profile's grid approximation (see driftstats). Only
+data of ``[start, end)`` is used: nothing here looks at the wall clock to select rows.
 
 Heavy imports (Evidently, scikit-learn, MLflow) happen inside the functions that need them.
 """
@@ -29,31 +39,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from airloop.config import ConfigError, PipelineConfig, Settings
-from airloop.stages import REFERENCE_DIR, REFERENCE_FILE, SCORE_COLUMN
+from airloop.driftstats import METHOD_KINDS, P_VALUE_METHODS
+from airloop.stages import PROFILE_FILE, REFERENCE_DIR, REFERENCE_FILE, SCORE_COLUMN
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import sqlalchemy as sa
 
+    from airloop.driftstats import ReferenceProfile
+
 log = logging.getLogger(__name__)
 
 #: ``feature`` value of the prediction-drift row (drift of the served score).
 PREDICTION_FEATURE = "__prediction__"
-#: Evidently methods whose drift score is a p-value (drift when p is small); the others are
-#: distances (drift when the distance is at or above the threshold).
-P_VALUE_METHODS = frozenset({"ks", "chisquare", "z"})
-#: Column types each configurable method accepts in Evidently 0.7 (``StatTest.allowed_feature_types``).
-METHOD_TYPES: dict[str, frozenset[str]] = {
-    "ks": frozenset({"num"}),
-    "wasserstein": frozenset({"num"}),
-    "chisquare": frozenset({"cat"}),
-    "z": frozenset({"cat"}),
-    "psi": frozenset({"num", "cat"}),
-    "jensenshannon": frozenset({"num", "cat"}),
-    "kl_div": frozenset({"num", "cat"}),
-    "hellinger": frozenset({"num", "cat"}),
-}
-#: Above this many current rows the HTML report is drawn from a seeded sample (verdicts never are).
+#: Column types each configurable method accepts in Evidently 0.7 (``StatTest.allowed_feature_types``);
+#: :data:`P_VALUE_METHODS` (drift when p is small; the others are distances) comes from driftstats too.
+METHOD_TYPES = METHOD_KINDS
+#: Above this many rows (current or reference) the HTML report is drawn from a seeded sample of
+#: this many rows; the stored verdicts never are.
 HTML_MAX_ROWS = 50_000
 #: Columns of the predictions frame besides the features (a feature may not use these names).
 META_COLUMNS = ("request_id", "ts", "model_version", "variant", "status", "latency_ms", "prediction", SCORE_COLUMN)
@@ -262,18 +265,70 @@ def drift_rows(config: PipelineConfig, snapshot, reference: pd.DataFrame, curren
     return rows
 
 
-def drift_table(config: PipelineConfig, reference: pd.DataFrame, current: pd.DataFrame) -> list[dict]:
-    """Per-feature drift of ``current`` against ``reference``, judged by Evidently.
+def _drift_columns(config: PipelineConfig) -> tuple[list[str], list[str]]:
+    """``(numeric, categorical)`` drift columns: numeric features plus :data:`SCORE_COLUMN`,
+    categorical features (the column types Evidently is given, see :func:`_datasets`)."""
+    numeric = [c for c, spec in config.features.items() if spec.type != "category"] + [SCORE_COLUMN]
+    categorical = [c for c, spec in config.features.items() if spec.type == "category"]
+    return numeric, categorical
+
+
+def build_reference_profile(config: PipelineConfig, reference: pd.DataFrame) -> ReferenceProfile:
+    """The drift profile (:class:`airloop.driftstats.ReferenceProfile`) of a reference frame:
+    every feature and :data:`SCORE_COLUMN`, typed as Evidently types them here."""
+    from airloop import driftstats
+
+    numeric, categorical = _drift_columns(config)
+    frame = reference if all(c in reference.columns for c in [*numeric, *categorical]) else \
+        reference.reindex(columns=[*numeric, *categorical])
+    return driftstats.build_profile(frame, numeric, categorical)
+
+
+def fast_drift_rows(config: PipelineConfig, profile: ReferenceProfile,
+                    current: pd.DataFrame) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per-column drift of ``current`` against a reference ``profile`` by the fast path
+    (:mod:`airloop.driftstats`, every current row, Evidently's statistics and verdicts).
+
+    Returns ``(rows, skipped)``: rows in :func:`drift_rows`' format (features in config order,
+    then the prediction) and the columns that cannot be judged (no non-null value on one side).
+    """
+    from airloop import driftstats
+
+    rows, skipped = [], []
+    for column, (method, threshold) in column_drift_settings(config).items():
+        ref = profile.columns.get(column)
+        values = current[column] if column in current.columns else None
+        cur = None if ref is None or values is None else driftstats.current_data(ref, values)
+        if ref is None or ref.n == 0 or cur is None or not len(cur):
+            skipped.append(column)
+            continue
+        score = driftstats.statistic(ref, cur, method)
+        rows.append({
+            "feature": PREDICTION_FEATURE if column == SCORE_COLUMN else column,
+            "method": method,
+            "statistic": _finite(score),
+            "p_value": _finite(score) if method in P_VALUE_METHODS else None,
+            "threshold": threshold,
+            "drifted": driftstats.drifted(method, score, threshold),
+            "current_rows": int(sum(cur.values())) if isinstance(cur, dict) else int(cur.size),
+            "reference_rows": int(ref.n),
+        })
+    return rows, skipped
+
+
+def drift_table(config: PipelineConfig, reference: pd.DataFrame, current: pd.DataFrame,
+                profile: ReferenceProfile | None = None) -> list[dict]:
+    """Per-feature drift of ``current`` against the reference, by the fast path.
 
     Both frames hold the feature columns (typed as served) and :data:`SCORE_COLUMN`. Numeric
     features use ``monitoring.drift.numeric``, categorical ``.categorical``, per-column overrides
     ``.columns``, the score ``.prediction``. Returns one row per feature plus one for the
-    prediction (``feature="__prediction__"``) — see :func:`drift_rows`. A column without any
-    non-null value in either frame cannot be judged and gets no row. Runs the lean report
-    (``ValueDrift`` metrics only); the verdicts equal the preset's.
+    prediction (``feature="__prediction__"``) — see :func:`drift_rows`; a column without any
+    non-null value in either frame cannot be judged and gets no row. ``profile``: the reference's
+    stored profile (:func:`load_profile`); built from ``reference`` when not given. Scores and
+    verdicts equal Evidently's (:func:`run_drift` + :func:`drift_rows`) for the same data.
     """
-    snapshot, judged, _ = run_drift(config, reference, current, full=False)
-    return drift_rows(config, snapshot, reference, current, judged)
+    return fast_drift_rows(config, profile or build_reference_profile(config, reference), current)[0]
 
 
 def drift_summary(config: PipelineConfig, rows: list[dict]) -> dict[str, Any]:
@@ -307,23 +362,24 @@ def _write_html(snapshot, path: Path) -> Path:
     return path
 
 
-def _html_sample(config: PipelineConfig, current: pd.DataFrame, max_rows: int) -> pd.DataFrame:
-    if len(current) <= max_rows:
-        return current
-    return current.sample(n=max_rows, random_state=config.training.seed).sort_index()
+def _html_sample(config: PipelineConfig, frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
+    """``frame`` itself, or a seeded (``training.seed``) sample of ``max_rows`` rows in row order."""
+    if len(frame) <= max_rows:
+        return frame
+    return frame.sample(n=max_rows, random_state=config.training.seed).sort_index()
 
 
 def save_drift_report(config: PipelineConfig, reference: pd.DataFrame, current: pd.DataFrame, path: Path | str,
                       max_rows: int = HTML_MAX_ROWS, timestamp: datetime | None = None) -> Path | None:
     """Write Evidently's HTML drift report (``DataDriftPreset`` + prediction ``ValueDrift``) to ``path``.
 
-    When ``current`` has more than ``max_rows`` (50,000) rows the report is drawn from a seeded
-    sample of that many rows (``training.seed``), so it may differ slightly from the stored
-    verdicts, which are always computed on every row. Written atomically; returns the path, or
-    None when no column could be judged.
+    When ``current`` (or ``reference``) has more than ``max_rows`` (50,000) rows the report is
+    drawn from a seeded sample of that many rows (``training.seed``), so it may differ slightly
+    from the stored verdicts, which are always computed on every row. Written atomically;
+    returns the path, or None when no column could be judged.
     """
-    sample = _html_sample(config, current, max_rows)
-    snapshot, _, _ = run_drift(config, reference, sample, full=True, timestamp=timestamp)
+    snapshot, _, _ = run_drift(config, _html_sample(config, reference, max_rows), _html_sample(config, current, max_rows),
+                               full=True, timestamp=timestamp)
     return None if snapshot is None else _write_html(snapshot, Path(path))
 
 
@@ -571,6 +627,43 @@ def reference_cache_path(settings: Settings, config: PipelineConfig, version: st
     return Path(settings.state_dir) / "references" / config.name / str(version) / REFERENCE_FILE
 
 
+def _version_artifact(client_or_settings: Any, config: PipelineConfig, version: str | int, cache: Path,
+                      name: str) -> bool:
+    """Make sure ``cache`` holds the file ``name`` of the version's reference folder (the folder
+    of its ``airloop.reference_artifact`` tag, default ``reference/``), downloading it once from
+    the version's MLflow run (atomic: a concurrent reader sees the whole file or none).
+
+    ``cache`` is resolved by the caller from ``settings``. Returns False when the run has no such
+    artifact (only asked when ``name`` is not the reference itself, which must exist)."""
+    if cache.is_file():
+        return True
+    if isinstance(client_or_settings, Settings):
+        from airloop import registry
+
+        client = registry.get_client(client_or_settings)
+    else:
+        client = client_or_settings
+    mv = client.get_model_version(config.model_name, str(version))
+    if not getattr(mv, "run_id", None):
+        raise LookupError(f"{config.model_name} v{version} has no MLflow run: no drift reference")
+    reference = (getattr(mv, "tags", None) or {}).get("airloop.reference_artifact") or f"{REFERENCE_DIR}/{REFERENCE_FILE}"
+    folder = reference.rpartition("/")[0]
+    artifact = reference if name == REFERENCE_FILE else (f"{folder}/{name}" if folder else name)
+    if artifact != reference and artifact not in {a.path for a in client.list_artifacts(mv.run_id, folder or None)}:
+        return False
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache.parent, prefix=".download-") as tmp:
+        os.replace(client.download_artifacts(mv.run_id, artifact, tmp), cache)
+    log.info("%s of %s v%s cached at %s", name, config.model_name, version, cache)
+    return True
+
+
+def _settings_of(client_or_settings: Any, settings: Settings | None) -> Settings:
+    from airloop.config import get_settings
+
+    return client_or_settings if isinstance(client_or_settings, Settings) else settings or get_settings()
+
+
 def load_reference(client_or_settings: Any, config: PipelineConfig, version: str | int,
                    settings: Settings | None = None) -> pd.DataFrame:
     """The drift reference of model ``version``: features typed as served plus :data:`SCORE_COLUMN`.
@@ -584,27 +677,8 @@ def load_reference(client_or_settings: Any, config: PipelineConfig, version: str
     """
     import pandas as pd
 
-    from airloop.config import get_settings
-
-    if isinstance(client_or_settings, Settings):
-        settings, client = client_or_settings, None
-    else:
-        settings, client = settings or get_settings(), client_or_settings
-    cache = reference_cache_path(settings, config, version)
-    if not cache.is_file():
-        if client is None:
-            from airloop import registry
-
-            client = registry.get_client(settings)
-        mv = client.get_model_version(config.model_name, str(version))
-        if not getattr(mv, "run_id", None):
-            raise LookupError(f"{config.model_name} v{version} has no MLflow run: no drift reference")
-        artifact = (getattr(mv, "tags", None) or {}).get("airloop.reference_artifact") or f"{REFERENCE_DIR}/{REFERENCE_FILE}"
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache.parent, prefix=".download-") as tmp:
-            local = client.download_artifacts(mv.run_id, artifact, tmp)
-            os.replace(local, cache)  # atomic: a concurrent reader sees the whole file or none
-        log.info("drift reference of %s v%s cached at %s", config.model_name, version, cache)
+    cache = reference_cache_path(_settings_of(client_or_settings, settings), config, version)
+    _version_artifact(client_or_settings, config, version, cache, REFERENCE_FILE)
     frame = pd.read_parquet(cache)
     missing = [c for c in [*config.features, SCORE_COLUMN] if c not in frame.columns]
     if missing:
@@ -612,6 +686,32 @@ def load_reference(client_or_settings: Any, config: PipelineConfig, version: str
     out = coerce_features(config, frame)
     out[SCORE_COLUMN] = pd.to_numeric(frame[SCORE_COLUMN], errors="coerce").astype("float64")
     return out
+
+
+def profile_cache_path(settings: Settings, config: PipelineConfig, version: str | int) -> Path:
+    """Local copy of a version's drift profile, next to its cached reference."""
+    return reference_cache_path(settings, config, version).with_name(PROFILE_FILE)
+
+
+def load_profile(client_or_settings: Any, config: PipelineConfig, version: str | int,
+                 settings: Settings | None = None) -> ReferenceProfile:
+    """The drift profile of model ``version`` (:class:`airloop.driftstats.ReferenceProfile`).
+
+    Downloaded once from the version's MLflow run (``profile.npz`` next to the reference
+    artifact) and cached under ``settings.state_dir/references/<pipeline>/<version>/`` like
+    :func:`load_reference`. A version logged before profiles existed has none: its profile is
+    then built from its reference (:func:`load_reference`) and cached the same way. Arguments
+    as :func:`load_reference`.
+    """
+    from airloop import driftstats
+
+    cache = profile_cache_path(_settings_of(client_or_settings, settings), config, version)
+    if not _version_artifact(client_or_settings, config, version, cache, PROFILE_FILE):
+        reference = load_reference(client_or_settings, config, version, settings=settings)
+        build_reference_profile(config, reference).save(cache)
+        log.info("%s v%s has no logged drift profile: built from its reference, cached at %s",
+                 config.model_name, version, cache)
+    return driftstats.ReferenceProfile.load(cache)
 
 
 def load_reference_metrics(client_or_settings: Any, config: PipelineConfig, version: str | int) -> dict[str, float]:
@@ -701,14 +801,16 @@ def _store_interval(engine: sa.Engine, key: dict[str, Any], drift: list[dict[str
 def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, start: datetime, end: datetime,
                      model_version: str | int | None, reference: pd.DataFrame, report_dir: Path | str, *,
                      reference_metrics: dict[str, float] | None = None, engine: sa.Engine | None = None,
-                     labels: LabelPolicy = "arrived") -> dict:
+                     labels: LabelPolicy = "arrived", profile: ReferenceProfile | None = None) -> dict:
     """Monitor one interval ``[start, end)`` of ``tenant``'s traffic and store the outcome.
 
     1. :func:`load_interval` (labelled rows restricted to ``model_version``).
-    2. Drift of the ``ok`` rows against ``reference`` (:func:`load_reference`) when there are at
-       least ``drift.min_rows`` of them — one Evidently run gives the verdicts and the HTML report
-       under ``report_dir`` (a sample above 50,000 rows for the HTML only); otherwise drift is
-       recorded as not judged (``drift_share``/``drifted_features``/``report_uri`` NULL).
+    2. Drift of the ``ok`` rows when there are at least ``drift.min_rows`` of them: the verdicts
+       by the fast path (:func:`fast_drift_rows`, every row) against ``profile`` (the version's
+       stored profile, :func:`load_profile`; built from ``reference`` when not given), the HTML
+       report by Evidently under ``report_dir`` (:func:`save_drift_report`: a seeded sample of
+       each side above :data:`HTML_MAX_ROWS` rows); otherwise drift is recorded as not judged
+       (``drift_share``/``drifted_features``/``report_uri`` NULL).
     3. :func:`performance` when at least ``monitoring.min_labelled_rows`` labelled rows, and
        :func:`performance_drop` of the study metric vs ``reference_metrics`` (the version's
        holdout metrics, :func:`load_reference_metrics`) when given.
@@ -743,12 +845,9 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
     skipped: list[str] = []
     report_uri = None
     if len(current) >= mon.drift.min_rows:
-        full_html = len(current) <= HTML_MAX_ROWS
-        snapshot, judged, skipped = run_drift(config, reference, current, full=full_html, timestamp=end)
-        rows = drift_rows(config, snapshot, reference, current, judged)
-        path = _report_path(report_dir, config, tenant, start)
-        written = (_write_html(snapshot, path) if full_html and snapshot is not None
-                   else save_drift_report(config, reference, current, path, timestamp=end))
+        rows, skipped = fast_drift_rows(config, profile or build_reference_profile(config, reference), current)
+        written = save_drift_report(config, reference, current, _report_path(report_dir, config, tenant, start),
+                                    timestamp=end) if rows else None
         report_uri = str(written) if written else None
         drift = drift_summary(config, rows) | {"drift_judged": bool(rows), "drift_reason": None if rows else
                                                "no column has values on both sides"}

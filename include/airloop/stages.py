@@ -219,6 +219,10 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
             reference = reference_frame(config, model, train)
             reference.to_parquet(Path(tmp) / REFERENCE_FILE, index=False)
             mlflow.log_artifact(str(Path(tmp) / REFERENCE_FILE), artifact_path=REFERENCE_DIR)
+            from airloop.monitoring import build_reference_profile  # the drift fast path's statistics
+
+            build_reference_profile(config, reference).save(Path(tmp) / PROFILE_FILE)
+            mlflow.log_artifact(str(Path(tmp) / PROFILE_FILE), artifact_path=REFERENCE_DIR)
             (Path(tmp) / "evaluation.json").write_text(json.dumps(
                 {"metrics": json_safe(metrics), "champion": champion, "champion_error": champion_error,
                  "best": best, "holdout_rows": len(holdout), "train_rows": len(train)}, indent=2, default=str))
@@ -240,6 +244,8 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
 
 REFERENCE_DIR = "reference"
 REFERENCE_FILE = "reference.parquet"
+#: The reference's drift profile (airloop.driftstats), logged next to it.
+PROFILE_FILE = "profile.npz"
 REFERENCE_MAX_ROWS = 20_000
 SCORE_COLUMN = "__score__"
 

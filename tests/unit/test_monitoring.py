@@ -134,6 +134,16 @@ def label_rows(config, preds: list[dict], labels: dict[str, int], label_ts: date
             for p in preds]
 
 
+def assert_same_rows(evidently_rows: list[dict], fast_rows: list[dict]) -> None:
+    """Drift rows equal field by field, scores to 1e-12 relative (summation order differs)."""
+    assert [r["feature"] for r in fast_rows] == [r["feature"] for r in evidently_rows]
+    for ev, fast in zip(evidently_rows, fast_rows):
+        for key in ("statistic", "p_value"):
+            assert fast[key] == (None if ev[key] is None else pytest.approx(ev[key], rel=1e-12, abs=1e-300)), (ev, fast)
+        assert {k: v for k, v in fast.items() if k not in ("statistic", "p_value")} == \
+            {k: v for k, v in ev.items() if k not in ("statistic", "p_value")}
+
+
 def table(engine, t: sa.Table) -> list[tuple]:
     """Full contents of a table, ordered by primary key, timestamps normalised to UTC."""
     with engine.connect() as conn:
@@ -193,10 +203,11 @@ def test_shifted_day_flags_the_shifted_features_with_evidentlys_verdicts(config,
         assert (r["statistic"], r["drifted"]) == (pytest.approx(result.drift_score, rel=1e-12), bool(result.drifted))
         assert r["p_value"] is None and r["current_rows"] == len(cur) and r["reference_rows"] == len(ref)
 
-    # The full preset (the HTML report's run) gives the same rows, and its DriftedColumnsCount
-    # agrees with the interval's drift share and dataset-drift verdict.
+    # The full preset (the HTML report's run) gives the same rows (scores to float rounding), and
+    # its DriftedColumnsCount agrees with the interval's drift share and dataset-drift verdict.
     snapshot, judged, skipped = mon.run_drift(config, reference, shifted, full=True)
-    assert skipped == [] and mon.drift_rows(config, snapshot, reference, shifted, judged) == rows
+    assert skipped == []
+    assert_same_rows(mon.drift_rows(config, snapshot, reference, shifted, judged), rows)
     share, dataset_drift = mon.evidently_drift_share(snapshot)
     summary = mon.drift_summary(config, rows)
     assert summary["drift_share"] == pytest.approx(share)
@@ -407,37 +418,68 @@ def test_load_interval_filters_types_and_labels(config, engine):
     assert mon.trailing_volumes(engine, config, "acme", utc(day + timedelta(days=1)), 2) == [0, 5]
 
 
-def test_load_reference_downloads_once_and_caches(config, reference, tmp_path):
+class FakeMlflow:
+    """The three MlflowClient calls load_reference / load_profile make, over local files
+    (``artifacts``: run artifact path -> local file) of one run, ``run-1`` of version 3."""
+
+    def __init__(self, config, artifacts: dict[str, Path]):
+        self.config, self.artifacts, self.downloads = config, artifacts, []
+
+    def get_model_version(self, name, version):
+        assert (name, version) == (self.config.model_name, "3")
+        return type("MV", (), {"run_id": "run-1", "tags": {"airloop.reference_artifact": "reference/reference.parquet"}})
+
+    def list_artifacts(self, run_id, path=None):
+        assert run_id == "run-1"
+        return [type("FileInfo", (), {"path": a}) for a in self.artifacts if a.rpartition("/")[0] == (path or "")]
+
+    def download_artifacts(self, run_id, path, dst_path):
+        self.downloads.append(path)
+        target = os.path.join(dst_path, os.path.basename(path))
+        with open(self.artifacts[path], "rb") as src, open(target, "wb") as dst:
+            dst.write(src.read())
+        return target
+
+
+def _artifact_settings(config, reference, tmp_path, with_profile: bool):
     from airloop.config import load_settings
 
     settings = load_settings({"AIRLOOP_HOME": str(tmp_path), "AIRLOOP_STATE_DIR": str(tmp_path / "state")})
-    source = tmp_path / "mlflow-artifacts" / "run-1" / "reference" / "reference.parquet"
-    source.parent.mkdir(parents=True)
-    reference.head(500).to_parquet(source, index=False)
+    folder = tmp_path / "mlflow-artifacts" / "run-1" / "reference"
+    folder.mkdir(parents=True)
+    reference.head(500).to_parquet(folder / "reference.parquet", index=False)
+    artifacts = {"reference/reference.parquet": folder / "reference.parquet"}
+    if with_profile:  # as stages.evaluate logs it
+        mon.build_reference_profile(config, reference.head(500)).save(folder / "profile.npz")
+        artifacts["reference/profile.npz"] = folder / "profile.npz"
+    return settings, FakeMlflow(config, artifacts)
 
-    class FakeClient:  # the two MlflowClient calls load_reference makes
-        downloads = 0
 
-        def get_model_version(self, name, version):
-            assert (name, version) == (config.model_name, "3")
-            return type("MV", (), {"run_id": "run-1", "tags": {"airloop.reference_artifact": "reference/reference.parquet"}})
-
-        def download_artifacts(self, run_id, path, dst_path):
-            FakeClient.downloads += 1
-            target = os.path.join(dst_path, os.path.basename(path))
-            with open(source, "rb") as src, open(target, "wb") as dst:
-                dst.write(src.read())
-            return target
-
-    client = FakeClient()
+def test_load_reference_downloads_once_and_caches(config, reference, tmp_path):
+    settings, client = _artifact_settings(config, reference, tmp_path, with_profile=False)
     first = mon.load_reference(client, config, 3, settings=settings)
     second = mon.load_reference(client, config, "3", settings=settings)
-    assert FakeClient.downloads == 1
+    assert client.downloads == ["reference/reference.parquet"]
     assert mon.reference_cache_path(settings, config, 3) == tmp_path / "state" / "references" / config.name / "3" / "reference.parquet"
     assert mon.reference_cache_path(settings, config, 3).is_file()
     pd.testing.assert_frame_equal(first, second)
     pd.testing.assert_frame_equal(first, reference.head(500))
     assert list(first.columns) == [*config.features, SCORE_COLUMN]
+
+
+@pytest.mark.parametrize("with_profile", [True, False], ids=["logged-profile", "older-version-without-profile"])
+def test_load_profile_downloads_once_or_builds_from_the_reference(config, reference, tmp_path, with_profile):
+    settings, client = _artifact_settings(config, reference, tmp_path, with_profile)
+    first = mon.load_profile(client, config, 3, settings=settings)
+    second = mon.load_profile(client, config, "3", settings=settings)
+    assert client.downloads == (["reference/profile.npz"] if with_profile else ["reference/reference.parquet"])
+    assert mon.profile_cache_path(settings, config, 3) == mon.reference_cache_path(settings, config, 3).with_name("profile.npz")
+    assert list(first.columns) == [*config.numeric_features, SCORE_COLUMN, *config.categorical_features]
+    # the cached profile judges exactly as one built from the reference frame itself
+    current = served(config, [SHIFTED_DAY])
+    expected = mon.drift_table(config, reference.head(500), current)
+    assert mon.drift_table(config, reference.head(500), current, profile=first) == expected
+    assert mon.drift_table(config, reference.head(500), current, profile=second) == expected
 
 
 # ---------------------------------------------------------------------------- one interval
