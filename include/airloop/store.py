@@ -305,6 +305,7 @@ class LedgerEntry:
     run_id: str | None = None
     data_interval_end: str | None = None
     metrics: dict[str, Any] | None = None
+    environment: str | None = None
 
 
 def append_ledger(engine: sa.Engine | sa.Connection, entry: LedgerEntry, recorded_at: datetime | None = None) -> bool:

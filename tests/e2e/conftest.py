@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import ServerThread, free_port
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +43,40 @@ def claims_config(settings):
     from airloop.config import load_pipeline_config
 
     return load_pipeline_config("claims_fraud", settings)
+
+
+@pytest.fixture(scope="module")
+def serving(settings):
+    """The serving app on a real port; DAG tasks reach it through the ``airloop_serving`` connection."""
+    from airloop.serving import create_app
+
+    port = free_port()
+    os.environ["AIRFLOW_CONN_AIRLOOP_SERVING"] = f"http://:{settings.admin_token}@127.0.0.1:{port}"
+    with ServerThread(create_app(settings), port) as server:
+        yield server
+    os.environ.pop("AIRFLOW_CONN_AIRLOOP_SERVING", None)
+
+
+def load_dag(file: str, dag_id: str):
+    """One DAG of ``dags/<file>``, parsed the way the DAG processor does."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=os.path.join(os.environ["AIRFLOW_HOME"], "dags", file))
+    assert not bag.import_errors, bag.import_errors
+    return bag.get_dag(dag_id)
+
+
+@pytest.fixture(scope="module")
+def training_dag(airflow_db):
+    return load_dag("airloop_training.py", "claims_fraud__train")
+
+
+def run_dag(dag, as_of: str, conf: dict | None = None):
+    """``dag.test`` of a manual run as of ``as_of`` with the form's ``conf``."""
+    logical = datetime.fromisoformat(as_of).replace(tzinfo=timezone.utc)
+    return dag.test(logical_date=logical, run_conf={"as_of": as_of, **(conf or {})})
+
+
+def task_states(dag_run) -> dict[str, str]:
+    return {ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): str(ti.state)
+            for ti in dag_run.get_task_instances()}

@@ -10,13 +10,12 @@ real GX suite, a real serving process over HTTP.
 
 from __future__ import annotations
 
-import os
-from datetime import date, datetime, timezone
+from datetime import date
 
 import httpx
 import pytest
 
-from tests.conftest import ServerThread, free_port
+from tests.e2e.conftest import run_dag, task_states
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +24,11 @@ BAD_AS_OF = "2026-03-12"  # window holds the scripted bad-data day 2026-03-10
 FAST = {"window_days": 28, "n_trials": 4, "timeout_s": 300}
 
 
-@pytest.fixture(scope="module")
+def run(dag, as_of: str):
+    return run_dag(dag, as_of, FAST)
+
+
+@pytest.fixture(scope="module", autouse=True)
 def history(settings, claims_config):
     """Seventy days of simulator data (2026-01-01 .. 2026-03-11)."""
     from airloop.config import resolve_source_path
@@ -33,37 +36,6 @@ def history(settings, claims_config):
 
     return write_history(resolve_source_path(claims_config, settings), start=date(2026, 1, 1), days=71,
                          pattern=claims_config.source.partition)
-
-
-@pytest.fixture(scope="module")
-def serving(settings, history):
-    """The serving app on a real port; the DAG's deploy task reaches it through the connection."""
-    from airloop.serving import create_app
-
-    port = free_port()
-    os.environ["AIRFLOW_CONN_AIRLOOP_SERVING"] = f"http://:{settings.admin_token}@127.0.0.1:{port}"
-    with ServerThread(create_app(settings), port) as server:
-        yield server
-    os.environ.pop("AIRFLOW_CONN_AIRLOOP_SERVING", None)
-
-
-@pytest.fixture(scope="module")
-def training_dag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=os.path.join(os.environ["AIRFLOW_HOME"], "dags", "airloop_training.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag("claims_fraud__train")
-
-
-def run(dag, as_of: str):
-    logical = datetime.fromisoformat(as_of).replace(tzinfo=timezone.utc)
-    return dag.test(logical_date=logical, run_conf={"as_of": as_of, **FAST})
-
-
-def task_states(dag_run) -> dict[str, str]:
-    return {ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): str(ti.state)
-            for ti in dag_run.get_task_instances()}
 
 
 def ledger(settings):
@@ -112,8 +84,13 @@ def test_good_interval_trains_promotes_and_deploys(training_dag, serving, settin
     assert str(answer.json()["model"]["version"]) == version
     assert 0.0 <= answer.json()["predictions"][0]["probabilities"]["1"] <= 1.0
 
+    # the promotion path: dev -> staging -> prod, one ledger row each; prod's moves are the champion's
     rows = ledger(settings)
-    assert [(r["action"], r["to_version"]) for r in rows] == [("promote", version)]
+    assert [(r["action"], r["environment"], r["alias"], r["to_version"]) for r in rows] == [
+        ("promote", "dev", "dev", version), ("promote", "staging", "staging", version),
+        ("promote", "prod", "champion", version)]
+    assert {a: str(registry.alias_version(client, "claims_fraud", a).version) for a in ("dev", "staging", "prod")} == {
+        "dev": version, "staging": version, "prod": version}
 
 
 def test_bad_data_day_stops_at_validation(training_dag, serving, settings, claims_config):
