@@ -1,5 +1,5 @@
 """
-### airloop lifecycle — `<pipeline>__promote`, `<pipeline>__rollback`
+### airloop lifecycle — `<pipeline>__promote`, `<pipeline>__rollback`, `<pipeline>__abtest`, `<pipeline>__abtest_evaluate`
 
 Manual model lifecycle, one form each (Airflow UI → *Trigger DAG*):
 
@@ -15,16 +15,24 @@ Manual model lifecycle, one form each (Airflow UI → *Trigger DAG*):
   version that served there before) and reason. The alias moves back, serving reloads (for the
   serving environment) and a `rollback` ledger row records who and why.
 
+* **`<pipeline>__abtest`** — start (or stop) an A/B or shadow test of the champion against a
+  challenger version: traffic percentage, sticky request key, success metric, significance level,
+  minimum labelled rows per variant, maximum duration. Serving starts routing at once.
+* **`<pipeline>__abtest_evaluate`** — daily: per running test, per-variant quality on labelled
+  rows, latency and error rate, a significance test with a confidence interval; at the fixed
+  horizon it concludes: promote the challenger (gated path, serving reloaded) or keep the
+  champion. Results are upserted per interval (re-runs and backfills change nothing).
+
 Promotions and rollbacks of a pipeline are serialised by a database lock: two at once never
 both win. The same operations are in the airloop API (`/airloop/api/v1/...` on the Airflow API
-server) and in `python -m airloop.cli promote|rollback`.
+server, admin token).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from airloop.config import get_settings, load_pipeline_config
 from airloop_provider.operators import DeployModelOperator, run_actor, run_context
@@ -121,6 +129,95 @@ def rollback_dag(pipeline: str):
     return rollback_model()
 
 
+def abtest_dag(pipeline: str):
+    """Build ``<pipeline>__abtest`` (start/stop form; wiring only)."""
+    config = load_pipeline_config(pipeline)
+
+    @dag(
+        dag_id=f"{config.name}__abtest",
+        description=f"Start or stop an A/B or shadow test of {config.name}'s champion against a challenger",
+        params={
+            "action": Param("start", type="string", enum=["start", "stop"]),
+            "challenger_version": Param(None, type=["null", "integer"], minimum=1,
+                                        description="Empty: the version the 'challenger' alias points at."),
+            "mode": Param("ab", type="string", enum=["ab", "shadow"],
+                          description="ab: split traffic; shadow: the challenger scores every request, unseen."),
+            "traffic_pct": Param(20.0, type="number", exclusiveMinimum=0, exclusiveMaximum=100,
+                                 description="Percent of request keys sent to the challenger (A/B mode)."),
+            "key_field": Param("request_id", type="string",
+                               description="Sticky key: request_id, header (X-Request-Key) or a feature name."),
+            "success_metric": Param(None, type=["null", "string"],
+                                    enum=[None, "roc_auc", "accuracy", "log_loss", "brier", "conversion", "mae", "rmse"],
+                                    description="Empty: the pipeline's training metric."),
+            "alpha": Param(0.05, type="number", exclusiveMinimum=0, maximum=0.2,
+                           description="Significance level (two-sided)."),
+            "min_samples": Param(1000, type="integer", minimum=30,
+                                 description="Labelled rows per variant at which the test is decided."),
+            "max_duration_days": Param(14, type="number", exclusiveMinimum=0),
+            "tenant": Param("default", type="string"),
+            "test_id": Param(None, type=["null", "string"], description="To stop: the test's id."),
+            "reason": Param("", type="string", maxLength=1000),
+        },
+        **_common(config, "abtest"),
+    )
+    def ab_test():
+        @task
+        def apply(**context) -> dict:
+            from airloop import abtest
+            from airloop.deploy import refresh_abtest
+            from airloop_provider.hooks import ServingHook
+
+            params, settings = context["params"], get_settings()
+            at = context["dag_run"].run_after  # when the operator asked: business time of a manual run
+            if params["action"] == "stop":
+                if not params["test_id"]:
+                    raise ValueError("stopping needs test_id (see GET /abtest on serving or the ab_tests table)")
+                result = abtest.stop_test(config, settings, params["test_id"], at, reason=params["reason"] or "stopped")
+            else:
+                result = abtest.start_test(
+                    config, settings, at, mode=params["mode"], traffic_pct=float(params["traffic_pct"]),
+                    key_field=params["key_field"], success_metric=params["success_metric"],
+                    alpha=float(params["alpha"]), min_samples=int(params["min_samples"]),
+                    max_duration_days=float(params["max_duration_days"]), tenant=params["tenant"],
+                    challenger_version=params["challenger_version"], test_id=params["test_id"])
+            result["serving"] = refresh_abtest(ServingHook().endpoint)
+            return result
+
+        apply()
+
+    return ab_test()
+
+
+def abtest_evaluation_dag(pipeline: str):
+    """Build ``<pipeline>__abtest_evaluate`` (scheduled; wiring only)."""
+    config = load_pipeline_config(pipeline)
+    common = _common(config, "abtest")
+    common.pop("schedule")  # live traffic: no end date (unlike the simulated history's DAGs)
+
+    @dag(
+        dag_id=f"{config.name}__abtest_evaluate",
+        description=f"Evaluate and conclude {config.name}'s running A/B and shadow tests",
+        schedule=CronDataIntervalTimetable(config.monitoring.schedule, timezone="UTC"),
+        max_active_runs=1,
+        **common,
+    )
+    def evaluate_ab_tests():
+        @task
+        def evaluate(data_interval_start=None, data_interval_end=None, **context) -> list:
+            from airloop import lifecycle
+            from airloop_provider.hooks import ServingHook
+
+            return lifecycle.run_ab_evaluations(
+                config, get_settings(), data_interval_start, data_interval_end, actor=run_actor(context),
+                run_context=run_context(context, None), endpoint=ServingHook().endpoint)
+
+        evaluate()
+
+    return evaluate_ab_tests()
+
+
 for _pipeline in sorted(p.stem for p in get_settings().pipelines_dir.glob("*.yaml")):
     globals()[f"{_pipeline}__promote"] = promotion_dag(_pipeline)
     globals()[f"{_pipeline}__rollback"] = rollback_dag(_pipeline)
+    globals()[f"{_pipeline}__abtest"] = abtest_dag(_pipeline)
+    globals()[f"{_pipeline}__abtest_evaluate"] = abtest_evaluation_dag(_pipeline)

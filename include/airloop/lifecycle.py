@@ -196,12 +196,16 @@ def promote_version(config: PipelineConfig, settings: Settings, version: str | i
             ok = (_alias_version(client, config, ledger_alias(before)) == version
                   or _ever_in(engine, config, before, version))
             path_check = GateCheck("path", ok, f"v{version} {'has been' if ok else 'was never'} in {before.name}")
+        live = (evidence or {}).get("live_evidence")  # an A/B test's verdict replaces the holdout comparison
+        gates = env.model_copy(update={"min_improvement": None}) if live else env
         metrics, incumbent_metrics, incumbent_error = _incumbent_comparison(
-            config, settings, env, record, incumbent, evidence)
+            config, settings, gates, record, incumbent, evidence)
         train_rows = (evidence or {}).get("train_rows", record["train_rows"])
         decision = evaluate_gates(config, metrics, incumbent_metrics, incumbent_error, force=False,
-                                  environment=env, train_rows=train_rows)
+                                  environment=gates, train_rows=train_rows)
         checks = ([path_check] if path_check else []) + decision.checks
+        if live:
+            checks.append(GateCheck("beats_champion", True, str(live)))
         passed = all(c.passed for c in checks)
         promote = passed or force
         summary = "; ".join(f"{c.name}: {c.detail}" for c in (checks if passed or force else [c for c in checks if not c.passed]))
@@ -559,3 +563,38 @@ def post_deploy_guard(config: PipelineConfig, settings: Settings, summary: dict[
                       run_context=(run_context or {}) | {"as_of": summary.get("interval_end", "")[:10]},
                       idempotency_key=f"{config.name}:v{version}:post-deploy-guard", endpoint=endpoint)
     return {"action": "rollback", "reason": reason, "breaches": breaches, **result}
+
+
+# -------------------------------------------------------------------------------- A/B tests
+def run_ab_evaluations(config: PipelineConfig, settings: Settings, start: datetime, end: datetime, *, actor: str,
+                       run_context: dict[str, str] | None = None, endpoint: Any = None) -> list[dict[str, Any]]:
+    """For every running A/B or shadow test of the pipeline: evaluate it on the interval
+    ``[start, end)`` and conclude. A ``promote_challenger`` verdict promotes the challenger into
+    the serving environment through the gated path (the test's significant live result stands in
+    for the holdout comparison; thresholds, latency and the path still apply), serving reloads;
+    any ended test makes serving re-read its tests. Idempotent per interval."""
+    from airloop import abtest
+    from airloop.deploy import refresh_abtest
+
+    outcomes = []
+    engine = store.get_engine(settings.monitoring_db_uri)
+    for test in abtest.running_tests(engine, config.name):
+        evaluation = abtest.evaluate_test(config, settings, test.test_id, start, end)
+        outcome = abtest.conclude_test(config, settings, test.test_id, end)
+        outcome["evaluation"] = {k: evaluation.get(k) for k in ("metric", "decision", "reason", "comparison", "winner",
+                                                                "champion", "challenger")}
+        if outcome["promote"]:
+            summary = evaluation.get("reason") or "challenger significantly better"
+            outcome["promotion"] = promote_version(
+                config, settings, test.challenger_version, config.promotion.serving_environment.name,
+                actor=actor, reason=f"A/B test {test.test_id} concluded: promote the challenger",
+                run_context=(run_context or {}) | {"as_of": end.date().isoformat()},
+                evidence={"live_evidence": f"A/B test {test.test_id}: {summary}"[:2000]},
+                idempotency_key=f"{test.test_id}:promotion")
+            if outcome["promotion"]["promoted"] and endpoint is not None:
+                outcome["serving"] = reload_serving(config, settings, endpoint, test.challenger_version)
+        if outcome["status"] != "running" and endpoint is not None:
+            outcome["refresh"] = refresh_abtest(endpoint)
+        log.info("A/B test %s: %s (%s)", test.test_id, outcome["decision"] or "continue", outcome["status"])
+        outcomes.append(outcome)
+    return outcomes

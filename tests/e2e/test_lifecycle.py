@@ -302,3 +302,73 @@ def test_post_deploy_guard_rolls_back_a_breaking_champion(versions, settings, cl
     assert again["action"] == "none"  # v2 is no longer the champion: nothing more to do
     rows = ledger(settings, environment="prod", action="rollback", from_version=v2)
     assert rows[-1]["reason"].startswith("post-deploy guard")
+
+
+def test_ab_test_from_the_forms_routes_logs_and_concludes(versions, settings, claims_config, serving):
+    """Start a 50/50 A/B test with the form DAG, send labelled traffic through serving, run the
+    scheduled evaluation DAG for today's interval: the test is concluded and serving stops routing."""
+    import time
+
+    import pandas as pd
+    import sqlalchemy as sa
+
+    from airloop import abtest, registry, store
+    from airloop.simulator import generate_day
+
+    v1, v2 = versions
+    assert aliases(settings)["prod"] == v1
+    start_dag = load_dag("airloop_lifecycle.py", "claims_fraud__abtest")
+    evaluate_dag = load_dag("airloop_lifecycle.py", "claims_fraud__abtest_evaluate")
+    run = trigger(start_dag, {"action": "start", "challenger_version": int(v2), "traffic_pct": 50.0,
+                              "success_metric": "log_loss", "min_samples": 400, "max_duration_days": 7})
+    assert str(run.state) == "success", task_states(run)
+    started = httpx.get(f"{serving.url}/abtest").json()["tests"]
+    assert len(started) == 1 and started[0]["challenger_version"] == v2
+
+    frame = pd.concat([generate_day(date(2026, 3, d)) for d in (1, 2, 3)], ignore_index=True)
+    records = [{k: (None if v != v else v) for k, v in row.items()} for row in
+               frame[list(claims_config.features)].to_dict(orient="records")]
+    ids = [f"ab-{i}" for i in range(len(records))]
+    seen: dict[str, set] = {"champion": set(), "challenger": set()}
+    variant_of: dict[str, str] = {}
+    with httpx.Client(timeout=30) as client:
+        for i in range(0, len(records), 100):
+            answer = client.post(f"{serving.url}/predict",
+                                 json={"records": records[i:i + 100], "request_ids": ids[i:i + 100]})
+            assert answer.status_code == 200, answer.text
+            for rid, item in zip(ids[i:i + 100], answer.json()["predictions"]):
+                seen[item["variant"]].add(item["model_version"])
+                variant_of[rid] = item["variant"]
+        again = client.post(f"{serving.url}/predict", json={"records": records[:50], "request_ids": ids[:50]}).json()
+        assert [p["variant"] for p in again["predictions"]] == [variant_of[rid] for rid in ids[:50]]  # sticky
+        labels = [{"request_id": rid, "label": int(y)} for rid, y in zip(ids, frame[claims_config.target])]
+        for i in range(0, len(labels), 500):
+            assert client.post(f"{serving.url}/feedback", json={"items": labels[i:i + 500]}).status_code == 200
+    assert seen == {"champion": {v1}, "challenger": {v2}}
+    share = sum(abtest.assign_variant(rid, started[0]["test_id"], 50.0) == "challenger" for rid in ids) / len(ids)
+    assert 0.45 < share < 0.55
+    engine = store.get_engine(settings.monitoring_db_uri)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the prediction log is written off the request path
+        with engine.connect() as conn:
+            logged = conn.execute(sa.select(sa.func.count()).select_from(store.predictions).where(
+                store.predictions.c.request_id.like("ab-%"))).scalar_one()
+        if logged >= len(ids):
+            break
+        time.sleep(0.5)
+    assert logged >= len(ids)
+
+    tomorrow = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    run = evaluate_dag.test(logical_date=tomorrow)  # the interval [today, tomorrow)
+    assert str(run.state) == "success", task_states(run)
+    test = abtest.get_test(engine, started[0]["test_id"])
+    assert test.status == "concluded" and test.decision in ("promote_challenger", "keep_champion")
+    result = test.result
+    assert result["champion"]["labelled_rows"] >= 400 and result["challenger"]["labelled_rows"] >= 400
+    low, high = result["comparison"]["ci_low"], result["comparison"]["ci_high"]
+    assert low <= result["comparison"]["difference"] <= high
+    expected = v2 if test.decision == "promote_challenger" else v1
+    assert str(registry.alias_version(registry.get_client(settings), "claims_fraud", "champion").version) == expected
+    assert httpx.get(f"{serving.url}/model").json()["version"] == expected
+    assert httpx.get(f"{serving.url}/abtest").json()["tests"] == []
+    print(f"A/B test {test.test_id}: {test.decision}; {result['reason']}")
