@@ -107,3 +107,14 @@ def test_lifecycle_dags_are_forms(dagbag):
     assert rollback.params["environment"] == "prod" and rollback.params["target"] == "previous"
     for dag in (promote, rollback):
         assert dag.schedule is None and {"lifecycle", "claims_fraud"} <= set(dag.tags)
+
+
+def test_lifecycle_api_plugin_is_mounted_on_the_api_server():
+    """Airflow discovers plugins/airloop_plugin.py and mounts its FastAPI app at /airloop."""
+    from airflow import plugins_manager
+
+    apps, _ = plugins_manager.get_fastapi_plugins()
+    mounted = {a["url_prefix"]: a["app"] for a in apps}
+    assert "/airloop" in mounted
+    paths = {route.path for route in mounted["/airloop"].routes}
+    assert {"/api/v1/pipelines/{pipeline}/rollback", "/api/v1/pipelines/{pipeline}/versions/{version}/lineage"} <= paths
