@@ -34,7 +34,7 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from airloop.config import get_settings, load_pipeline_config
+from airloop.config import get_settings, load_all_pipelines, load_pipeline_config
 from airloop_provider.operators import DeployModelOperator, run_actor, run_context
 
 
@@ -55,7 +55,7 @@ def promotion_dag(pipeline: str):
     environments = [env.name for env in config.promotion.path()]
 
     @dag(
-        dag_id=f"{config.name}__promote",
+        dag_id=config.dag_id("promote"),
         description=f"Promote a {config.name} model version into an environment (gated, ledgered)",
         params={
             "model": Param(config.model_name, type="string", enum=[config.model_name],
@@ -98,7 +98,7 @@ def rollback_dag(pipeline: str):
     environments = [env.name for env in config.promotion.path()]
 
     @dag(
-        dag_id=f"{config.name}__rollback",
+        dag_id=config.dag_id("rollback"),
         description=f"Roll a {config.name} environment back one step (or to a version)",
         params={
             "environment": Param(config.promotion.serving_environment.name, type="string", enum=environments,
@@ -134,7 +134,7 @@ def abtest_dag(pipeline: str):
     config = load_pipeline_config(pipeline)
 
     @dag(
-        dag_id=f"{config.name}__abtest",
+        dag_id=config.dag_id("abtest"),
         description=f"Start or stop an A/B or shadow test of {config.name}'s champion against a challenger",
         params={
             "action": Param("start", type="string", enum=["start", "stop"]),
@@ -195,7 +195,7 @@ def abtest_evaluation_dag(pipeline: str):
     common.pop("schedule")  # live traffic: no end date (unlike the simulated history's DAGs)
 
     @dag(
-        dag_id=f"{config.name}__abtest_evaluate",
+        dag_id=config.dag_id("abtest_evaluate"),
         description=f"Evaluate and conclude {config.name}'s running A/B and shadow tests",
         schedule=CronDataIntervalTimetable(config.monitoring.schedule, timezone="UTC"),
         max_active_runs=1,
@@ -216,8 +216,12 @@ def abtest_evaluation_dag(pipeline: str):
     return evaluate_ab_tests()
 
 
-for _pipeline in sorted(p.stem for p in get_settings().pipelines_dir.glob("*.yaml")):
-    globals()[f"{_pipeline}__promote"] = promotion_dag(_pipeline)
-    globals()[f"{_pipeline}__rollback"] = rollback_dag(_pipeline)
-    globals()[f"{_pipeline}__abtest"] = abtest_dag(_pipeline)
-    globals()[f"{_pipeline}__abtest_evaluate"] = abtest_evaluation_dag(_pipeline)
+for _pipeline in (c.name for c in load_all_pipelines()[0]):  # bad files: see airloop_pipeline_check.py
+    _dag = promotion_dag(_pipeline)
+    globals()[_dag.dag_id] = _dag
+    _dag = rollback_dag(_pipeline)
+    globals()[_dag.dag_id] = _dag
+    _dag = abtest_dag(_pipeline)
+    globals()[_dag.dag_id] = _dag
+    _dag = abtest_evaluation_dag(_pipeline)
+    globals()[_dag.dag_id] = _dag

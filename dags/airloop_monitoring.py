@@ -29,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
 
-from airloop.config import get_settings, load_pipeline_config
+from airloop.config import get_settings, load_all_pipelines, load_pipeline_config
 from airloop.loop import retrain_asset_uri
 
 
@@ -41,7 +41,7 @@ def monitoring_dag(pipeline: str):
     retrain = Asset(retrain_asset_uri(config), extra={"pipeline": config.name})
 
     @dag(
-        dag_id=f"{config.name}__monitor",
+        dag_id=config.dag_id("monitor"),
         description=f"Monitor {config.name}: drift, performance, operations, alerts, retraining",
         doc_md=__doc__,
         # Data-interval timetable: each run covers [previous tick, this tick) — e.g. one day.
@@ -104,5 +104,6 @@ def monitoring_dag(pipeline: str):
     return monitor_pipeline()
 
 
-for _pipeline in sorted(p.stem for p in get_settings().pipelines_dir.glob("*.yaml")):
-    globals()[f"{_pipeline}__monitor"] = monitoring_dag(_pipeline)
+for _pipeline in (c.name for c in load_all_pipelines()[0]):  # bad files: see airloop_pipeline_check.py
+    _dag = monitoring_dag(_pipeline)
+    globals()[_dag.dag_id] = _dag

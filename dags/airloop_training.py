@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
-from airloop.config import get_settings, load_pipeline_config
+from airloop.config import get_settings, load_all_pipelines, load_pipeline_config
 from airloop.loop import retrain_asset_uri
 from airloop_provider.operators import DeployModelOperator, as_of_day, run_actor, run_context
 
@@ -38,7 +38,7 @@ def training_dag(pipeline: str):
     end = config.schedule.end_date and datetime.combine(config.schedule.end_date, datetime.min.time(), tzinfo=timezone.utc)
 
     @dag(
-        dag_id=f"{config.name}__train",
+        dag_id=config.dag_id("train"),
         description=f"Train, gate and deploy {config.name} ({config.task})",
         doc_md=__doc__,
         # On its schedule OR when monitoring requests a retrain (Asset event with reason + as-of).
@@ -132,5 +132,6 @@ def training_dag(pipeline: str):
     return train_pipeline()
 
 
-for _pipeline in sorted(p.stem for p in get_settings().pipelines_dir.glob("*.yaml")):
-    globals()[f"{_pipeline}__train"] = training_dag(_pipeline)
+for _pipeline in (c.name for c in load_all_pipelines()[0]):  # bad files: see airloop_pipeline_check.py
+    _dag = training_dag(_pipeline)
+    globals()[_dag.dag_id] = _dag

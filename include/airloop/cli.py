@@ -189,7 +189,7 @@ def run_training(pipeline: str, as_of: str, conf: dict | None = None) -> tuple[s
     bag = DagBag(dag_folder=str(settings.root / "dags" / "airloop_training.py"))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    dag = bag.get_dag(f"{pipeline}__train")
+    dag = bag.get_dag(load_pipeline_config(pipeline, settings).dag_id("train"))
     logical = datetime.fromisoformat(as_of).replace(tzinfo=timezone.utc)
     started = time.perf_counter()
     run = dag.test(logical_date=logical, run_conf={"as_of": as_of, **(conf or {})})
@@ -210,7 +210,7 @@ def run_monitoring(pipeline: str, day: date) -> tuple[str, dict, float]:
     the monitor task's summary, seconds)."""
     from datetime import timedelta
 
-    dag = _load_dag("airloop_monitoring.py", f"{pipeline}__monitor")
+    dag = _load_dag("airloop_monitoring.py", load_pipeline_config(pipeline).dag_id("monitor"))
     started = time.perf_counter()
     # dag.test infers a manual run's interval as the last complete one before its logical date
     logical = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=timezone.utc)
@@ -389,7 +389,7 @@ def print_summary(settings: Settings, pipeline: str, timeline: list[tuple[str, s
         "", "Where to look:",
         f"  Serving API     {settings.serving_url}/docs   (POST /predict, GET /model, /metrics)",
         f"  MLflow UI       make up, then http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}  (experiment {config.experiment_name})",
-        f"  Airflow UI      make up, then http://127.0.0.1:{os.environ.get('AIRFLOW_PORT', '8080')}  (DAG {config.name}__train)",
+        f"  Airflow UI      make up, then http://127.0.0.1:{os.environ.get('AIRFLOW_PORT', '8080')}  (DAG {config.dag_id('train')})",
         f"  Validation      {settings.validation_dir / config.name}",
         f"  Ledger          {settings.monitoring_db_uri}  (table promotion_ledger)",
         f"  Monitoring      {settings.state_dir / 'reports'}  (Evidently HTML; tables monitoring_runs,"

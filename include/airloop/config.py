@@ -421,6 +421,10 @@ class PipelineConfig(_Strict):
     """One pipeline: a dataset, how to validate it, train on it and promote its models."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{1,62}$")
+    #: Who owns the pipeline. Non-default tenants get their own DAG ids
+    #: (``<tenant>__<pipeline>__train``), registered-model names and MLflow experiments, and
+    #: their rows in the monitoring store carry the tenant.
+    tenant: str = Field(default="default", pattern=r"^[a-z][a-z0-9_]{1,39}$")
     description: str = ""
     task: TaskType
     source: SourceConfig
@@ -451,14 +455,24 @@ class PipelineConfig(_Strict):
         return self
 
     @property
+    def qualified_name(self) -> str:
+        """``<tenant>__<pipeline>`` (just the pipeline for the default tenant): the prefix of the
+        pipeline's DAG ids and its registered-model name."""
+        return self.name if self.tenant == "default" else f"{self.tenant}__{self.name}"
+
+    def dag_id(self, kind: str) -> str:
+        """The id of the pipeline's ``kind`` DAG (``train``, ``monitor``, ``promote``, ...)."""
+        return f"{self.qualified_name}__{kind}"
+
+    @property
     def model_name(self) -> str:
-        """Registered model name in MLflow."""
-        return self.name
+        """Registered model name in MLflow (tenant-qualified)."""
+        return self.qualified_name
 
     @property
     def experiment_name(self) -> str:
-        """MLflow experiment that holds this pipeline's runs."""
-        return f"airloop/{self.name}"
+        """MLflow experiment that holds this pipeline's runs (one folder per tenant)."""
+        return f"airloop/{self.name}" if self.tenant == "default" else f"airloop/{self.tenant}/{self.name}"
 
     @property
     def numeric_features(self) -> list[str]:
@@ -501,6 +515,31 @@ def load_pipeline_config(name_or_path: str | Path, settings: Settings | None = N
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return parse_pipeline_config(raw, path)
+
+
+def pipeline_files(settings: Settings | None = None) -> list[Path]:
+    """Every pipeline file (``*.yaml`` in the pipelines folder), sorted."""
+    settings = settings or get_settings()
+    return sorted(settings.pipelines_dir.glob("*.yaml"))
+
+
+def load_all_pipelines(settings: Settings | None = None) -> tuple[list[PipelineConfig], dict[str, str]]:
+    """Load every pipeline file: ``(valid configs, {file: error})``. One bad file never hides
+    the others (the DAG factories build the valid ones; ``dags/airloop_pipeline_check.py``
+    turns the errors into an Airflow import error naming the file and field)."""
+    settings = settings or get_settings()
+    configs, errors = [], {}
+    for path in pipeline_files(settings):
+        try:
+            config = load_pipeline_config(path, settings)
+        except ConfigError as err:
+            errors[str(path)] = str(err)
+            continue
+        if config.name != path.stem:
+            errors[str(path)] = f"{path}: name {config.name!r} must equal the file name {path.stem!r}"
+            continue
+        configs.append(config)
+    return configs, errors
 
 
 def resolve_source_path(config: PipelineConfig, settings: Settings | None = None) -> Path:

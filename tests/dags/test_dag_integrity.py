@@ -118,3 +118,29 @@ def test_lifecycle_api_plugin_is_mounted_on_the_api_server():
     assert "/airloop" in mounted
     paths = {route.path for route in mounted["/airloop"].routes}
     assert {"/api/v1/pipelines/{pipeline}/rollback", "/api/v1/pipelines/{pipeline}/versions/{version}/lineage"} <= paths
+
+
+def test_one_bad_pipeline_file_is_an_import_error_and_the_others_still_load(tmp_path):
+    """A broken YAML next to a good one: the good pipeline's DAGs load, the check file reports
+    an import error naming the bad file and field."""
+    import shutil
+
+    shutil.copy(ROOT / "include" / "pipelines" / "claims_fraud.yaml", tmp_path / "claims_fraud.yaml")
+    bad = (ROOT / "include" / "pipelines" / "claims_fraud.yaml").read_text().replace(
+        "name: claims_fraud", "name: broken").replace("n_trials: 16", "n_trials: 0")
+    (tmp_path / "broken.yaml").write_text(bad)
+    probe = (
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r})\n"
+        "print(json.dumps({'dags': sorted(bag.dags), 'errors': bag.import_errors}))\n"
+    )
+    env = os.environ | {"AIRLOOP_PIPELINES_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "claims_fraud__train" in result["dags"] and "claims_fraud__monitor" in result["dags"]
+    assert not any(d.startswith("broken") for d in result["dags"])
+    assert [Path(f).name for f in result["errors"]] == ["airloop_pipeline_check.py"], result["errors"]
+    message = next(iter(result["errors"].values()))
+    assert "broken.yaml" in message and "training.n_trials" in message
