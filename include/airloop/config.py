@@ -14,13 +14,14 @@ Two kinds of configuration live here:
 from __future__ import annotations
 
 import os
+import re
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 #: Repository root when airloop runs from a checkout (include/airloop/ -> repo root).
@@ -162,15 +163,94 @@ class ColumnSpec(_Strict):
         return self
 
 
-class SourceConfig(_Strict):
-    """Where the raw data lives. ``files``: one file per day under ``path`` by ``partition``."""
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_$]*"
+_FILE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
-    kind: Literal["files"] = "files"
-    format: Literal["csv", "parquet"] = "parquet"
-    #: Folder of the dataset; relative paths resolve against the data folder of Settings.
-    path: str
-    #: Partition file pattern below ``path``; ``{date}`` is the day as YYYY-MM-DD.
-    partition: str = "dt={date}/part.parquet"
+
+class SourceConfig(_Strict):
+    """Where the raw data lives and how one day of it is selected.
+
+    * ``kind: files`` (CSV or Parquet): the file pattern is ``path`` joined with ``partition``
+      (either may be left out, either may hold glob characters, e.g. ``dt={date}/*.parquet``).
+      With ``{date}`` (the day as YYYY-MM-DD) in the pattern, a day is the file(s) it matches for
+      that day (daily partitions); without it, every matching file is read and the pipeline's
+      timestamp column selects each day. ``format`` defaults to the pattern's suffix.
+    * ``kind: sql``: ``table`` (``name`` or ``schema.name``) or ``query`` (one SELECT) through the
+      Airflow connection ``conn_id``. A day is selected on the timestamp column with bound
+      parameters (``ts >= :start AND ts < :end``, SQLAlchemy Core); a query must not hold
+      placeholders of its own.
+    """
+
+    kind: Literal["files", "sql"] = "files"
+    format: Literal["csv", "parquet"] | None = None
+    #: Folder, file or glob; relative paths resolve against the data folder of Settings.
+    path: str | None = None
+    #: File pattern below ``path``; ``{date}`` is the day as YYYY-MM-DD.
+    partition: str | None = None
+    #: Airflow connection of a SQL source (``AIRFLOW_CONN_<ID>``, a secrets backend or the DB).
+    conn_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,250}$")
+    table: str | None = Field(default=None, pattern=rf"^{_IDENTIFIER}(\.{_IDENTIFIER})?$")
+    query: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_format(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("kind", "files") == "files" and raw.get("format") is None:
+            pattern = str(raw.get("partition") or raw.get("path") or "")
+            raw = {**raw, "format": _FILE_SUFFIXES.get(Path(pattern).suffix.lower(), "parquet")}
+        return raw
+
+    @model_validator(mode="after")
+    def _check(self) -> "SourceConfig":
+        if self.kind == "files":
+            stray = [f for f in ("conn_id", "table", "query") if getattr(self, f) is not None]
+            if stray:
+                raise ValueError(f"source.{stray[0]} is only for kind 'sql' (this source has kind 'files')")
+            if not self.path:
+                raise ValueError("source.path is required for kind 'files' (a folder, file or glob)")
+            for name in ("path", "partition"):
+                value = getattr(self, name) or ""
+                if value.replace("{date}", "").count("{") or value.replace("{date}", "").count("}"):
+                    raise ValueError(f"source.{name} {value!r}: the only placeholder is {{date}}")
+        else:
+            stray = [f for f in ("path", "partition", "format") if getattr(self, f) is not None]
+            if stray:
+                raise ValueError(f"source.{stray[0]} is only for kind 'files' (this source has kind 'sql')")
+            if not self.conn_id:
+                raise ValueError("source.conn_id is required for kind 'sql' (an Airflow connection id)")
+            if (self.table is None) == (self.query is None):
+                raise ValueError("a sql source needs exactly one of source.table and source.query")
+        return self
+
+    @field_validator("query")
+    @classmethod
+    def _check_query(cls, query: str | None) -> str | None:
+        """One SELECT (or WITH) statement without placeholders: the data interval is always
+        applied by airloop as bound parameters, never formatted into the SQL."""
+        if query is None:
+            return None
+        body = query.strip().rstrip(";").strip()
+        if not body.split(None, 1) or body.split(None, 1)[0].lower() not in {"select", "with"}:
+            raise ValueError("source.query must be one SELECT (or WITH ... SELECT) statement")
+        if ";" in body:
+            raise ValueError("source.query must be a single statement (no ';' inside)")
+        placeholder = re.search(r"\{\s*\w*\s*\}|%\([^)]*\)s|%s|(?<![:\w]):[A-Za-z_]\w*|\?", body)
+        if placeholder:
+            raise ValueError(
+                f"source.query holds the placeholder {placeholder.group(0)!r}: remove it — airloop selects "
+                "each day on the timestamp column with bound parameters (ts >= :start AND ts < :end)"
+            )
+        return body
+
+    @property
+    def pattern(self) -> str:
+        """The file pattern of a files source: ``path`` joined with ``partition``."""
+        return str(Path(self.path or "") / self.partition) if self.partition else (self.path or "")
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether each day has its own file(s) (``{date}`` in the pattern)."""
+        return "{date}" in self.pattern
 
 
 class ParamSpec(_Strict):

@@ -14,6 +14,7 @@ backfill of D trains on exactly what a scheduled run on D saw.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import shutil
@@ -23,6 +24,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
+import sqlalchemy as sa
 
 from airloop.config import PipelineConfig, Settings, resolve_source_path
 
@@ -61,22 +63,163 @@ def window_days(as_of: date, window: int) -> list[date]:
     return [as_of - timedelta(days=offset) for offset in range(window, 0, -1)]
 
 
-def read_partition(config: PipelineConfig, day: date, settings: Settings) -> pd.DataFrame | None:
-    """Read one day of the source as the source typed it; ``None`` when the day has no file."""
-    path = resolve_source_path(config, settings) / config.source.partition.format(date=day.isoformat())
-    if not path.is_file():
-        return None
-    try:
-        if config.source.format == "csv":
-            frame = pd.read_csv(path)
-        else:
-            frame = pd.read_parquet(path)
-    except Exception as err:  # corrupt file: say which
-        raise ExtractError(f"{path}: cannot read {config.source.format} partition: {err}") from err
+#: Characters that make a file pattern a glob (``*``, ``?``, ``[...]``; ``**`` spans folders).
+GLOB_CHARS = frozenset("*?[")
+
+
+def source_files(config: PipelineConfig, settings: Settings, day: date | None = None) -> list[Path]:
+    """The files of a files source, sorted: those of ``day`` for a ``{date}`` pattern (``day``
+    required), else every file the pattern matches (a folder: every file of the source's format
+    below it)."""
+    source = config.source
+    pattern = str(resolve_source_path(config, settings) / source.partition) if source.partition else str(
+        resolve_source_path(config, settings))
+    if source.partitioned:
+        if day is None:
+            raise ValueError(f"{config.name}: source.partition {source.pattern!r} needs a day")
+        pattern = pattern.replace("{date}", day.isoformat())
+    elif Path(pattern).is_dir():
+        pattern = str(Path(pattern) / "**" / f"*.{source.format}")
+    if not GLOB_CHARS & set(pattern):
+        return [Path(pattern)] if Path(pattern).is_file() else []
+    return sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+
+
+def _read_files(config: PipelineConfig, files: list[Path]) -> pd.DataFrame:
+    """Concatenate ``files`` as the source typed them; timestamps parsed to UTC."""
+    reader = pd.read_csv if config.source.format == "csv" else pd.read_parquet
+    frames = []
+    for path in files:
+        try:
+            frames.append(reader(path))
+        except Exception as err:  # corrupt file: say which
+            raise ExtractError(f"{config.name}: source.path: {path}: cannot read {config.source.format} file: {err}") from err
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    return _parse_timestamps(config, frame)
+
+
+def _parse_timestamps(config: PipelineConfig, frame: pd.DataFrame) -> pd.DataFrame:
     for column in (config.timestamp, config.label_timestamp):
         if column and column in frame.columns:
             frame[column] = pd.to_datetime(frame[column], utc=True, errors="coerce")
     return frame
+
+
+def _split_days(config: PipelineConfig, frame: pd.DataFrame, days: list[date], where: str) -> dict[date, pd.DataFrame]:
+    """One frame per day of ``days`` that has rows, selected on the timestamp column."""
+    if config.timestamp not in frame.columns:
+        raise ExtractError(f"{config.name}: {where} has no timestamp column {config.timestamp!r} "
+                           f"(columns: {list(frame.columns)[:20]})")
+    day_of = frame[config.timestamp].dt.floor("D").dt.date
+    wanted = set(days)
+    return {day: part.reset_index(drop=True) for day, part in frame.groupby(day_of, sort=True) if day in wanted}
+
+
+def read_days(config: PipelineConfig, days: list[date], settings: Settings) -> dict[date, pd.DataFrame]:
+    """Read ``days`` of the source, one frame per day that has data (days without data are left
+    out), as the source typed them with the timestamp columns parsed to UTC.
+
+    * files with a ``{date}`` pattern: each day's file(s), whole (the partition is the day);
+    * files without one: every matching file once, rows split by the timestamp column's day;
+    * sql: one query over ``[first day, last day + 1)`` with bound parameters, split by day.
+
+    Rows whose timestamp is null or outside ``days`` can only be kept by dated partitions.
+    """
+    if not days:
+        return {}
+    if config.source.kind == "sql":
+        start, end = day_start(min(days)), day_start(max(days) + timedelta(days=1))
+        return _split_days(config, read_sql_interval(config, start, end), days, "the SQL source")
+    if config.source.partitioned:
+        out = {}
+        for day in days:
+            files = source_files(config, settings, day)
+            if files:
+                out[day] = _read_files(config, files)
+        return out
+    files = source_files(config, settings)
+    if not files:
+        return {}
+    return _split_days(config, _read_files(config, files), days, f"source.path {config.source.pattern!r}")
+
+
+def read_partition(config: PipelineConfig, day: date, settings: Settings) -> pd.DataFrame | None:
+    """Read one day of the source (see :func:`read_days`); ``None`` when the day has no data."""
+    return read_days(config, [day], settings).get(day)
+
+
+def describe_source(config: PipelineConfig, settings: Settings) -> str:
+    """The source in words, for messages (never the connection's credentials)."""
+    source = config.source
+    if source.kind == "sql":
+        what = f"table {source.table}" if source.table is not None else "query"
+        return f"the SQL source ({what} via connection {source.conn_id!r}, timestamp {config.timestamp!r})"
+    root = resolve_source_path(config, settings)
+    return f"{root / source.partition if source.partition else root} ({source.format})"
+
+
+# ------------------------------------------------------------------------------- SQL sources
+def source_query(config: PipelineConfig) -> sa.Select:
+    """The SELECT of a SQL source for one interval: every column of ``source.table`` (or of
+    ``source.query`` as a subquery) with ``timestamp >= :start AND timestamp < :end``, ordered by
+    timestamp and id so that a re-read gives the same rows in the same order. Built with
+    SQLAlchemy Core: identifiers are quoted by the dialect, the interval bounds are bound
+    parameters (``start``, ``end``), never SQL text."""
+    source = config.source
+    if source.kind != "sql":
+        raise ValueError(f"{config.name}: source.kind is {source.kind!r}, not 'sql'")
+    ts, key = sa.column(config.timestamp), sa.column(config.id_column)
+    if source.table is not None:
+        schema, _, name = source.table.rpartition(".")
+        origin = sa.table(name, schema=schema or None)
+    else:
+        origin = sa.text(source.query).columns(ts, key).subquery("airloop_source")
+    bound = sa.DateTime(timezone=True)
+    return (
+        sa.select(sa.literal_column("*"))
+        .select_from(origin)
+        .where(ts >= sa.bindparam("start", type_=bound), ts < sa.bindparam("end", type_=bound))
+        .order_by(ts, key)
+    )
+
+
+def sql_engine(conn_id: str) -> sa.Engine:
+    """The SQLAlchemy engine of the Airflow connection ``conn_id``, through the connection type's
+    own hook (``PostgresHook`` for ``postgres``, any ``common.sql`` DbApiHook); cached per
+    connection URI, so a changed connection gets a new engine."""
+    from airflow.sdk import BaseHook
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception as err:  # AirflowNotFoundException and the like
+        raise ExtractError(f"source.conn_id {conn_id!r}: no such Airflow connection "
+                           f"(set AIRFLOW_CONN_{conn_id.upper()} or add it in Airflow): {err}") from err
+    key = (conn_id, conn.get_uri())
+    engine = _ENGINES.get(key)
+    if engine is None:
+        hook = conn.get_hook()
+        if not hasattr(hook, "get_sqlalchemy_engine"):
+            raise ExtractError(f"source.conn_id {conn_id!r}: a {conn.conn_type!r} connection has no SQL hook "
+                               f"({type(hook).__name__})")
+        engine = _ENGINES.setdefault(key, hook.get_sqlalchemy_engine())
+    return engine
+
+
+_ENGINES: dict[tuple[str, str], sa.Engine] = {}
+
+
+def read_sql_interval(config: PipelineConfig, start: datetime, end: datetime) -> pd.DataFrame:
+    """Rows of a SQL source with ``start <= timestamp < end`` (see :func:`source_query`)."""
+    source = config.source
+    what = f"source.table {source.table!r}" if source.table is not None else "source.query"
+    engine = sql_engine(source.conn_id)
+    try:
+        with engine.connect() as conn:
+            frame = pd.read_sql_query(source_query(config), conn, params={"start": start, "end": end})
+    except sa.exc.SQLAlchemyError as err:
+        raise ExtractError(f"{config.name}: {what} via connection {source.conn_id!r}: "
+                           f"{str(getattr(err, 'orig', None) or err).strip().splitlines()[0]}") from err
+    return _parse_timestamps(config, frame)
 
 
 def apply_label_cutoff(config: PipelineConfig, frame: pd.DataFrame, as_of: date) -> pd.DataFrame:
@@ -110,18 +253,9 @@ def extract_window(
     """
     window = window or config.training.window_days
     days = window_days(as_of, window)
-    frames: dict[date, pd.DataFrame] = {}
-    for day in days:
-        if day in exclude:
-            continue
-        frame = read_partition(config, day, settings)
-        if frame is not None:
-            frames[day] = frame
+    frames = read_days(config, [d for d in days if d not in exclude], settings)
     if not frames:
-        raise ExtractError(
-            f"{config.name}: no partitions under {resolve_source_path(config, settings)} "
-            f"for {days[0]}..{days[-1]} (pattern {config.source.partition!r})"
-        )
+        raise ExtractError(f"{config.name}: no partitions for {days[0]}..{days[-1]} in {describe_source(config, settings)}")
     fingerprint = _hash_frames(frames)
     target = settings.snapshots_dir / config.name / as_of.isoformat() / fingerprint[:16]
     rows = sum(len(f) for f in frames.values())
