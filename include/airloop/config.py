@@ -623,7 +623,10 @@ def load_all_pipelines(settings: Settings | None = None) -> tuple[list[PipelineC
 
 
 def resolve_source_path(config: PipelineConfig, settings: Settings | None = None) -> Path:
-    """Absolute folder of a file source (relative paths are under the data folder)."""
+    """Absolute ``path`` of a file source (relative paths are under the data folder); a folder,
+    a file or a glob as configured. :class:`ConfigError` for a SQL source."""
     settings = settings or get_settings()
+    if config.source.kind != "files" or config.source.path is None:
+        raise ConfigError(f"{config.name}: source.path: a {config.source.kind} source has no file path")
     path = Path(os.path.expandvars(config.source.path))
     return path if path.is_absolute() else settings.data_dir / path
