@@ -13,15 +13,22 @@ export AIRFLOW_HOME := $(CURDIR)
 export AIRLOOP_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-# Settings (.env, from .env.example) and generated secrets, exported to every command.
+# Settings (.env, from .env.example), a profile (PROFILE=postgres: profiles/postgres.env) and the
+# generated secrets, exported to every command.
 -include .env
+ifdef PROFILE
+ifeq ($(wildcard profiles/$(PROFILE).env),)
+$(error PROFILE=$(PROFILE): no profiles/$(PROFILE).env)
+endif
+include profiles/$(PROFILE).env
+endif
 -include $(STATE)/secrets.env
 export
 
 .PHONY: help install init demo up down test test-fast lint lock suite clean
 
 help: ## list the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -74,18 +74,37 @@ def cmd_init(args) -> int:
     """Create folders, secrets, and migrate the monitoring + MLflow stores (idempotent)."""
     from airloop import registry, store
 
+    from airloop import topology
+
     settings = get_settings()
     for sub in ("airflow/logs", "mlflow/artifacts", "optuna", "run", "logs", "data"):
         (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
     ensure_secrets(settings)
+    created = topology.ensure_databases(topology.profile_database_urls())
+    if created:
+        print(f"created PostgreSQL databases: {', '.join(created)}")
     store.get_engine(settings.monitoring_db_uri)
-    client = registry.get_client(settings)
-    client.search_experiments(max_results=1)  # creates/migrates the MLflow store once, here
-    for path in sorted(settings.pipelines_dir.glob("*.yaml")):
-        config = load_pipeline_config(path, settings)
-        registry.ensure_experiment(client, config, settings)
+    if _tracking_server(settings):
+        print(f"MLflow: tracking server {settings.mlflow_tracking_uri} (`make up` starts it; its schema is created then)")
+    else:
+        _init_mlflow(settings)
     print(f"airloop state ready in {settings.state_dir}")
     return 0
+
+
+def _tracking_server(settings: Settings) -> bool:
+    return settings.mlflow_tracking_uri.startswith(("http://", "https://"))
+
+
+def _init_mlflow(settings: Settings) -> None:
+    """Create/migrate the MLflow store and every pipeline's experiment (idempotent)."""
+    from airloop import registry
+    from airloop.config import load_all_pipelines
+
+    client = registry.get_client(settings)
+    client.search_experiments(max_results=1)  # creates/migrates an embedded store once, here
+    for config in load_all_pipelines(settings)[0]:
+        registry.ensure_experiment(client, config, settings)
 
 
 def cmd_simulate(args) -> int:
@@ -428,33 +447,17 @@ def _signal_tree(proc: subprocess.Popen, sig: int, group: bool) -> None:
         pass
 
 
-def cmd_up(args) -> int:
-    """Start serving (background), the MLflow UI and ``airflow standalone``; Ctrl-C stops the UIs."""
+def _start(name: str, argv: list[str], logs: Path, cwd: Path, env: dict[str, str] | None = None,
+           group: bool = False) -> subprocess.Popen:
+    return subprocess.Popen(argv, stdout=open(logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT, cwd=cwd,
+                            env={**os.environ, **(env or {})}, start_new_session=group)
+
+
+def _wait_http(urls: dict[str, str], procs: dict[str, subprocess.Popen], logs: Path, seconds: float = 240) -> None:
+    """Wait until every URL answers (< 500) or its process exits."""
     import httpx
 
-    settings = get_settings()
-    ensure_secrets(settings)
-    if cmd_start_serving(args) != 0:
-        return 1
-    logs = settings.state_dir / "logs"
-    mlflow_port = os.environ.get("MLFLOW_PORT", "5000")
-    airflow_port = os.environ.get("AIRFLOW_PORT", "8080")
-    bin_dir = Path(sys.executable).parent
-    procs = {
-        "mlflow": subprocess.Popen(
-            [str(bin_dir / "mlflow"), "server", "--backend-store-uri", settings.mlflow_tracking_uri,
-             "--default-artifact-root", settings.mlflow_artifact_root, "--host", "127.0.0.1", "--port", mlflow_port],
-            stdout=open(logs / "mlflow.log", "ab"), stderr=subprocess.STDOUT, cwd=settings.root),
-        "airflow": subprocess.Popen(
-            [str(bin_dir / "airflow"), "standalone"],
-            # standalone starts its components as `airflow ...` subprocesses: put this venv first
-            env={**os.environ, "AIRFLOW__API__PORT": airflow_port,
-                 "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
-            stdout=open(logs / "airflow-standalone.log", "ab"), stderr=subprocess.STDOUT, cwd=settings.root,
-            start_new_session=True),  # its own process group: stopping it stops every component
-    }
-    urls = {"airflow": f"http://127.0.0.1:{airflow_port}", "mlflow": f"http://127.0.0.1:{mlflow_port}"}
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + seconds
     pending = set(urls)
     while pending and time.monotonic() < deadline:
         for name in list(pending):
@@ -468,9 +471,61 @@ def cmd_up(args) -> int:
             except httpx.HTTPError:
                 pass
         time.sleep(1)
+
+
+def cmd_up(args) -> int:
+    """Start the MLflow UI/server, serving (background) and Airflow; Ctrl-C stops Airflow and MLflow.
+
+    Embedded profile: ``airflow standalone`` (LocalExecutor) and an MLflow UI on the SQLite
+    store. PostgreSQL profile (``make up PROFILE=postgres``): an MLflow tracking server on
+    PostgreSQL and the Airflow components one by one — API server, scheduler, DAG processor,
+    triggerer and two Celery workers (:mod:`airloop.topology`).
+    """
+    from airloop import topology
+
+    settings = get_settings()
+    ensure_secrets(settings)
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    mlflow_port = os.environ.get("MLFLOW_PORT", "5000")
+    airflow_port = os.environ.get("AIRFLOW_PORT", "8080")
+    bin_dir = Path(sys.executable).parent
+    procs: dict[str, subprocess.Popen] = {}
+    if _tracking_server(settings):
+        backend = os.environ.get("AIRLOOP_MLFLOW_BACKEND_STORE_URI")
+        if not backend:
+            print("MLFLOW_TRACKING_URI is a server URL: set AIRLOOP_MLFLOW_BACKEND_STORE_URI (its database)", file=sys.stderr)
+            return 1
+        server = topology.mlflow_server(backend, settings.mlflow_artifact_root, int(mlflow_port))
+        procs["mlflow"] = _start("mlflow", server.argv, logs, settings.root)
+        _wait_http({"mlflow": settings.mlflow_tracking_uri}, procs, logs)
+        _init_mlflow(settings)
+    else:
+        procs["mlflow"] = _start("mlflow", [
+            str(bin_dir / "mlflow"), "server", "--backend-store-uri", settings.mlflow_tracking_uri,
+            "--default-artifact-root", settings.mlflow_artifact_root, "--host", "127.0.0.1", "--port", mlflow_port],
+            logs, settings.root)
+    if cmd_start_serving(args) != 0:
+        _stop_all(procs)
+        return 1
+    # Airflow's components start `airflow ...` subprocesses: put this venv first on PATH
+    airflow_env = {"AIRFLOW__API__PORT": airflow_port, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                   "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{airflow_port}/execution/"}
+    if topology.uses_celery():
+        for component in topology.airflow_components(int(airflow_port)):
+            procs[component.name] = _start(component.name, component.argv, logs, settings.root,
+                                           {**airflow_env, **component.env}, group=True)
+        airflow_proc = "api-server"
+    else:
+        # its own process group: stopping it stops every component
+        procs["airflow"] = _start("airflow-standalone", [str(bin_dir / "airflow"), "standalone"], logs,
+                                  settings.root, airflow_env, group=True)
+        airflow_proc = "airflow"
+    urls = {airflow_proc: f"http://127.0.0.1:{airflow_port}", "mlflow": f"http://127.0.0.1:{mlflow_port}"}
+    _wait_http(urls, procs, logs)
     print("\n".join([
-        "", "airloop is up:",
-        f"  Airflow UI   {urls['airflow']}   login: {airflow_login(settings)}",
+        "", f"airloop is up ({'CeleryExecutor: ' + ', '.join(procs) if topology.uses_celery() else 'airflow standalone'}):",
+        f"  Airflow UI   {urls[airflow_proc]}   login: {airflow_login(settings)}",
         f"  MLflow UI    {urls['mlflow']}",
         f"  Serving      {settings.serving_url}/docs   (admin token in {secrets_file(settings)})",
         f"  Logs         {logs}",
@@ -484,19 +539,26 @@ def cmd_up(args) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        for name, proc in procs.items():
-            if proc.poll() is None:
-                _signal_tree(proc, signal.SIGTERM, group=name == "airflow")
-        for name, proc in procs.items():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                _signal_tree(proc, signal.SIGKILL, group=name == "airflow")
-        try:  # standalone's scheduler/api-server/workers share its process group
-            os.killpg(procs["airflow"].pid, signal.SIGTERM)
+        _stop_all(procs)
+    return 0
+
+
+def _stop_all(procs: dict[str, subprocess.Popen]) -> None:
+    """SIGTERM every component (Airflow ones with their process group), SIGKILL stragglers."""
+    grouped = {name for name in procs if name != "mlflow"}
+    for name, proc in procs.items():
+        if proc.poll() is None:
+            _signal_tree(proc, signal.SIGTERM, group=name in grouped)
+    for name, proc in procs.items():
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            _signal_tree(proc, signal.SIGKILL, group=name in grouped)
+    for name in grouped:  # children (task processes, standalone's components) share the group
+        try:
+            os.killpg(procs[name].pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

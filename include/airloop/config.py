@@ -65,6 +65,8 @@ class Settings(BaseModel):
     optuna_storage: str
     serving_url: str
     admin_token: str | None
+    #: Per-tenant serving tokens (``AIRLOOP_TENANT_TOKENS=tenant=token,...``; see airloop.gateway).
+    tenant_tokens: dict[str, str] = Field(default_factory=dict, repr=False)
 
     @property
     def snapshots_dir(self) -> Path:
@@ -119,12 +121,28 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         mlflow_artifact_root=env.get("AIRLOOP_MLFLOW_ARTIFACT_ROOT")
         or str(state / "mlflow" / "artifacts"),
         monitoring_db_uri=env.get("AIRLOOP_MONITORING_DB_URI")
+        or (f"airflow-conn://{env['AIRLOOP_MONITORING_CONN_ID']}" if env.get("AIRLOOP_MONITORING_CONN_ID") else None)
         or f"sqlite:///{state / 'monitoring.db'}",
         optuna_storage=env.get("AIRLOOP_OPTUNA_STORAGE")
         or f"journal://{state / 'optuna' / 'journal.log'}",
         serving_url=(env.get("AIRLOOP_SERVING_URL") or "http://127.0.0.1:8000").rstrip("/"),
         admin_token=env.get("AIRLOOP_ADMIN_TOKEN") or None,
+        tenant_tokens=parse_tenant_tokens(env.get("AIRLOOP_TENANT_TOKENS")),
     )
+
+
+def parse_tenant_tokens(value: str | None) -> dict[str, str]:
+    """``"acme=tok1,globex=tok2"`` → ``{"acme": "tok1", "globex": "tok2"}``; ``ConfigError`` on a
+    malformed entry (the message never shows a token)."""
+    tokens: dict[str, str] = {}
+    for item in (value or "").split(","):
+        if not item.strip():
+            continue
+        tenant, sep, token = item.partition("=")
+        if not sep or not tenant.strip() or not token.strip():
+            raise ConfigError(f"AIRLOOP_TENANT_TOKENS: expected tenant=token entries, got one for {tenant.strip()[:40]!r}")
+        tokens[tenant.strip()] = token.strip()
+    return tokens
 
 
 @lru_cache(maxsize=1)

@@ -21,7 +21,6 @@ from airloop.config import PipelineConfig, Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TENANT = "default"
 
 
 def _utc(moment: datetime) -> datetime:
@@ -30,7 +29,7 @@ def _utc(moment: datetime) -> datetime:
 
 # ------------------------------------------------------------------------------ label ingest
 def ingest_labels(config: PipelineConfig, settings: Settings, start: datetime, end: datetime,
-                  tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
+                  tenant: str | None = None) -> dict[str, Any]:
     """Batch-ingest the labels that became known during the interval's performance window
     ``[end - monitoring.performance_window_days, end)`` (at least ``[start, end)``) from the source.
 
@@ -44,6 +43,7 @@ def ingest_labels(config: PipelineConfig, settings: Settings, start: datetime, e
     window become ``ground_truth`` rows keyed by the id column (the request id used when the
     traffic was served). ``received_at`` is the label time, so re-runs write identical rows.
     """
+    tenant = tenant or config.tenant  # the pipeline's own tenant by default
     from airloop.data import read_partition
 
     if not config.label_timestamp:
@@ -82,12 +82,13 @@ def champion_at(engine: sa.Engine, pipeline: str, at: datetime) -> str | None:
 
 # ------------------------------------------------------------------------------ monitoring
 def monitor(config: PipelineConfig, settings: Settings, start: datetime, end: datetime,
-            tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
+            tenant: str | None = None) -> dict[str, Any]:
     """Monitor one interval against the reference of the version that was champion then.
 
     Stores per-feature drift rows and the interval summary (upserts), saves the Evidently HTML
     report and logs it to the model version's MLflow run (``monitoring/<tenant>/<day>/``).
     """
+    tenant = tenant or config.tenant  # the pipeline's own tenant by default
     from airloop import monitoring, registry
 
     start, end = _utc(start), _utc(end)
@@ -113,16 +114,18 @@ def monitor(config: PipelineConfig, settings: Settings, start: datetime, end: da
 
 # ----------------------------------------------------------------------------------- alerts
 def _dedup_key(config: PipelineConfig, tenant: str, rule: str, start: datetime) -> str:
+    tenant = tenant or config.tenant  # the pipeline's own tenant by default
     return f"{config.name}|{tenant}|{rule}|{_utc(start).isoformat()}"
 
 
 def record_alerts(config: PipelineConfig, settings: Settings, start: datetime, summary: dict[str, Any],
-                  tenant: str = DEFAULT_TENANT) -> list[dict[str, Any]]:
+                  tenant: str | None = None) -> list[dict[str, Any]]:
     """Write the interval's fired alerts to the alert table (once per rule and interval).
 
     Deduplication: a rule that also fired in the previous interval is an ongoing incident; its
     alert is kept but marked ``ongoing`` and not delivered again.
     """
+    tenant = tenant or config.tenant  # the pipeline's own tenant by default
     engine = store.get_engine(settings.monitoring_db_uri)
     start = _utc(start)
     previous_start = start - _interval_length(summary, start)
@@ -151,8 +154,9 @@ def _fired(engine: sa.Engine, dedup_key: str) -> bool:
         return conn.execute(sa.select(store.alerts.c.id).where(store.alerts.c.dedup_key == dedup_key)).first() is not None
 
 
-def interval_alerts(engine: sa.Engine, config: PipelineConfig, start: datetime, tenant: str = DEFAULT_TENANT) -> list[dict[str, Any]]:
+def interval_alerts(engine: sa.Engine, config: PipelineConfig, start: datetime, tenant: str | None = None) -> list[dict[str, Any]]:
     """The alert rows of one interval."""
+    tenant = tenant or config.tenant  # the pipeline's own tenant by default
     t = store.alerts
     with engine.connect() as conn:
         rows = conn.execute(sa.select(t).where(t.c.pipeline == config.name, t.c.tenant == tenant,
@@ -161,13 +165,14 @@ def interval_alerts(engine: sa.Engine, config: PipelineConfig, start: datetime, 
 
 
 def deliver_alerts(config: PipelineConfig, settings: Settings, start: datetime,
-                   senders: dict[str, Callable[[dict[str, Any]], None]], tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
+                   senders: dict[str, Callable[[dict[str, Any]], None]], tenant: str | None = None) -> dict[str, Any]:
     """Deliver the interval's pending (or previously failed) alerts through ``senders``.
 
     Every attempt is recorded (status, attempts, last error). Raises :class:`AlertDeliveryError`
     when any delivery failed, so the orchestrator retries; delivered alerts are not sent twice.
     With no sender configured, alerts stay in the table with status ``no_route``.
     """
+    tenant = tenant or config.tenant  # the pipeline's own tenant by default
     engine = store.get_engine(settings.monitoring_db_uri)
     t = store.alerts
     failures = []
@@ -200,10 +205,11 @@ class AlertDeliveryError(RuntimeError):
 
 # ---------------------------------------------------------------------------------- retrain
 def decide_retrain(config: PipelineConfig, settings: Settings, start: datetime, end: datetime,
-                   summary: dict[str, Any], tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
+                   summary: dict[str, Any], tenant: str | None = None) -> dict[str, Any]:
     """Request a training run when a retrain rule fired, unless one was requested within the
     cool-down (``monitoring.retrain_cooldown_days`` of business time). The decision is stored
     per interval (a re-run returns the same decision)."""
+    tenant = tenant or config.tenant  # the pipeline's own tenant by default
     start, end = _utc(start), _utc(end)
     reasons = [a["message"] for a in summary.get("alerts", []) if a.get("retrain")]
     as_of = end.date().isoformat()

@@ -53,11 +53,14 @@ def ensure_experiment(client, config: PipelineConfig, settings: Settings) -> str
     found = client.get_experiment_by_name(config.experiment_name)
     if found is not None:
         return found.experiment_id
-    location = settings.mlflow_artifact_root
-    if "://" not in location:
+    location: str | None = settings.mlflow_artifact_root
+    if settings.mlflow_tracking_uri.startswith(("http://", "https://")):
+        location = None  # a tracking server stores (and proxies) artifacts itself: clients need no shared disk
+    elif "://" not in location:
         location = f"{location.rstrip('/')}/{config.name}"
     try:
-        return client.create_experiment(config.experiment_name, artifact_location=location, tags={"airloop.pipeline": config.name})
+        return client.create_experiment(config.experiment_name, artifact_location=location,
+                                        tags={"airloop.pipeline": config.name, "airloop.tenant": config.tenant})
     except MlflowException:  # created concurrently by another worker
         return client.get_experiment_by_name(config.experiment_name).experiment_id
 

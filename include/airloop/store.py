@@ -245,9 +245,27 @@ MIGRATIONS: list[tuple] = [
 ]
 
 
+#: ``AIRLOOP_MONITORING_CONN_ID`` makes the store URI ``airflow-conn://<conn_id>``: the database
+#: behind that Airflow connection, reached through the PostgreSQL provider's hook.
+AIRFLOW_CONN_SCHEME = "airflow-conn://"
+
+
+def resolve_uri(uri: str) -> str:
+    """The SQLAlchemy URL of a store URI: ``airflow-conn://<id>`` is resolved with
+    ``PostgresHook(postgres_conn_id=<id>).sqlalchemy_url`` (the connection from
+    ``AIRFLOW_CONN_<ID>``, a secrets backend or the metadata DB); anything else is returned as is."""
+    if not uri.startswith(AIRFLOW_CONN_SCHEME):
+        return uri
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    hook = PostgresHook(postgres_conn_id=uri[len(AIRFLOW_CONN_SCHEME):])
+    return hook.sqlalchemy_url.render_as_string(hide_password=False)
+
+
 @lru_cache(maxsize=8)
 def get_engine(uri: str) -> sa.Engine:
     """Engine for the monitoring store (cached per URI, schema migrated on first use)."""
+    uri = resolve_uri(uri)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if uri.startswith("sqlite"):
         from pathlib import Path

@@ -11,6 +11,8 @@ child run, written in a single batched call (params, metrics and tags together).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -189,8 +191,10 @@ def finished_trials(study) -> int:
     return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
 
 
-def make_objective(config: PipelineConfig, X: pd.DataFrame, y: pd.Series, on_trial_end=None):
-    """Optuna objective: time-ordered CV of the suggested model, pruning after each fold."""
+def make_objective(config: PipelineConfig, X: pd.DataFrame, y: pd.Series, on_trial_end=None,
+                   trial_attrs: dict[str, Any] | None = None):
+    """Optuna objective: time-ordered CV of the suggested model, pruning after each fold.
+    ``trial_attrs`` are stored on every trial (which worker, host and process ran it)."""
     import optuna
     from sklearn.base import clone
     from sklearn.metrics import get_scorer
@@ -201,6 +205,8 @@ def make_objective(config: PipelineConfig, X: pd.DataFrame, y: pd.Series, on_tri
     space = {fam: {k: v.model_dump() for k, v in ps.items()} for fam, ps in config.training.search_space.items()}
 
     def objective(trial) -> float:
+        for key, value in (trial_attrs or {}).items():
+            trial.set_user_attr(key, value)
         family, params = suggest(trial, space)
         model = build_model(config, family, params)
         scores: list[float] = []
@@ -271,7 +277,8 @@ def run_worker(
     if remaining > 0:
         before = len(study.get_trials(deepcopy=False))
         study.optimize(
-            make_objective(config, X, y, on_trial_end=tracker),
+            make_objective(config, X, y, on_trial_end=tracker,
+                           trial_attrs={"worker": worker, "host": socket.gethostname(), "pid": os.getpid()}),
             n_trials=remaining,
             timeout=timeout_s,
             callbacks=[MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))],
