@@ -25,7 +25,7 @@ endif
 -include $(STATE)/secrets.env
 export
 
-.PHONY: help install init demo up down test test-fast lint lock suite clean
+.PHONY: help install init demo up down test test-fast lint lock suite clean bench
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -72,6 +72,17 @@ test: install .env ## run the whole test suite (unit, DAG integrity, end-to-end)
 
 test-fast: install .env ## unit and DAG tests only (skip the slow end-to-end runs)
 	$(PY) -m pytest -q -m "not e2e"
+
+BENCH ?= $(sort $(notdir $(basename $(wildcard benchmarks/[!_]*.py))))
+bench: install ## run the benchmarks (BENCH="parse hpo" for some); JSON figures kept in .airloop/bench/
+	@mkdir -p $(STATE)/bench; failed=""; \
+	for name in $(BENCH); do \
+	  echo "== benchmarks/$$name.py"; \
+	  if $(PY) benchmarks/$$name.py > $(STATE)/bench/$$name.out; then \
+	    tail -n 1 $(STATE)/bench/$$name.out | tee $(STATE)/bench/$$name.json; \
+	  else failed="$$failed $$name"; fi; \
+	done; \
+	test -z "$$failed" || { echo "benchmarks failed:$$failed (output in $(STATE)/bench/)"; exit 1; }
 
 suite: install ## regenerate the Great Expectations suites in include/gx from the pipeline files
 	$(PY) -c "from airloop.config import get_settings, load_pipeline_config as l; from airloop.validation import write_suite; s=get_settings(); [print(write_suite(l(p, s), s)) for p in sorted(s.pipelines_dir.glob('*.yaml'))]"

@@ -1,0 +1,276 @@
+"""Backfill cost: `airflow backfill create` of the monitoring DAG over N daily intervals, executed
+by a real scheduler (LocalExecutor) and api-server, vs the same library calls in a plain loop.
+
+Set-up (not timed): Airflow metadata DB, the demo's simulated history, a champion trained as of
+the first interval (plain stage calls, 3 trials, force-promoted), and every interval's traffic
+replayed through the real serving process (prediction logging on), as the loop demo does. The
+state is then copied: the plain reference runs on the copy, the backfill on the original, so
+each starts from the same stores with cold caches.
+
+* backfill: `airflow dags reserialize`, unpause, `airflow backfill create --max-active-runs 1`,
+  then api-server + scheduler; timed from the first run's start to the last run's end (the
+  scheduler's start-up is reported apart). Each interval's cost is the time between the ends of
+  consecutive runs; task durations, queue latency and gaps between runs come from the metadata DB.
+* reference: the four tasks' library calls (`loop.ingest_labels`, `loop.monitor`,
+  `loop.record_alerts` + `deliver_alerts`, `loop.decide_retrain`) per interval in one process,
+  after one warm-up interval.
+
+Flatness: the median interval cost of the last quarter over that of the first quarter.
+Both runs' monitoring rows are compared (same results, floats to 1e-9).
+
+    python benchmarks/backfill.py [--intervals 120]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+from _common import (PIPELINE, airflow, emit, free_port, log, median, parser, plain_training, serving_process, session,
+                     start_group, stop_group, timed, use_state, wait_http, write_demo_history)
+
+FIRST_DAY = date(2026, 1, 29)  # champion trained as of this day on the 28 days before it
+DAG_ID = f"{PIPELINE}__monitor"
+
+
+def replay(settings, config, days: list[date]) -> int:
+    """Every day's claims through the serving API (``cli.replay_traffic``); wait until all are logged."""
+    import sqlalchemy as sa
+
+    from airloop import store
+    from airloop.cli import replay_traffic
+
+    sent = sum(replay_traffic(settings, config, day) for day in days)
+    engine = store.get_engine(settings.monitoring_db_uri)
+    deadline = time.monotonic() + 120
+    while True:
+        with engine.connect() as conn:
+            logged = conn.execute(sa.select(sa.func.count()).select_from(store.predictions)).scalar_one()
+        if logged >= sent:
+            return sent
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"serving logged {logged} of {sent} predictions within 120 s")
+        time.sleep(1)
+
+
+def day_start(day: date) -> datetime:
+    return datetime.combine(day, datetime.min.time(), tzinfo=timezone.utc)
+
+
+def plain_interval(config, settings, day: date) -> dict[str, float]:
+    """The monitoring DAG's four tasks as plain calls for ``[day, day + 1)``; seconds per task."""
+    from airloop import loop
+
+    start, end = day_start(day), day_start(day) + timedelta(days=1)
+    seconds = {}
+    _, seconds["ingest_labels"] = timed(lambda: loop.ingest_labels(config, settings, start, end))
+    summary, seconds["monitor"] = timed(lambda: loop.monitor(config, settings, start, end))
+
+    def alerts():
+        loop.record_alerts(config, settings, start, summary)
+        return loop.deliver_alerts(config, settings, start, {})  # no route configured, as in the DAG
+
+    _, seconds["alerts"] = timed(alerts)
+    _, seconds["request_retrain"] = timed(lambda: loop.decide_retrain(config, settings, start, end, summary))
+    return seconds
+
+
+def run_plain(config, settings, days: list[date]) -> dict:
+    """The reference: every interval in turn in this process, after one warm-up interval."""
+    plain_interval(config, settings, days[0])  # warm-up: imports, reference download, connections
+    costs, per_task = [], {}
+    started = time.perf_counter()
+    for i, day in enumerate(days):
+        seconds = plain_interval(config, settings, day)
+        costs.append(sum(seconds.values()))
+        for task, s in seconds.items():
+            per_task.setdefault(task, []).append(s)
+        if i % 10 == 0 or i == len(days) - 1:
+            log(f"plain: interval {i + 1}/{len(days)} ({day}) {costs[-1]:.2f} s")
+    return {"total_s": time.perf_counter() - started, "costs": costs,
+            "task_s": {task: median(values) for task, values in per_task.items()}}
+
+
+def run_backfill(folder: Path, days: list[date]) -> dict:
+    """`airflow backfill create` executed by a real scheduler; timings from the metadata DB."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.types import DagRunType
+
+    port = free_port()
+    os.environ.update({"AIRFLOW__API__PORT": str(port),
+                       "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"})
+    airflow("dags", "reserialize")
+    airflow("dags", "unpause", DAG_ID)
+    # SQLite takes one writer at a time: create the backfill before the scheduler starts.
+    airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", days[0].isoformat(), "--to-date",
+            days[-1].isoformat(), "--max-active-runs", "1", "--reprocess-behavior", "completed")
+    launched = time.time()
+    procs = [start_group([sys.executable, "-m", "airflow", "api-server", "--port", str(port)], folder / "api-server.log")]
+    try:
+        # The scheduler's first tasks call the execution API at once: an api-server still starting
+        # fails them (a read timeout, then a retry 30 s later), so it must answer first.
+        wait_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", procs[0], seconds=300)
+        procs.append(start_group([sys.executable, "-m", "airflow", "scheduler"], folder / "scheduler.log"))
+        deadline = time.monotonic() + 60 * 60 * 4
+        done = 0
+        while True:
+            with create_session() as s:
+                states = [str(r.state) for r in s.query(DagRun).filter(
+                    DagRun.dag_id == DAG_ID, DagRun.run_type == DagRunType.BACKFILL_JOB)]
+            finished = sum(st in ("success", "failed") for st in states)
+            if finished != done and (finished % 10 == 0 or finished == len(days)):
+                log(f"backfill: {finished}/{len(days)} runs finished")
+            done = finished
+            if len(states) == len(days) and finished == len(days):
+                break
+            for p in procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{p.args[3]} exited with {p.returncode}; see {folder}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"backfill not finished in 4 h: {states}")
+            time.sleep(2)
+    finally:
+        stop_group(procs)
+    with create_session() as s:
+        runs = s.query(DagRun).filter(DagRun.dag_id == DAG_ID, DagRun.run_type == DagRunType.BACKFILL_JOB) \
+            .order_by(DagRun.logical_date).all()
+        rows = [{"run_id": r.run_id, "state": str(r.state), "start": r.start_date, "end": r.end_date} for r in runs]
+        tis = s.query(TaskInstance).filter(TaskInstance.dag_id == DAG_ID,
+                                           TaskInstance.run_id.in_([r["run_id"] for r in rows])).all()
+        tasks = [{"run_id": t.run_id, "task": t.task_id, "state": str(t.state), "start": t.start_date,
+                  "end": t.end_date, "queued": t.queued_dttm, "tries": t.try_number} for t in tis]
+    return {"launched": launched, "runs": rows, "tasks": tasks}
+
+
+def backfill_figures(result: dict) -> dict:
+    """Interval costs, task durations, queue latency and gaps between runs."""
+    runs = result["runs"]
+    ends = [r["end"].timestamp() for r in runs]
+    first_start = min(r["start"].timestamp() for r in runs)
+    costs = [ends[0] - first_start] + [b - a for a, b in zip(ends, ends[1:])]
+    by_task: dict[str, list[float]] = {}
+    queue: list[float] = []
+    for t in result["tasks"]:
+        if t["start"] and t["end"]:
+            by_task.setdefault(t["task"], []).append((t["end"] - t["start"]).total_seconds())
+        if t["queued"] and t["start"]:
+            queue.append((t["start"] - t["queued"]).total_seconds())
+    gaps = [(b["start"] - a["end"]).total_seconds() for a, b in zip(runs, runs[1:])]
+    return {
+        "costs": costs,
+        "total_s": ends[-1] - first_start,
+        "startup_s": first_start - result["launched"],
+        "run_s": median([(r["end"] - r["start"]).total_seconds() for r in runs]),
+        "task_s": {task: median(values) for task, values in sorted(by_task.items())},
+        "queue_latency_s": median(queue) if queue else None,
+        "gap_between_runs_s": median(gaps) if gaps else None,
+        "states": {st: sum(r["state"] == st for r in runs) for st in {r["state"] for r in runs}},
+        "retried_tasks": sum((t["tries"] or 1) > 1 for t in result["tasks"]),
+    }
+
+
+def quarters(costs: list[float]) -> tuple[float, float]:
+    """Median cost of the first and of the last quarter of the intervals."""
+    q = max(1, math.ceil(len(costs) / 4))
+    return median(costs[:q]), median(costs[-q:])
+
+
+def monitoring_rows(settings, root: Path) -> list[tuple]:
+    """The monitoring_runs and feature_drift rows, state paths neutralised, for comparison."""
+    import sqlalchemy as sa
+
+    from airloop import store
+
+    engine = store.get_engine(settings.monitoring_db_uri)
+    out = []
+    with engine.connect() as conn:
+        for table, order in ((store.monitoring_runs, ["interval_start"]), (store.feature_drift, ["interval_start", "feature"])):
+            for row in conn.execute(sa.select(table).order_by(*[table.c[c] for c in order])):
+                out.append(tuple(v.replace(str(root), "<state>") if isinstance(v, str) else v for v in row))
+    return out
+
+
+def same_rows(a: list[tuple], b: list[tuple]) -> bool:
+    """Equal row by row (floats to 1e-9 relative: another process may take another BLAS path)."""
+    def close(x, y):
+        return x == y or (isinstance(x, float) and isinstance(y, float) and math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12))
+    return len(a) == len(b) and all(len(r) == len(s) and all(close(x, y) for x, y in zip(r, s)) for r, s in zip(a, b))
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n")[0])
+    p.add_argument("--intervals", type=int, default=120, help="daily intervals to backfill (default 120)")
+    p.add_argument("--skip-reference", action="store_true", help="backfill only (no plain-loop reference)")
+    args = p.parse_args()
+    days = [FIRST_DAY + timedelta(days=i) for i in range(args.intervals)]
+    with session("backfill", keep=args.keep) as folder:
+        from airloop.config import get_settings, load_pipeline_config
+
+        state = folder / "state"
+        airflow("db", "migrate")
+        settings = use_state(state)
+        write_demo_history(settings)
+        config = load_pipeline_config(PIPELINE, settings)
+        if days[-1] >= config.schedule.end_date:
+            raise SystemExit(f"the demo history and schedule end at {config.schedule.end_date}: "
+                             f"at most {(config.schedule.end_date - FIRST_DAY).days} intervals from {FIRST_DAY}")
+        plain_training(config, FIRST_DAY.isoformat(), settings, window=28, n_trials=3, force=True, run_id="champion")
+        with serving_process(folder):
+            sent = replay(get_settings(), config, days)  # settings now carrying the serving URL
+        log(f"set-up done: champion, {sent} predictions over {len(days)} days")
+        plain = None
+        if not args.skip_reference:
+            plain_state = folder / "plain-state"
+            shutil.copytree(state, plain_state)
+            plain_settings = use_state(plain_state, data_dir=settings.data_dir)
+            plain = run_plain(config, plain_settings, days)
+            plain_rows = monitoring_rows(plain_settings, plain_state)
+            settings = use_state(state)
+        log(f"backfill of {len(days)} intervals starts")
+        dag = backfill_figures(run_backfill(folder, days))
+        dag_rows = monitoring_rows(settings, state)
+
+    first_q, last_q = quarters(dag["costs"])
+    per_interval = dag["total_s"] / len(days)
+    figures = {
+        "benchmark": "backfill",
+        "intervals": len(days),
+        "total_s": round(dag["total_s"], 1),
+        "per_interval_s": round(per_interval, 2),
+        "first_quarter_interval_s": first_q,
+        "last_quarter_interval_s": last_q,
+        "flatness": round(last_q / first_q, 2),
+        "run_s": dag["run_s"],
+        "task_s": dag["task_s"],
+        "queue_latency_s": dag["queue_latency_s"],
+        "gap_between_runs_s": dag["gap_between_runs_s"],
+        "scheduler_startup_s": round(dag["startup_s"], 1),
+        "run_states": dag["states"],
+        "retried_tasks": dag["retried_tasks"],
+    }
+    if plain is not None:
+        plain_first, plain_last = quarters(plain["costs"])
+        plain_per_interval = plain["total_s"] / len(days)
+        figures.update({
+            "plain_total_s": round(plain["total_s"], 1),
+            "plain_per_interval_s": round(plain_per_interval, 2),
+            "plain_first_quarter_interval_s": plain_first,
+            "plain_last_quarter_interval_s": plain_last,
+            "plain_task_s": plain["task_s"],
+            "overhead_ratio": round(per_interval / plain_per_interval, 2),
+            "results_match": same_rows(plain_rows, dag_rows),
+        })
+    figures["interval_s_spread"] = round(statistics.pstdev(dag["costs"]), 2)
+    emit(figures)
+
+
+if __name__ == "__main__":
+    main()
