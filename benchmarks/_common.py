@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,8 @@ for _path in (ROOT, ROOT / "include", ROOT / "plugins"):  # a plain `python benc
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from airloop.sandbox import isolated_environ, state_environ  # noqa: E402 - after the path fix
+from airloop.sandbox import free_port, isolated_environ, state_environ  # noqa: E402,F401 - after the path fix
+from airloop.sandbox import stop_process_groups as stop_group  # noqa: E402,F401
 
 PIPELINE = "claims_fraud"
 #: 1-minute load average when the benchmark started: other work on the 2 cores skews figures.
@@ -142,33 +142,6 @@ def start_group(argv: list[str], log_path: Path, env: dict[str, str] | None = No
                             start_new_session=True, cwd=ROOT)
 
 
-def stop_group(procs: list[subprocess.Popen], timeout: float = 30) -> None:
-    """SIGTERM each process group, SIGKILL what is left after ``timeout``."""
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for p in procs:
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(timeout=timeout)
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_http(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
     """Wait until ``url`` answers (any status below 500) while ``proc`` lives."""
     import httpx
@@ -193,3 +166,59 @@ def last_json_line(text: str) -> dict[str, Any]:
         if line.startswith("{"):
             return json.loads(line)
     raise ValueError(f"no JSON line in output:\n{text[-2000:]}")
+
+
+@contextmanager
+def serving_process(folder: Path) -> Iterator[str]:
+    """The real serving process (``airloop.cli.serving_argv``: uvicorn) on a free loopback port,
+    reachable by the DAGs' deploy task through ``AIRFLOW_CONN_AIRLOOP_SERVING``; yields its URL."""
+    from airloop.cli import serving_argv
+    from airloop.config import get_settings
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    os.environ.update({"AIRLOOP_SERVING_HOST": "127.0.0.1", "AIRLOOP_SERVING_PORT": str(port), "AIRLOOP_SERVING_URL": url})
+    os.environ["AIRFLOW_CONN_AIRLOOP_SERVING"] = f"http://:{os.environ['AIRLOOP_ADMIN_TOKEN']}@127.0.0.1:{port}"
+    _clear_caches()
+    get_settings()
+    proc = start_group(serving_argv(), folder / f"serving-{port}.log")
+    try:
+        wait_http(f"{url}/health", proc)
+        yield url
+    finally:
+        stop_group([proc])
+
+
+def plain_training(config, as_of: str, settings, *, window: int | None = None, n_trials: int | None = None,
+                   timeout_s: int | None = None, force: bool = False, endpoint=None,
+                   run_id: str = "plain") -> tuple[dict[str, Any], dict[str, float]]:
+    """The training DAG's stages called one after the other in this process (workers in turn,
+    as ``dag.test`` runs them): (outputs by stage, seconds by stage). ``endpoint`` (a
+    :class:`airloop.deploy.ServingEndpoint`): also deploy, as the DAG's last task does."""
+    from airloop import stages
+
+    context = {"dag_id": f"{config.name}__train", "dag_run_id": run_id, "run_type": "manual", "as_of": as_of,
+               "trigger_reason": ""}
+    out: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+
+    def step(name: str, fn: Callable[[], Any]) -> Any:
+        out[name], took = timed(fn)
+        seconds[name] = seconds.get(name, 0.0) + took
+        return out[name]
+
+    snapshot = step("extract", lambda: stages.extract(config, as_of, settings, window=window))
+    validation = step("validate", lambda: stages.validate(config, snapshot, settings))
+    plan = step("prepare_study", lambda: stages.prepare_training(config, snapshot, validation, settings, context,
+                                                                 n_trials=n_trials, timeout_s=timeout_s))
+    for worker in plan["workers"]:
+        step("train_trials", lambda: stages.train_worker(config, snapshot, plan, worker, settings))
+    evaluation = step("evaluate", lambda: stages.evaluate(config, snapshot, plan, settings))
+    registration = step("register", lambda: stages.register(config, snapshot, validation, plan, evaluation, settings,
+                                                            context))
+    promotion = step("promote", lambda: stages.promote(config, registration, evaluation, settings, "benchmark",
+                                                       context, force=force))
+    if endpoint is not None and promotion.get("promoted"):
+        step("deploy", lambda: stages.deploy(config, promotion, snapshot, endpoint, settings, actor="benchmark",
+                                             run_context=context))
+    return out, seconds

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from airloop.sandbox import isolated_environ  # imports no Airflow: the environment is set first
+from airloop.sandbox import free_port, isolated_environ  # noqa: F401 - imports no Airflow: the environment is set first
 
 ROOT = Path(__file__).resolve().parent.parent
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="airloop-test-"))
@@ -64,13 +63,6 @@ def airflow_db():
                             env=os.environ.copy(), timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ServerThread:

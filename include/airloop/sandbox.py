@@ -7,8 +7,12 @@ these variables before anything imports Airflow or airloop, and remove the folde
 
 from __future__ import annotations
 
+import os
 import secrets
-from collections.abc import Mapping
+import signal
+import socket
+import subprocess
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 #: The variables that locate airloop's own state (data, MLflow, monitoring store, Optuna).
@@ -62,3 +66,30 @@ def isolated_environ(root: Path, session: Path, secret_values: Mapping[str, str]
         "DO_NOT_TRACK": "true",
         "GX_ANALYTICS_ENABLED": "false",
     }
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback (for a throwaway server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process_groups(procs: Iterable[subprocess.Popen], timeout: float = 30) -> None:
+    """Stop processes started with ``start_new_session=True`` and everything they started:
+    SIGTERM to each process group, SIGKILL to what is left after ``timeout`` seconds."""
+    procs = list(procs)
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=timeout)
