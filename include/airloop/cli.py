@@ -2,7 +2,7 @@
 
 Commands:
   init        create the state folder, generate secrets, migrate the monitoring and MLflow stores
-  simulate    write the demo history (daily partitions) for the claims_fraud pipeline
+  simulate    write the demo history (daily partitions) of a demo pipeline (--pipeline ticket_triage)
   serve       run the serving process in the foreground (uvicorn)
   start-serving / stop-serving   the same in the background (pid file in the state folder)
   train       run a pipeline's training DAG for one as-of day through Airflow (dag.test)
@@ -108,15 +108,32 @@ def _init_mlflow(settings: Settings) -> None:
 
 
 def cmd_simulate(args) -> int:
-    """Write the demo history for the claims_fraud pipeline."""
+    """Write the demo history of a pipeline that has a simulated dataset (``simulator.DATASETS``)
+    where its source reads it: the source's own file pattern, or the dataset's file name inside a
+    glob pattern (checked: the source must find the files written)."""
     from airloop.config import resolve_source_path
-    from airloop.simulator import DEFAULT_START, write_history
+    from airloop.data import GLOB_CHARS, source_files
+    from airloop.simulator import DATASETS, write_history
 
     settings = get_settings()
     config = load_pipeline_config(args.pipeline, settings)
+    if config.name not in DATASETS:
+        print(f"no demo data generator for pipeline {config.name!r} (have: {', '.join(sorted(DATASETS))})", file=sys.stderr)
+        return 2
+    demo = DATASETS[config.name]
+    if config.source.kind != "files" or not config.source.partitioned:
+        print(f"{config.name}: the demo data is written as daily files; source.partition needs a {{date}} pattern",
+              file=sys.stderr)
+        return 2
     root = resolve_source_path(config, settings)
-    files = write_history(root, start=DEFAULT_START, days=args.days, seed=args.seed, fmt=config.source.format,
-                          pattern=config.source.partition)
+    concrete = not GLOB_CHARS & set(config.source.partition or "")
+    files = write_history(root, start=demo.start, days=args.days or demo.days, seed=args.seed,
+                          fmt=config.source.format, pattern=config.source.partition if concrete else demo.pattern,
+                          dataset=config.name)
+    if files and files[0] not in source_files(config, settings, demo.start):
+        print(f"{config.name}: wrote {files[0]}, which the source pattern {config.source.pattern!r} does not match",
+              file=sys.stderr)
+        return 1
     print(f"wrote {len(files)} daily partitions to {root}")
     return 0
 
@@ -568,8 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("init").set_defaults(func=cmd_init)
     p = sub.add_parser("simulate")
-    p.add_argument("--pipeline", default="claims_fraud")
-    p.add_argument("--days", type=int, default=150)
+    p.add_argument("--pipeline", default="claims_fraud", help="a pipeline with a simulated dataset")
+    p.add_argument("--days", type=int, default=None, help="days of history (default: the dataset's)")
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_simulate)
     sub.add_parser("serve").set_defaults(func=cmd_serve)

@@ -609,7 +609,8 @@ def load_pipeline_config(name_or_path: str | Path, settings: Settings | None = N
     if not path.is_file():
         raise ConfigError(f"{path}: pipeline file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        # libyaml when available: ~10x faster, and every DAG file parses every pipeline file
+        raw = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return parse_pipeline_config(raw, path)

@@ -14,12 +14,18 @@ Scripted events (dates in :data:`DEFAULT_EVENTS`, also written to ``events.json`
 * ``concept_drift``: from that day on, fraud behaves differently (police reports stop being
   protective; fraud shifts to small glass claims filed quickly) — the inputs barely move, but a
   model's accuracy drops once the delayed labels arrive.
+
+A second dataset, support-ticket triage (:func:`generate_ticket_day`, multi-class: which of five
+queues a ticket belongs to), drives the ``ticket_triage`` pipeline. :data:`DATASETS` maps each
+demo pipeline to its generator, calendar, events and file layout (``airloop simulate --pipeline``).
 """
 
 from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -130,26 +136,130 @@ def partition_path(root: Path, pattern: str, day: date) -> Path:
     return root / pattern.format(date=day.isoformat())
 
 
+TICKET_QUEUES = ["billing", "technical", "account", "sales", "feedback"]
+TICKET_CHANNELS = ["email", "chat", "web_form", "phone"]
+TICKET_TIERS = ["free", "pro", "enterprise"]
+TICKET_PRODUCTS = ["web_app", "mobile_app", "api", "payments"]
+TICKET_LANGUAGES = ["en", "de", "fr", "es"]
+TICKET_START = date(2026, 1, 1)
+TICKET_DAYS = 120
+TICKET_EVENTS: dict[str, date] = {"covariate_shift": date(2026, 3, 18)}
+
+
+def generate_ticket_day(day: date, seed: int = 7, events: dict[str, date] | None = None) -> pd.DataFrame:
+    """Return the support tickets opened on ``day`` (deterministic for ``seed`` and ``events``).
+
+    One row is one ticket: thirteen numeric and categorical features, the creation timestamp,
+    the queue it was triaged to (``billing``, ``technical``, ``account``, ``sales``,
+    ``feedback``: a multinomial logit of the features) and when the triage became known (an hour
+    to five days later). Weekends are quieter. ``covariate_shift`` (an API product launch in a
+    new market): from that day on more tickets are about the API, in German, through chat,
+    longer and with more error codes; the queue a given ticket belongs to does not change.
+    """
+    events = TICKET_EVENTS if events is None else events
+    rng = np.random.default_rng([seed, day.toordinal(), zlib.crc32(b"airloop-tickets")])
+    shifted = "covariate_shift" in events and day >= events["covariate_shift"]
+    n = int(rng.poisson(320 * (0.6 if day.weekday() >= 5 else 1.0)))
+
+    channel = rng.choice(TICKET_CHANNELS, n, p=[0.25, 0.5, 0.15, 0.1] if shifted else [0.45, 0.25, 0.2, 0.1])
+    tier = rng.choice(TICKET_TIERS, n, p=[0.5, 0.35, 0.15])
+    product = rng.choice(TICKET_PRODUCTS, n, p=[0.3, 0.15, 0.4, 0.15] if shifted else [0.45, 0.25, 0.1, 0.2])
+    language = rng.choice(TICKET_LANGUAGES, n, p=[0.4, 0.35, 0.15, 0.1] if shifted else [0.6, 0.15, 0.15, 0.1])
+    account_age_days = np.clip(rng.gamma(1.5, 400, n), 0, 10_000).astype(int)
+    seats = np.where(tier == "enterprise", rng.poisson(120, n) + 10, np.where(tier == "pro", rng.poisson(8, n) + 1, 1))
+    tickets_last_30d = rng.poisson(1.2, n)
+    attachments = rng.poisson(0.5, n)
+    error_codes = rng.poisson((0.3 + 0.9 * (product == "api")) * (1.5 if shifted else 1.0))
+    invoice_mentions = rng.poisson(0.35, n)
+    body_words = np.clip(rng.lognormal(4.3, 0.6, n) * (1.5 if shifted else 1.0), 3, 5000).astype(int)
+    subject_words = np.clip(rng.poisson(7, n) + 1, 1, 40)
+    sentiment = np.round(np.clip(rng.normal(-0.1, 0.4, n), -1, 1), 3)
+
+    logits = 2.0 * np.column_stack([
+        -0.6 + 1.6 * invoice_mentions + 1.0 * (product == "payments") + 0.4 * (tier == "free"),
+        -0.3 + 0.9 * error_codes + 0.9 * (product == "api") + 0.5 * attachments + 0.5 * np.log(body_words / 80),
+        -0.1 + 1.5 * (account_age_days < 30) + 0.6 * (channel == "phone") + 0.3 * tickets_last_30d,
+        -0.7 + 1.4 * (tier == "enterprise") + 0.008 * np.minimum(seats, 200) + 0.8 * (sentiment > 0.3),
+        -0.5 + 1.8 * np.abs(sentiment) + 0.8 * (channel == "web_form") - 0.5 * attachments,
+    ])
+    proba = np.exp(logits - logits.max(axis=1, keepdims=True))
+    proba /= proba.sum(axis=1, keepdims=True)
+    queue = np.array(TICKET_QUEUES)[(rng.random((n, 1)) > proba.cumsum(axis=1)).sum(axis=1).clip(0, len(TICKET_QUEUES) - 1)]
+
+    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    created_ts = pd.to_datetime(start) + pd.to_timedelta(np.sort(rng.integers(0, 86_400, n)), unit="s")
+    triage_delay = pd.to_timedelta(np.clip(0.04 + rng.exponential(0.8, n), 0.04, 5) * 86_400, unit="s")
+    return pd.DataFrame(
+        {
+            "ticket_id": [f"T{day:%Y%m%d}-{i:05d}" for i in range(n)],
+            "created_ts": created_ts,
+            "channel": channel,
+            "customer_tier": tier,
+            "product": product,
+            "language": language,
+            "account_age_days": account_age_days,
+            "seats": seats,
+            "tickets_last_30d": tickets_last_30d,
+            "attachments": attachments,
+            "error_codes": error_codes,
+            "invoice_mentions": invoice_mentions,
+            "body_words": body_words,
+            "subject_words": subject_words,
+            "sentiment": sentiment,
+            "queue": queue,
+            "triaged_ts": (created_ts + triage_delay).floor("s"),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class DemoDataset:
+    """A simulated dataset: its day generator, calendar, scripted events and file layout."""
+
+    generate: Callable[..., pd.DataFrame]
+    start: date
+    days: int
+    events: dict[str, date]
+    fmt: str
+    pattern: str
+
+
+#: Demo pipeline name -> its simulated dataset.
+DATASETS: dict[str, DemoDataset] = {
+    "claims_fraud": DemoDataset(generate_day, DEFAULT_START, DEFAULT_DAYS, DEFAULT_EVENTS, "csv", "dt={date}/claims.csv"),
+    "ticket_triage": DemoDataset(generate_ticket_day, TICKET_START, TICKET_DAYS, TICKET_EVENTS, "parquet",
+                                 "dt={date}/part-0.parquet"),
+}
+
+
 def write_history(
     root: Path,
-    start: date = DEFAULT_START,
-    days: int = DEFAULT_DAYS,
+    start: date | None = None,
+    days: int | None = None,
     seed: int = 7,
-    fmt: str = "csv",
-    pattern: str = "dt={date}/claims.csv",
+    fmt: str | None = None,
+    pattern: str | None = None,
     events: dict[str, date] | None = None,
+    dataset: str = "claims_fraud",
 ) -> list[Path]:
-    """Write ``days`` daily partitions from ``start`` under ``root``; return the files written.
+    """Write ``days`` daily partitions of ``dataset`` (see :data:`DATASETS`) from ``start`` under
+    ``root``; return the files written. Arguments left ``None`` take the dataset's own values
+    (the claims defaults: 150 days from 2026-01-01, CSV, ``dt={date}/claims.csv``).
 
     Files are written atomically (temp file + rename) and rewritten identically on a re-run.
     ``events.json`` next to the partitions records the scripted event dates.
     """
-    events = DEFAULT_EVENTS if events is None else events
+    demo = DATASETS[dataset]
+    start = demo.start if start is None else start
+    days = demo.days if days is None else days
+    fmt = fmt or demo.fmt
+    pattern = pattern or demo.pattern
+    events = demo.events if events is None else events
     root.mkdir(parents=True, exist_ok=True)
     written = []
     for offset in range(days):
         day = start + timedelta(days=offset)
-        frame = generate_day(day, seed=seed, events=events)
+        frame = demo.generate(day, seed=seed, events=events)
         path = partition_path(root, pattern, day)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
