@@ -4,7 +4,7 @@ How: a fresh state folder gets the demo history and one champion trained by the 
 (``plain_training``: extract, validate, a 3-trial Optuna study, evaluate, register, promote) in
 an isolated MLflow store. Three servers then run side by side, each one uvicorn worker:
 
-* ``ours``: ``airloop.cli.serving_argv()`` (uvicorn on ``airloop.serving:create_app``), prediction
+* ``ours``: uvicorn on ``airloop.serving:create_app`` (the options of ``airloop.cli.serving_argv``), prediction
   logging on (every record enqueued and written to the SQLite monitoring store by the logger
   thread);
 * ``ours_off``: the same command on :func:`app_without_logging` (``create_app(log_predictions=False)``);
@@ -169,29 +169,29 @@ def wait_drained(url: str, seconds: float = 300) -> float:
     raise RuntimeError(f"prediction log not drained within {seconds:.0f} s: {logger_stats(url)}")
 
 
-def start_servers(folder: Path, settings, version: str) -> tuple[dict[str, str], list[subprocess.Popen]]:
-    """Start ours (logging on and off) and mlflow models serve; wait until each answers."""
-    from airloop.cli import serving_argv
+def ours_argv(port: int, factory: str = "airloop.serving:create_app") -> list[str]:
+    """uvicorn on our serving app, with the options of ``airloop.cli.serving_argv`` (1 worker, no access log)."""
+    return [sys.executable, "-m", "uvicorn", "--factory", factory, "--app-dir", str(ROOT / "benchmarks"),
+            "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
 
+
+def start_servers(folder: Path, model: str, version: str) -> tuple[dict[str, str], list[subprocess.Popen]]:
+    """Start ours (logging on and off) and mlflow models serve; wait until each answers."""
     procs: dict[str, subprocess.Popen] = {}
     urls: dict[str, str] = {}
     for name in ("ours", "ours_off", "mlflow"):
         port = free_port()
         urls[name] = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "AIRLOOP_SERVING_HOST": "127.0.0.1", "AIRLOOP_SERVING_PORT": str(port)}
+        env = dict(os.environ)
         if name == "mlflow":
             argv = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m",
-                    f"models:/{PIPELINE}/{version}", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+                    f"models:/{model}/{version}", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
                     "-w", "1"]
             env |= {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true", "UVICORN_ACCESS_LOG": "false",
                     "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],  # it execs `uvicorn` from PATH:
                     "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))}
         else:
-            os.environ.update(env)
-            argv = serving_argv()
-            if name == "ours_off":
-                i = argv.index("airloop.serving:create_app")
-                argv[i:i + 1] = ["--app-dir", str(ROOT / "benchmarks"), "serving:app_without_logging"]
+            argv = ours_argv(port, "serving:app_without_logging" if name == "ours_off" else "airloop.serving:create_app")
         procs[name] = start_group(argv, folder / f"{name}.log", env)
     try:
         for name, url in urls.items():
@@ -218,7 +218,7 @@ def check_answers(urls: dict[str, str], records: list[dict[str, Any]]) -> None:
 
 PROFILED = """
 import cProfile, signal, sys, uvicorn
-out, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out = sys.argv[1]
 profile = cProfile.Profile()
 def stop(*_):  # uvicorn re-raises SIGTERM after its graceful shutdown: dump, then exit
     profile.disable()
@@ -226,19 +226,19 @@ def stop(*_):  # uvicorn re-raises SIGTERM after its graceful shutdown: dump, th
     sys.exit(0)
 signal.signal(signal.SIGTERM, stop)
 signal.signal(signal.SIGUSR1, lambda *_: profile.enable())  # after start-up and a warm-up
-uvicorn.run("airloop.serving:create_app", factory=True, host=host, port=port, access_log=False)
+uvicorn.main(sys.argv[2:])
 """
 
 
 def profile_ours(folder: Path, bodies: Path, script: Path, seconds: int) -> None:
-    """Ours (logging on; uvicorn.run with serving_argv's options) under cProfile for one
+    """Ours (logging on; the same uvicorn options) under cProfile for one
     single-record run (not measured: cProfile slows it); top functions on stderr."""
     import pstats
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     out = folder / "ours.prof"
-    proc = start_group([sys.executable, "-c", PROFILED, str(out), "127.0.0.1", str(port)], folder / "ours-profile.log")
+    proc = start_group([sys.executable, "-c", PROFILED, str(out), *ours_argv(port)[3:]], folder / "ours-profile.log")
     try:
         wait_http(f"{url}/ready", proc, seconds=180)
         run_wrk(f"{url}/predict", bodies, script, WARMUP_S)
@@ -273,7 +273,7 @@ def main() -> None:
         bodies = write_bodies(folder, records)
         script = folder / "post.lua"
         script.write_text(LUA)
-        urls, procs = start_servers(folder, settings, version)
+        urls, procs = start_servers(folder, out["register"]["model_name"], version)
         try:
             import httpx
 
@@ -311,7 +311,7 @@ def main() -> None:
         return median([r[key] for r in runs[name, kind]])
 
     figures: dict[str, Any] = {"benchmark": "serving", "model_version": version,
-                               "model": described.get("tags", {}).get("model_family")}
+                               "model": described["tags"].get("airloop.estimator")}
     for kind, prefix in (("single", ""), ("batch", "batch_")):
         ours, off, theirs = fig("ours", kind, "rps"), fig("ours_off", kind, "rps"), fig("mlflow", kind, "rps")
         figures |= {
