@@ -278,7 +278,7 @@ def main() -> None:
             import httpx
 
             described = httpx.get(f"{urls['ours']}/model", timeout=10).json()
-            log(f"serving {PIPELINE} v{version}: {described.get('tags', {}).get('model_family', described)}")
+            log(f"serving {PIPELINE} v{version}: {described['tags'].get('airloop.estimator')}")
             check_answers(urls, records)
             targets = {name: (f"{url}/invocations" if name == "mlflow" else f"{url}/predict")
                        for name, url in urls.items()}
