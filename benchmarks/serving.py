@@ -179,21 +179,21 @@ def start_servers(folder: Path, model: str, version: str) -> tuple[dict[str, str
     """Start ours (logging on and off) and mlflow models serve; wait until each answers."""
     procs: dict[str, subprocess.Popen] = {}
     urls: dict[str, str] = {}
-    for name in ("ours", "ours_off", "mlflow"):
-        port = free_port()
-        urls[name] = f"http://127.0.0.1:{port}"
-        env = dict(os.environ)
-        if name == "mlflow":
-            argv = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m",
-                    f"models:/{model}/{version}", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
-                    "-w", "1"]
-            env |= {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true", "UVICORN_ACCESS_LOG": "false",
-                    "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],  # it execs `uvicorn` from PATH:
-                    "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))}
-        else:
-            argv = ours_argv(port, "serving:app_without_logging" if name == "ours_off" else "airloop.serving:create_app")
-        procs[name] = start_group(argv, folder / f"{name}.log", env)
     try:
+        for name in ("ours", "ours_off", "mlflow"):
+            port = free_port()
+            urls[name] = f"http://127.0.0.1:{port}"
+            env = dict(os.environ)
+            if name == "mlflow":
+                argv = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m",
+                        f"models:/{model}/{version}", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+                        "-w", "1"]
+                env |= {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true", "UVICORN_ACCESS_LOG": "false",
+                        "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],  # it execs `uvicorn` from PATH:
+                        "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))}
+            else:
+                argv = ours_argv(port, "serving:app_without_logging" if name == "ours_off" else "airloop.serving:create_app")
+            procs[name] = start_group(argv, folder / f"{name}.log", env)
         for name, url in urls.items():
             wait_http(f"{url}/ping" if name == "mlflow" else f"{url}/ready", procs[name], seconds=180)
     except Exception:
