@@ -438,7 +438,9 @@ def q_airflow(argv):
     listens = []
     if argv[:1] == ["api-server"]:
         spec = Path(airflow.__file__).parent / "api_fastapi" / "core_api" / "openapi" / "v2-rest-api-generated.yaml"
-        listens.append([args.host, int(args.port), sorted(yaml.safe_load(spec.read_text())["paths"])])
+        paths = yaml.safe_load(spec.read_text())["paths"]  # those a probe without credentials can GET
+        listens.append([args.host, int(args.port),
+                        sorted(p for p, ops in paths.items() if "get" in ops and not ops["get"].get("security"))])
     if argv[:1] == ["scheduler"] and conf.getboolean("scheduler", "enable_health_check"):
         from airflow.utils import scheduler_health
         paths = ["/health"] if '"/health"' in inspect.getsource(scheduler_health) else []
@@ -853,7 +855,7 @@ def test_broken_variables_are_reported(docker_copy):
 
 
 def broken_commands(compose: dict) -> dict:
-    """A copy of ``compose`` whose commands and health checks are wrong in ten ways."""
+    """A copy of ``compose`` whose commands and health checks are wrong in eleven ways."""
     broken = copy.deepcopy(compose)
     services = broken["services"]
     services["airflow-scheduler"]["command"] = ["schedulr"]
@@ -866,7 +868,7 @@ def broken_commands(compose: dict) -> dict:
     mlflow = services["mlflow"]["command"]
     mlflow[2] = mlflow[2].replace("--port 5000", "--prot 5000").replace("$AIRLOOP_MLFLOW_BACKEND_STORE_URI", "$MLFLOW_DB")
     services["airflow-init"]["command"][2] += "python /opt/airflow/docker/missing.py\nnode x.js\n"
-    services["airflow-apiserver"]["healthcheck"]["test"] = ["CMD", "curl", "--fail", "http://localhost:8080/api/v2/verzion"]
+    services["airflow-apiserver"]["healthcheck"]["test"] = ["CMD", "curl", "--fail", "http://localhost:8080/api/v2/dags"]  # needs a token
     services["postgres"]["healthcheck"]["test"] = ["CMD", "psql", "-c", "select 1"]
     return broken
 
@@ -911,7 +913,7 @@ def test_broken_commands_are_reported(docker_copy, introspected):
         "mlflow: command uses $MLFLOW_DB, which the container does not define",
         "/opt/airflow/docker/missing.py, which the Dockerfile does not copy",
         "airflow-init: command runs node",
-        "airflow-apiserver serves no /api/v2/verzion",
+        "airflow-apiserver serves no /api/v2/dags",
         "postgres: healthcheck runs psql, which image postgres does not provide",
     )
     # the intact services are not blamed
