@@ -180,7 +180,7 @@ def abtest_dag(pipeline: str):
                     alpha=float(params["alpha"]), min_samples=int(params["min_samples"]),
                     max_duration_days=float(params["max_duration_days"]), tenant=params["tenant"],
                     challenger_version=params["challenger_version"], test_id=params["test_id"])
-            result["serving"] = refresh_abtest(ServingHook().endpoint)
+            result["serving"] = refresh_abtest(ServingHook().endpoint.for_pipeline(config))
             return result
 
         apply()

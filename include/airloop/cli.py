@@ -56,6 +56,15 @@ def ensure_secrets(settings: Settings) -> dict[str, str]:
     for key, make in defaults.items():
         if not values.get(key):
             values[key] = make()
+    # one serving token per named tenant of the pipeline files (kept once generated); the
+    # "default" tenant (single-tenant use) stays open unless AIRLOOP_TENANT_TOKENS names it
+    from airloop.config import load_all_pipelines, parse_tenant_tokens
+
+    tokens = parse_tenant_tokens(values.get("AIRLOOP_TENANT_TOKENS"))
+    named = {c.tenant for c in load_all_pipelines(settings)[0] if c.tenant != "default"}
+    for tenant in sorted(named - set(tokens)):
+        tokens[tenant] = secrets.token_urlsafe(32)
+    values["AIRLOOP_TENANT_TOKENS"] = ",".join(f"{t}={v}" for t, v in sorted(tokens.items()))
     host = os.environ.get("AIRLOOP_SERVING_HOST", "127.0.0.1")
     port = os.environ.get("AIRLOOP_SERVING_PORT", "8000")
     values["AIRFLOW_CONN_AIRLOOP_SERVING"] = f"http://:{values['AIRLOOP_ADMIN_TOKEN']}@{host}:{port}"
@@ -147,7 +156,7 @@ def serving_argv() -> list[str]:
     """The uvicorn command line of the serving process."""
     host = os.environ.get("AIRLOOP_SERVING_HOST", "127.0.0.1")
     port = os.environ.get("AIRLOOP_SERVING_PORT", "8000")
-    return [sys.executable, "-m", "uvicorn", "--factory", "airloop.serving:create_app",
+    return [sys.executable, "-m", "uvicorn", "--factory", "airloop.gateway:create_gateway",
             "--host", host, "--port", port, "--no-access-log"]
 
 

@@ -24,8 +24,15 @@ class ServingEndpoint:
     token: str | None
 
     def headers(self) -> dict[str, str]:
-        """Admin authorisation header for /reload."""
+        """Admin authorisation header (``/reload``; also accepted by every tenant's routes)."""
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def for_pipeline(self, config: Any) -> "ServingEndpoint":
+        """The pipeline's own routes in the serving process: ``<url>/t/<tenant>/<pipeline>``."""
+        from airloop.gateway import tenant_route
+
+        route = tenant_route(config)
+        return self if self.url.endswith(route) else ServingEndpoint(f"{self.url.rstrip('/')}{route}", self.token)
 
 
 def reload_alias(endpoint: ServingEndpoint, alias: str, timeout: float = 120.0) -> dict[str, Any]:
@@ -64,11 +71,11 @@ def smoke_test(endpoint: ServingEndpoint, expected_version: str, records: list[d
     import httpx
 
     try:
-        info = httpx.get(f"{endpoint.url}/model", timeout=timeout)
+        info = httpx.get(f"{endpoint.url}/model", timeout=timeout, headers=endpoint.headers())
         ready = httpx.get(f"{endpoint.url}/ready", timeout=timeout)
         # Own tenant: smoke traffic is logged but never mixed into the monitored traffic.
         pred = httpx.post(f"{endpoint.url}/predict", json={"records": records}, timeout=timeout,
-                          headers={"X-Tenant": SMOKE_TENANT})
+                          headers={"X-Tenant": SMOKE_TENANT, **endpoint.headers()})
     except httpx.HTTPError as err:
         raise DeployError(f"smoke test: serving at {endpoint.url} unreachable: {err}") from err
     if ready.status_code != 200:

@@ -349,6 +349,7 @@ def reload_serving(config: PipelineConfig, settings: Settings, endpoint: Any, ve
     """Make serving load the champion and check it answers with ``version`` (smoke test)."""
     from airloop.deploy import reload_alias, smoke_test
 
+    endpoint = endpoint.for_pipeline(config)
     reload_alias(endpoint, CHAMPION)
     return smoke_test(endpoint, version, smoke_inputs(config, settings, version))
 
@@ -594,7 +595,7 @@ def run_ab_evaluations(config: PipelineConfig, settings: Settings, start: dateti
             if outcome["promotion"]["promoted"] and endpoint is not None:
                 outcome["serving"] = reload_serving(config, settings, endpoint, test.challenger_version)
         if outcome["status"] != "running" and endpoint is not None:
-            outcome["refresh"] = refresh_abtest(endpoint)
+            outcome["refresh"] = refresh_abtest(endpoint.for_pipeline(config))
         log.info("A/B test %s: %s (%s)", test.test_id, outcome["decision"] or "continue", outcome["status"])
         outcomes.append(outcome)
     return outcomes

@@ -137,7 +137,10 @@ def register_version(client, model_name: str, model_uri: str, run_id: str, key: 
         client.create_registered_model(model_name, tags={"airloop.pipeline": tags.get("airloop.pipeline", "")})
     except MlflowException:
         pass  # exists
-    version = client.create_model_version(model_name, model_uri, run_id=run_id, tags={**tags, KEY_TAG: key})
+    # a logged model's URI (models:/m-<id>) names its LoggedModel; a tracking server requires the id
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    version = client.create_model_version(model_name, model_uri, run_id=run_id, tags={**tags, KEY_TAG: key},
+                                          model_id=model_id)
     return version
 
 

@@ -969,11 +969,12 @@ def check_admin_token(authorization: str | None, admin_token: str | None) -> int
 _TENANT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:@-")
 
 
-def request_tenant(request: Request) -> str:
-    """The ``X-Tenant`` header (default ``"default"``); 422 unless 1-100 of ``[A-Za-z0-9_.:@-]``."""
+def request_tenant(request: Request, default: str = DEFAULT_TENANT) -> str:
+    """The ``X-Tenant`` header (default: the pipeline's tenant); 422 unless 1-100 of
+    ``[A-Za-z0-9_.:@-]``. Which values a route accepts is checked by :mod:`airloop.gateway`."""
     tenant = request.headers.get("x-tenant", "").strip()
     if not tenant:
-        return DEFAULT_TENANT
+        return default
     if len(tenant) > 100 or not set(tenant) <= _TENANT_CHARS:
         raise RecordValidationError([{
             "record": None, "field": "X-Tenant",
@@ -1301,11 +1302,11 @@ def _add_routes(
         tests = manager.tests
         started = time.perf_counter()
         parsed: PredictRequest | None = None
-        tenant = DEFAULT_TENANT
+        tenant = manager.config.tenant
         active: ActiveTest | None = None
         background = None
         try:
-            tenant = request_tenant(request)
+            tenant = request_tenant(request, manager.config.tenant)
             active = tests.get(tenant) if tests else None
             parsed = parse_predict_request(await request.body())
             run: Callable[..., list[dict[str, Any]]] = serve
@@ -1338,7 +1339,7 @@ def _add_routes(
         """Labels for earlier predictions: ``{"request_id", "label", "label_ts"?}`` or
         ``{"items": [...]}``, upserted into ``ground_truth`` (503 when the store is down)."""
         try:
-            tenant = request_tenant(request)
+            tenant = request_tenant(request, manager.config.tenant)
             items = parse_feedback_body(await request.body(), manager.config)
         except RecordValidationError as err:
             return _json({"detail": err.errors}, err.status_code)
@@ -1543,4 +1544,7 @@ def create_app(
     app.state.shadow_logger = shadow_logger
     _add_routes(app, manager, metrics, settings, prediction_logger, shadow_logger, ab_tests)
     app.add_middleware(_RequestCounter, metrics=metrics)
+    from airloop.gateway import add_tenant_guard
+
+    add_tenant_guard(app, config, settings)  # /t/<tenant>/<pipeline> routes, tenant token, tenant rows
     return app

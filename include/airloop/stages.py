@@ -357,6 +357,7 @@ def deploy(config: PipelineConfig, promotion: dict[str, Any], snapshot: dict[str
     from airloop import registry
     from airloop.deploy import DeployError, reload_alias, smoke_test
 
+    endpoint = endpoint.for_pipeline(config)  # /t/<tenant>/<pipeline> in the serving process
     client = registry.get_client(settings)
     champion_version = registry.alias_version(client, config.model_name, registry.CHAMPION)
     if champion_version is None:

@@ -136,9 +136,21 @@ def cluster(tmp_path_factory):
                     ["dags", "unpause", "claims_fraud__monitor"]):
             out = subprocess.run([*airflow, *cmd], env=env, capture_output=True, text=True, timeout=300)
             assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-        for component in topology.airflow_components(ports["api"], workers=2, worker_concurrency=1):
-            if component.name != "triggerer":  # nothing here defers; spare the two cores
-                start(component)
+        components = {c.name: c for c in topology.airflow_components(ports["api"], workers=2, worker_concurrency=1)}
+        start(components.pop("api-server"))  # workers' task processes report to it: start it first
+        deadline = time.monotonic() + 180
+        while True:
+            assert procs["api-server"].poll() is None, (logs / "api-server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{ports['api']}/api/v2/monitor/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "api-server did not start"
+            time.sleep(1)
+        components.pop("triggerer")  # nothing here defers; spare the two cores
+        for component in components.values():
+            start(component)
         yield {"env": env, "settings": settings, "config": config, "dbs": dbs, "logs": logs, "procs": procs,
                "airflow": airflow}
     finally:

@@ -130,6 +130,7 @@ def _log_version(
     metrics: dict[str, float] | None = None,
     tags: dict[str, str] | None = None,
     predictions: Any = None,
+    registered_name: str = PIPELINE,
 ) -> Any:
     """Log ``model`` like the training DAG does, and register it as a new version."""
     if serialization_format == "skops" and trusted is None:
@@ -152,7 +153,7 @@ def _log_version(
     # its SQLAlchemy registry store), so registration also happens inside _tracking_uri().
     with _tracking_uri(uri):
         return registry_client.create_model_version(
-            PIPELINE, source=info.model_uri, run_id=run.info.run_id, model_id=info.model_id, tags=tags
+            registered_name, source=info.model_uri, run_id=run.info.run_id, model_id=info.model_id, tags=tags
         )
 
 
