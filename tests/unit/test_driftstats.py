@@ -201,6 +201,21 @@ def test_wasserstein_and_ks_of_an_exact_profile_equal_scipy():
     assert ds.ks_pvalue(exact, np.sort(y)) == pytest.approx(stats.ks_2samp(x, y).pvalue, rel=1e-9)
 
 
+@pytest.mark.parametrize("max_points", [100_000, 10_000], ids=["exact", "grid"])
+def test_blockwise_merge_equals_a_single_block(max_points):
+    """The ECDF merge runs in blocks of current values; block edges (ties across them, reference
+    points beyond either end) change nothing."""
+    rng = np.random.default_rng(8)
+    x = np.concatenate([np.round(rng.normal(size=30_000), 3), rng.normal(size=15_000)])
+    y = np.sort(np.concatenate([np.round(rng.normal(0.2, 1.3, size=4_000), 2), [-9.0, 9.0]]))
+    profile = ds.profile_numeric(x, max_points=max_points)
+    assert profile.exact is (max_points == 100_000)
+    whole = ds.wasserstein(profile, y, block=10**9), ds.ks_statistic(profile, y, block=10**9)
+    for block in (1, 7, 500, 3_999):
+        assert ds.wasserstein(profile, y, block=block) == pytest.approx(whole[0], rel=1e-12)
+        assert ds.ks_statistic(profile, y, block=block) == pytest.approx(whole[1], rel=1e-12)
+
+
 @pytest.mark.parametrize("data", [np.array([3.0] * 10), np.arange(7.0), np.linspace(-1e6, 1e-3, 4097),
                                   np.random.default_rng(1).lognormal(size=12_345)])
 def test_sturges_edges_equal_numpys(data):
