@@ -176,6 +176,7 @@ def image_key(service: dict) -> str:
 
 
 def environment(service: dict) -> dict[str, str]:
+    """The service's environment as a ``{name: value}`` dict (list form accepted)."""
     env = service.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
@@ -247,7 +248,7 @@ def service_argvs(name: str, service: dict) -> tuple[list[tuple[str, list[str]]]
     return out, problems
 
 
-def dockerfile_copies(context: Path, dockerfile: Path) -> dict[str, str]:
+def dockerfile_copies(dockerfile: Path) -> dict[str, str]:
     """``{destination in the image: source in the context}`` of the Dockerfile's COPY lines."""
     copies = {}
     for line in dockerfile.read_text().splitlines():
@@ -323,7 +324,7 @@ def check_files(compose: dict, compose_dir: Path) -> list[str]:
             if not dockerfile.is_file():
                 problems.append(f"{name}: Dockerfile {dockerfile} does not exist")
                 continue
-            for dest, source in dockerfile_copies(context, dockerfile).items():
+            for dest, source in dockerfile_copies(dockerfile).items():
                 if not (context / source).exists():
                     problems.append(f"{name}: {dockerfile.name} copies {source} (to {dest}), missing from the build context")
     return problems
@@ -399,7 +400,7 @@ def plan_commands(compose: dict, compose_dir: Path) -> tuple[dict, list[str], li
             elif program == "python" and len(argv) > 1 and argv[1].endswith(".py"):
                 build = service["build"]
                 context = (compose_dir / build["context"]).resolve()
-                copies = dockerfile_copies(context, context / build.get("dockerfile", "Dockerfile"))
+                copies = dockerfile_copies(context / build.get("dockerfile", "Dockerfile"))
                 if argv[1] not in copies:
                     problems.append(f"{name}: {origin} runs {argv[1]}, which the Dockerfile does not copy into the image")
                 elif not (context / copies[argv[1]]).is_file():
