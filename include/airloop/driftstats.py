@@ -272,8 +272,8 @@ def build_profile(frame: Any, numeric: Iterable[str], categorical: Iterable[str]
 # ============================================================================ current side
 def finite_values(values: Any) -> np.ndarray:
     """A numeric current column as float64 without NaN / +-inf (Evidently drops both)."""
-    if hasattr(values, "to_numpy"):
-        x = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    if hasattr(values, "to_numpy"):  # a float64 column is read in place, others converted (nulls as NaN)
+        x = values.to_numpy() if values.dtype == np.float64 else values.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         x = np.asarray(values, dtype=np.float64)
     return x[np.isfinite(x)]
