@@ -7,12 +7,17 @@ Standard library only, so it runs with any Python 3 on the host. Values already 
 kept (re-running never rotates a secret behind a running deployment's back); missing ones are
 generated. The file is written owner-only (0600). Keep it out of git: ``.airloop/`` is ignored.
 Every value is URL-safe, so the PostgreSQL password can sit in the connection URLs as is.
+
+``AIRLOOP_TENANT_TOKENS`` (``tenant=token,...``, read by serving) gets one token per named tenant
+of the pipeline files (``tenant:`` in ``include/pipelines/*.yaml``; the ``default`` tenant stays
+open): re-run the script after adding a tenant. It may be empty, when no pipeline names a tenant.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
 import sys
 from collections.abc import Callable
@@ -28,6 +33,28 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "AIRLOOP_ADMIN_TOKEN": lambda: secrets.token_urlsafe(32),
     "AIRLOOP_AIRFLOW_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(12),
 }
+TENANT_TOKENS = "AIRLOOP_TENANT_TOKENS"
+#: Every secret the file writes.
+SECRET_NAMES = (*GENERATORS, TENANT_TOKENS)
+PIPELINES_DIR = Path(__file__).resolve().parent.parent / "include" / "pipelines"
+
+
+def named_tenants(pipelines_dir: Path = PIPELINES_DIR) -> list[str]:
+    """Tenants named by the pipeline files (their top-level ``tenant:``), without ``default``."""
+    tenants = set()
+    for path in sorted(pipelines_dir.glob("*.yaml")):
+        match = re.search(r"^tenant:\s*[\"']?([\w.-]+)", path.read_text(), flags=re.M)
+        if match and match.group(1) != "default":
+            tenants.add(match.group(1))
+    return sorted(tenants)
+
+
+def tenant_tokens(existing: str, tenants: list[str]) -> str:
+    """``existing`` (``tenant=token,...``) plus a token for each tenant it lacks."""
+    tokens = dict(item.split("=", 1) for item in existing.split(",") if "=" in item)
+    for tenant in tenants:
+        tokens.setdefault(tenant, secrets.token_urlsafe(32))
+    return ",".join(f"{tenant}={token}" for tenant, token in sorted(tokens.items()))
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -42,12 +69,14 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def complete_secrets(existing: dict[str, str]) -> dict[str, str]:
-    """``existing`` plus a generated value for every required secret it lacks (or has empty)."""
+def complete_secrets(existing: dict[str, str], tenants: list[str] | None = None) -> dict[str, str]:
+    """``existing`` plus a generated value for every secret it lacks (or has empty), and a token
+    for every tenant in ``tenants`` (default: :func:`named_tenants`)."""
     values = dict(existing)
     for key, generate in GENERATORS.items():
         if not values.get(key):
             values[key] = generate()
+    values[TENANT_TOKENS] = tenant_tokens(values.get(TENANT_TOKENS, ""), named_tenants() if tenants is None else tenants)
     return values
 
 
@@ -61,7 +90,7 @@ def write_secrets(path: Path) -> list[str]:
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)
     path.write_text(body)
-    return [key for key in values if not existing.get(key)]
+    return [key for key in values if existing.get(key) != values[key]]
 
 
 def main(argv: list[str]) -> int:

@@ -156,7 +156,7 @@ def read_env_example(text: str) -> tuple[dict[str, str], set[str]]:
 def compose_values(raw: dict, assigned: dict[str, str]) -> dict[str, str]:
     """Values to interpolate with: .env.example's settings and freshly generated secrets."""
     names = {name for _, name, _, _ in interpolations(raw)}
-    return {**{k: v for k, v in assigned.items() if k in names}, **make_secrets.complete_secrets({})}
+    return {**{k: v for k, v in assigned.items() if k in names}, **make_secrets.complete_secrets({}, ["acme"])}
 
 
 @functools.cache
@@ -724,7 +724,7 @@ def test_files_exist():
 
 def test_variables_are_in_env_example_and_secrets_are_generated():
     raw, _ = load_real()
-    assert check_variables(raw, ENV_EXAMPLE.read_text(), set(make_secrets.GENERATORS)) == []
+    assert check_variables(raw, ENV_EXAMPLE.read_text(), set(make_secrets.SECRET_NAMES)) == []
 
 
 def test_commands_exist_in_the_project_and_the_image(introspected):
@@ -747,22 +747,29 @@ def test_postgres_databases_are_created():
     assert check_databases(compose, DOCKER / "postgres-init") == []
 
 
-def test_make_secrets_writes_valid_stable_private_secrets(tmp_path):
+def test_make_secrets_writes_valid_stable_private_secrets(tmp_path, settings):
     from cryptography.fernet import Fernet
+
+    from airloop.config import load_all_pipelines, parse_tenant_tokens
 
     path = tmp_path / "compose.env"
     result = subprocess.run([sys.executable, str(DOCKER / "make_secrets.py"), str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     first = make_secrets.read_env_file(path)
-    assert set(first) == set(make_secrets.GENERATORS)
+    assert set(first) == set(make_secrets.SECRET_NAMES)
     Fernet(first["AIRFLOW__CORE__FERNET_KEY"].encode())  # a valid Fernet key
-    assert all(re.fullmatch(r"[A-Za-z0-9_=-]{16,}", v) for v in first.values())  # URL-safe, long
+    tokens = parse_tenant_tokens(first.pop("AIRLOOP_TENANT_TOKENS"))  # the format serving reads
+    named = {c.tenant for c in load_all_pipelines(settings)[0]} - {"default"}
+    assert set(tokens) == named and named  # one per named tenant of the pipeline files (globex)
+    assert all(re.fullmatch(r"[A-Za-z0-9_=-]{16,}", v) for v in [*first.values(), *tokens.values()])  # URL-safe
     assert oct(path.stat().st_mode)[-3:] == "600"
     path.write_text(path.read_text().replace(f"AIRLOOP_ADMIN_TOKEN={first['AIRLOOP_ADMIN_TOKEN']}\n", ""))
     assert make_secrets.write_secrets(path) == ["AIRLOOP_ADMIN_TOKEN"]  # only the missing one
     second = make_secrets.read_env_file(path)
+    assert parse_tenant_tokens(second.pop("AIRLOOP_TENANT_TOKENS")) == tokens
     assert {k: v for k, v in second.items() if k != "AIRLOOP_ADMIN_TOKEN"} == \
         {k: v for k, v in first.items() if k != "AIRLOOP_ADMIN_TOKEN"}
+    assert make_secrets.tenant_tokens("acme=x", ["acme", "zeta"]).startswith("acme=x,zeta=")  # new tenant added
 
 
 def test_set_admin_password_updates_admins_only(tmp_path):
@@ -841,7 +848,7 @@ def test_broken_variables_are_reported(docker_copy):
     text = text.replace("${PROMETHEUS_PORT:-9090}", "${AIRLOOP_DOCKER_PROM_PORT:-9090}")
     text = text.replace("AIRLOOP_SERVING_HOST: 0.0.0.0", "AIRLOOP_SERVING_HOST: ${AIRLOOP_BIND}\n      X: ${NEW_SECRET:?set it}")
     env_text = (docker_copy.parent / ".env.example").read_text().replace("# AIRLOOP_ADMIN_TOKEN=\n", "")
-    problems = check_variables(yaml.safe_load(text), env_text, set(make_secrets.GENERATORS))
+    problems = check_variables(yaml.safe_load(text), env_text, set(make_secrets.SECRET_NAMES))
     assert_reported(
         problems,
         "default of AIRFLOW_PORT ('8081') differs from .env.example ('8080')",
