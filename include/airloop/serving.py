@@ -87,6 +87,7 @@ from pydantic import (
 from starlette.background import BackgroundTask
 
 from airloop import abtest, store
+from airloop.batching import MicroBatcher
 from airloop.config import PipelineConfig, Settings, get_settings, load_pipeline_config
 from airloop.predlog import PredictionLogCollector, PredictionLogger, spool_dir_for, to_utc
 
@@ -96,6 +97,12 @@ log = logging.getLogger(__name__)
 MAX_BATCH_RECORDS = 10_000
 #: Batches larger than this are predicted in a worker thread so the event loop stays responsive.
 INLINE_BATCH_RECORDS = 256
+#: Environment variable: longest wait (ms) of a request for others to share its model call.
+BATCH_WAIT_ENV = "AIRLOOP_SERVING_BATCH_WAIT_MS"
+#: Environment variable: most records in one micro-batch (1 turns micro-batching off).
+BATCH_MAX_RECORDS_ENV = "AIRLOOP_SERVING_BATCH_MAX_RECORDS"
+DEFAULT_BATCH_WAIT_MS = 2.0
+DEFAULT_BATCH_MAX_RECORDS = 64
 #: At most this many field errors are returned in one 422 answer.
 MAX_REPORTED_ERRORS = 100
 #: How long app startup waits for the first model load before serving anyway (not ready).
@@ -120,6 +127,29 @@ TRUSTED_SKOPS_PACKAGES: frozenset[str] = frozenset({"sklearn", "numpy"})
 _ENDPOINTS = frozenset({"/predict", "/feedback", "/health", "/ready", "/model", "/reload", "/metrics", "/abtest",
                         "/abtest/refresh"})
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingConfig:
+    """Micro-batching of concurrent ``/predict`` requests (see :mod:`airloop.batching`)."""
+
+    #: Longest time the oldest queued request waits for others (it never waits when none is coming).
+    max_wait_s: float = DEFAULT_BATCH_WAIT_MS / 1000.0
+    #: Most records in one model call; a request this large or larger is predicted alone.
+    max_records: int = DEFAULT_BATCH_MAX_RECORDS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "BatchingConfig":
+        """Read :data:`BATCH_WAIT_ENV` and :data:`BATCH_MAX_RECORDS_ENV` (defaults when unset);
+        ``ValueError`` for a negative wait, more than 1000 ms, or a size outside 1..10000."""
+        env = os.environ if env is None else env
+        wait_ms = float(env.get(BATCH_WAIT_ENV) or DEFAULT_BATCH_WAIT_MS)
+        max_records = int(env.get(BATCH_MAX_RECORDS_ENV) or DEFAULT_BATCH_MAX_RECORDS)
+        if not 0.0 <= wait_ms <= 1000.0 or not math.isfinite(wait_ms):
+            raise ValueError(f"{BATCH_WAIT_ENV} must be between 0 and 1000 ms, got {wait_ms}")
+        if not 1 <= max_records <= MAX_BATCH_RECORDS:
+            raise ValueError(f"{BATCH_MAX_RECORDS_ENV} must be between 1 and {MAX_BATCH_RECORDS}, got {max_records}")
+        return cls(wait_ms / 1000.0, max_records)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1077,6 +1107,186 @@ def error_row(
     }
 
 
+# --------------------------------------------------------------------------------------------
+# Micro-batched prediction: concurrent requests share one model call per served version
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class PredictJob:
+    """One ``/predict`` request as the micro-batcher carries it: parsed, validated against its
+    champion snapshot's schema and (in an A/B test) routed record by record."""
+
+    #: The champion snapshot read when the request arrived: it answers the whole request, even
+    #: when a reload swaps another version in meanwhile.
+    model: ServedModel
+    parsed: PredictRequest
+    validated: list[BaseModel]
+    request_ids: list[str]
+    tenant: str
+    #: ``time.perf_counter()`` when the request arrived.
+    started: float
+    #: The A/B test routing this request (None: the champion answers every record).
+    active: ActiveTest | None = None
+    #: Per record: ``champion`` or ``challenger`` (A/B tests only).
+    variants: list[str] | None = None
+
+    @property
+    def size(self) -> int:
+        """Records in the request."""
+        return len(self.validated)
+
+
+def prepare_job(model: ServedModel, active: ActiveTest | None, parsed: PredictRequest, tenant: str, started: float,
+                header_key: str | None = None) -> PredictJob:
+    """Validate a request against ``model``'s schema (422 with field errors), draw its request ids
+    and, in an A/B test (``active``), route each record by its key."""
+    validated = model.schema.validate(parsed.records)
+    request_ids = parsed.request_ids or [uuid.uuid4().hex for _ in validated]
+    if active is None or active.test.mode != "ab":
+        return PredictJob(model, parsed, validated, request_ids, tenant, started)
+    variants = active.route(parsed.records, request_ids, header_key)
+    return PredictJob(model, parsed, validated, request_ids, tenant, started, active, variants)
+
+
+@dataclass(slots=True)
+class _JobOutcome:
+    """What one batch produced for one job: items and rows by variant, or the job's failure."""
+
+    items: list[dict[str, Any] | None]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+def _grouped(indices: Iterable[int], key: Callable[[int], Any]) -> list[list[int]]:
+    """``indices`` grouped by ``key`` (first-seen order)."""
+    groups: dict[Any, list[int]] = {}
+    for i in indices:
+        groups.setdefault(key(i), []).append(i)
+    return list(groups.values())
+
+
+def predict_parts(model: ServedModel, parts: Sequence[Sequence[BaseModel]]) -> list[tuple[Any, float]]:
+    """Predict several requests' validated rows with **one** call of ``model`` (one frame built from
+    all of them); return per part ``(items or exception, call seconds)``.
+
+    When the shared call fails, every part is predicted alone, so only the part that makes the
+    model fail gets the exception.
+    """
+    rows = [row for part in parts for row in part]
+    if not rows:
+        return [([], 0.0) for _ in parts]
+    t0 = time.perf_counter()
+    try:
+        items = model.predictor.predict(model.schema.to_frame(rows))
+        if len(items) != len(rows):
+            raise RuntimeError(f"{len(items)} predictions for {len(rows)} records")
+    except Exception as err:
+        if len(parts) == 1:
+            return [(err, time.perf_counter() - t0)]
+        log.warning("a batch of %d requests failed (%s: %s); predicting each request alone",
+                    len(parts), type(err).__name__, err)
+        return [predict_parts(model, [part])[0] for part in parts]
+    seconds = time.perf_counter() - t0
+    out, offset = [], 0
+    for part in parts:
+        out.append((items[offset:offset + len(part)], seconds))
+        offset += len(part)
+    return out
+
+
+def predict_jobs(jobs: Sequence[PredictJob], pipeline: str, score: Callable[[dict[str, Any]], float | None],
+                 metrics: ServingMetrics) -> list[Any]:
+    """Answer a batch of requests; return per job ``(predictions, log rows)`` or its exception.
+
+    One predict call per served version: every champion snapshot answers the records of its jobs
+    together, every A/B challenger likewise (validated against its own schema first). A challenger
+    failing on a job's records never fails the job: the champion answers them as ``fallback``
+    and the job gets one challenger ``error`` row. Each row's ``latency_ms`` is the request's time
+    from arrival to the start of the batch plus the model call of its variant.
+    """
+    dispatched = time.perf_counter()
+    now = datetime.now(timezone.utc)
+    out = [_JobOutcome([None] * job.size) for job in jobs]
+    champion_idx: list[list[int]] = [list(range(job.size)) for job in jobs]  # records the champion answers
+    fallback: list[list[int]] = [[] for _ in jobs]
+
+    def answer(j: int, served: ServedModel, idx: list[int], items: list[dict[str, Any]], seconds: float) -> None:
+        job, outcome = jobs[j], out[j]
+        extra = {"variant": served.variant, "model_version": served.version} if job.active is not None else {}
+        for i, item in zip(idx, items):
+            item["request_id"] = job.request_ids[i]
+            item.update(extra)
+            outcome.items[i] = item
+        event_ts = job.parsed.event_ts
+        latency_ms = (dispatched - job.started + seconds) * 1000.0
+        outcome.rows.extend(prediction_rows(
+            served, pipeline, job.tenant, [job.validated[i] for i in idx], items, [job.request_ids[i] for i in idx],
+            [event_ts[i] for i in idx] if event_ts is not None else None, now, latency_ms, score,
+        ))
+        if job.active is not None:
+            metrics.ab_records.labels(served.variant).inc(len(idx))
+
+    # A/B challengers first: their failures move records back to the champion's call.
+    routed = [j for j, job in enumerate(jobs) if job.variants is not None and abtest.CHALLENGER in job.variants]
+    for group in _grouped(routed, lambda j: id(jobs[j].active.challenger)):  # type: ignore[union-attr]
+        challenger = jobs[group[0]].active.challenger  # type: ignore[union-attr]
+        parts: list[tuple[int, list[int], list[BaseModel]]] = []
+        for j in group:
+            job = jobs[j]
+            idx = [i for i, v in enumerate(job.variants or ()) if v == abtest.CHALLENGER]
+            t0 = time.perf_counter()
+            try:  # the challenger's own schema may be stricter than the champion's
+                parts.append((j, idx, challenger.schema.validate([job.parsed.records[i] for i in idx])))
+            except Exception as err:
+                _challenger_failed(job, challenger, err, time.perf_counter() - t0, out[j], fallback[j], idx,
+                                   pipeline, now)
+        results = predict_parts(challenger, [rows for _, _, rows in parts])
+        for (j, idx, _), (items, seconds) in zip(parts, results):
+            if isinstance(items, BaseException):
+                _challenger_failed(jobs[j], challenger, items, seconds, out[j], fallback[j], idx, pipeline, now)
+            else:
+                answer(j, challenger, idx, items, seconds)
+    for j in routed:
+        falls = set(fallback[j])
+        champion_idx[j] = [i for i, v in enumerate(jobs[j].variants or ()) if v != abtest.CHALLENGER or i in falls]
+
+    for group in _grouped(range(len(jobs)), lambda j: id(jobs[j].model)):
+        model = jobs[group[0]].model
+        results = predict_parts(model, [[jobs[j].validated[i] for i in champion_idx[j]] for j in group])
+        for j, (items, seconds) in zip(group, results):
+            if isinstance(items, BaseException):
+                out[j].error = items
+                continue
+            by_index = dict(zip(champion_idx[j], items))
+            falls = set(fallback[j])
+            own = [i for i in champion_idx[j] if i not in falls]
+            if own:
+                answer(j, model, own, [by_index[i] for i in own], seconds)
+            if falls:
+                answer(j, replace(model, variant=abtest.FALLBACK), fallback[j], [by_index[i] for i in fallback[j]],
+                       seconds)
+    finished = time.perf_counter()
+    outcomes: list[Any] = []
+    for job, outcome in zip(jobs, out):
+        if outcome.error is not None:
+            outcomes.append(outcome.error)
+            continue
+        metrics.latency.observe(finished - job.started)
+        outcomes.append((outcome.items, outcome.rows))
+    return outcomes
+
+
+def _challenger_failed(job: PredictJob, challenger: ServedModel, err: BaseException, seconds: float,
+                       outcome: _JobOutcome, fallback: list[int], idx: list[int], pipeline: str, now: datetime) -> None:
+    """A challenger could not answer ``job``'s records ``idx``: the champion will (``fallback``); one
+    challenger ``error`` row is logged for the request."""
+    log.warning("A/B test %s: challenger v%s failed, the champion answers: %s",
+                job.active.test.test_id if job.active else "?", challenger.version, err)
+    outcome.rows.append(error_row(challenger, pipeline, job.tenant, job.parsed, now, seconds * 1000.0, err))
+    fallback.extend(idx)
+
+
 class FeedbackItem(BaseModel):
     """One label of ``POST /feedback``."""
 
@@ -1194,9 +1404,12 @@ def _add_routes(
     prediction_logger: PredictionLogger | None = None,
     shadow_logger: PredictionLogger | None = None,
     ab_tests: bool = False,
+    batching: BatchingConfig | None = None,
 ) -> None:
     """Register the endpoints on ``app`` (predictions are logged to ``prediction_logger``, shadow
-    predictions to ``shadow_logger``; ``ab_tests`` enables ``POST /abtest/refresh``)."""
+    predictions to ``shadow_logger``; ``ab_tests`` enables ``POST /abtest/refresh``; concurrent
+    ``/predict`` requests are micro-batched by ``app.state.batcher`` as ``batching`` says)."""
+    batching = batching or BatchingConfig()
     pipeline = manager.config.name
     score = score_function(manager.config)
 
@@ -1204,73 +1417,17 @@ def _add_routes(
         if prediction_logger is not None:
             prediction_logger.log(rows)
 
-    def serve(model: ServedModel, parsed: PredictRequest, tenant: str, started: float) -> list[dict[str, Any]]:
-        """Validate, predict, stamp request ids and enqueue the log rows (no I/O)."""
-        validated, predictions = model.predict_validated(parsed.records)
-        latency = time.perf_counter() - started
-        now = datetime.now(timezone.utc)
-        request_ids = parsed.request_ids or [uuid.uuid4().hex for _ in predictions]
-        for item, request_id in zip(predictions, request_ids):
-            item["request_id"] = request_id
-        metrics.latency.observe(latency)
-        log_rows(prediction_rows(
-            model, pipeline, tenant, validated, predictions, request_ids, parsed.event_ts, now, latency * 1000.0, score,
-        ))
-        return predictions
+    def run_batch(jobs: list[PredictJob]) -> list[Any]:
+        """The batcher's ``run``: predict, then enqueue the batch's log rows with one call."""
+        outcomes = predict_jobs(jobs, pipeline, score, metrics)
+        log_rows([row for outcome in outcomes if not isinstance(outcome, BaseException) for row in outcome[1]])
+        return outcomes
 
-    def serve_ab(model: ServedModel, active: ActiveTest, parsed: PredictRequest, tenant: str, started: float,
-                 header_key: str | None) -> list[dict[str, Any]]:
-        """An A/B request: validate against the champion's schema (the endpoint's contract), route
-        each record by its key, let each variant answer its records, log them with their variant
-        and version. A failing challenger falls back to the champion (rows: ``fallback`` plus one
-        challenger ``error`` row). Each variant's rows carry its own latency (its validation and
-        prediction time)."""
-        records, n = parsed.records, len(parsed.records)
-        validated = model.schema.validate(records)
-        request_ids = parsed.request_ids or [uuid.uuid4().hex for _ in records]
-        variants = active.route(records, request_ids, header_key)
-        champion_ms = (time.perf_counter() - started) * 1000.0
-        now = datetime.now(timezone.utc)
-        predictions: list[dict[str, Any]] = [None] * n  # type: ignore[list-item]
-        rows: list[dict[str, Any]] = []
-
-        def answer(served: ServedModel, idx: list[int], rows_of: Sequence[BaseModel], items: list[dict[str, Any]],
-                   ms: float) -> None:
-            for i, item in zip(idx, items):
-                item |= {"request_id": request_ids[i], "variant": served.variant, "model_version": served.version}
-                predictions[i] = item
-            event_ts = [parsed.event_ts[i] for i in idx] if parsed.event_ts is not None else None
-            rows.extend(prediction_rows(served, pipeline, tenant, rows_of, items, [request_ids[i] for i in idx],
-                                        event_ts, now, ms, score))
-            metrics.ab_records.labels(served.variant).inc(len(idx))
-
-        to_challenger = [i for i, v in enumerate(variants) if v == abtest.CHALLENGER]
-        fallback: list[int] = []
-        if to_challenger:
-            t0 = time.perf_counter()
-            challenger = active.challenger
-            try:
-                c_rows, c_items = challenger.predict_validated([records[i] for i in to_challenger])
-            except Exception as err:
-                log.warning("A/B test %s: challenger v%s failed, the champion answers: %s",
-                            active.test.test_id, challenger.version, err)
-                rows.append(error_row(challenger, pipeline, tenant, parsed, now,
-                                      (time.perf_counter() - t0) * 1000.0, err))
-                fallback = to_challenger
-            else:
-                answer(challenger, to_challenger, c_rows, c_items, (time.perf_counter() - t0) * 1000.0)
-        groups = [(model, [i for i, v in enumerate(variants) if v != abtest.CHALLENGER])]
-        if fallback:
-            groups.append((replace(model, variant=abtest.FALLBACK), fallback))
-        for served, idx in groups:
-            if idx:
-                t0 = time.perf_counter()
-                own = [validated[i] for i in idx]
-                items = model.predictor.predict(model.schema.to_frame(own))
-                answer(served, idx, own, items, champion_ms + (time.perf_counter() - t0) * 1000.0)
-        metrics.latency.observe(time.perf_counter() - started)
-        log_rows(rows)
-        return predictions
+    batcher: MicroBatcher[PredictJob] = MicroBatcher(
+        run_batch, max_wait_s=batching.max_wait_s, max_records=batching.max_records,
+        offload_records=INLINE_BATCH_RECORDS,
+    )
+    app.state.batcher = batcher
 
     def shadow_score(active: ActiveTest, parsed: PredictRequest, request_ids: list[str], tenant: str) -> None:
         """Shadow mode, after the response: the challenger scores the request's records; its rows
@@ -1306,21 +1463,17 @@ def _add_routes(
         active: ActiveTest | None = None
         background = None
         try:
-            tenant = request_tenant(request, manager.config.tenant)
-            active = tests.get(tenant) if tests else None
-            parsed = parse_predict_request(await request.body())
-            run: Callable[..., list[dict[str, Any]]] = serve
-            args: tuple[Any, ...] = (model, parsed, tenant, started)
-            if active is not None and active.test.mode == "ab":
-                header_key = request_key_header(request) if active.test.key_field == abtest.KEY_HEADER else None
-                run, args = serve_ab, (model, active, parsed, tenant, started, header_key)
-            if len(parsed.records) > INLINE_BATCH_RECORDS:
-                predictions = await run_in_threadpool(run, *args)
-            else:
-                predictions = run(*args)
+            with batcher.incoming():  # a forming batch waits for this request (see airloop.batching)
+                tenant = request_tenant(request, manager.config.tenant)
+                active = tests.get(tenant) if tests else None
+                parsed = parse_predict_request(await request.body())
+                header_key = None
+                if active is not None and active.test.mode == "ab" and active.test.key_field == abtest.KEY_HEADER:
+                    header_key = request_key_header(request)
+                job = prepare_job(model, active, parsed, tenant, started, header_key)
+            predictions, _ = await batcher.submit(job, job.size)
             if active is not None and active.test.mode == "shadow":
-                background = BackgroundTask(shadow_score, active, parsed, [p["request_id"] for p in predictions],
-                                            tenant)
+                background = BackgroundTask(shadow_score, active, parsed, job.request_ids, tenant)
         except RecordValidationError as err:
             return _json({"detail": err.errors}, err.status_code)
         except Exception as err:
@@ -1470,7 +1623,7 @@ def _add_routes(
 
 def create_app(
     settings: Settings | None = None, pipeline: str | None = None, log_predictions: bool = True,
-    ab_tests: bool | None = None,
+    ab_tests: bool | None = None, batching: BatchingConfig | None = None,
 ) -> FastAPI:
     """Build the serving app for ``pipeline`` (default ``settings.default_pipeline``).
 
@@ -1486,9 +1639,14 @@ def create_app(
     ``ab_tests`` (default: as ``log_predictions``; a test without logged rows cannot be evaluated)
     makes the app read the running A/B and shadow tests at startup, after the champion, and on
     ``POST /abtest/refresh``; shadow rows go through ``app.state.shadow_logger``.
+
+    Concurrent ``/predict`` requests share model calls (``batching``, default
+    :meth:`BatchingConfig.from_env`): each is validated on its own, then waits at most
+    ``max_wait_s`` for others, and gets exactly its own predictions, request ids, latency and log rows.
     """
     settings = settings or get_settings()
     config = load_pipeline_config(pipeline or settings.default_pipeline, settings)
+    batching = batching or BatchingConfig.from_env()
     metrics = ServingMetrics()
     manager = ModelManager(settings, config, metrics)
     metrics.model_version.labels(manager.model_name).set(0)
@@ -1527,6 +1685,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.batcher.aclose()
             for logger in loggers:
                 await anyio.to_thread.run_sync(logger.close, SHUTDOWN_FLUSH_S)
 
@@ -1542,7 +1701,7 @@ def create_app(
     app.state.settings = settings
     app.state.prediction_logger = prediction_logger
     app.state.shadow_logger = shadow_logger
-    _add_routes(app, manager, metrics, settings, prediction_logger, shadow_logger, ab_tests)
+    _add_routes(app, manager, metrics, settings, prediction_logger, shadow_logger, ab_tests, batching)
     app.add_middleware(_RequestCounter, metrics=metrics)
     from airloop.gateway import add_tenant_guard
 
