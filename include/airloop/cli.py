@@ -54,13 +54,13 @@ def ensure_secrets(settings: Settings) -> dict[str, str]:
         "AIRLOOP_ADMIN_TOKEN": lambda: secrets.token_urlsafe(32),
     }
     for key, make in defaults.items():
-        if not values.get(key):
-            values[key] = make()
+        if not values.get(key):  # a secret given by the environment (containers) wins over a new one
+            values[key] = os.environ.get(key) or make()
     # one serving token per named tenant of the pipeline files (kept once generated); the
     # "default" tenant (single-tenant use) stays open unless AIRLOOP_TENANT_TOKENS names it
     from airloop.config import load_all_pipelines, parse_tenant_tokens
 
-    tokens = parse_tenant_tokens(values.get("AIRLOOP_TENANT_TOKENS"))
+    tokens = parse_tenant_tokens(values.get("AIRLOOP_TENANT_TOKENS") or os.environ.get("AIRLOOP_TENANT_TOKENS"))
     named = {c.tenant for c in load_all_pipelines(settings)[0] if c.tenant != "default"}
     for tenant in sorted(named - set(tokens)):
         tokens[tenant] = secrets.token_urlsafe(32)
