@@ -75,6 +75,8 @@ def spool_dir_for(state_dir: Path, pipeline: str) -> Path:
 
 def to_utc(value: Any) -> datetime:
     """A datetime (or ISO string) as tz-aware UTC; naive values are taken as UTC."""
+    if value.__class__ is datetime and value.tzinfo is timezone.utc:  # the usual case, as serving stamps rows
+        return value
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if not isinstance(value, datetime):
@@ -97,7 +99,17 @@ def _json_default(value: Any) -> Any:
 
 _PLAIN_TYPES = frozenset({str, int, float, bool})
 #: One encoder for all rows (``json.dumps`` with options builds a new encoder per call).
-_encode_json = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
+_encoder = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
+
+
+def _encode_json(value: Any) -> str:
+    """``value`` as compact JSON; integers and booleans (most predicted labels) without the encoder."""
+    cls = value.__class__
+    if cls is int:
+        return int.__repr__(value)
+    if cls is bool:
+        return "true" if value else "false"
+    return _encoder(value)
 
 
 def _spool_default(value: Any) -> Any:
@@ -182,11 +194,11 @@ class PredictionLogger:
             for c in table.columns
             if c.server_default is not None and isinstance(getattr(c.server_default, "arg", None), str)
         }
-        self._plan = [
-            (name, "json" if name in self._json_columns else "datetime" if name in self._datetime_columns else "",
-             self._defaults.get(name))
-            for name in self._columns
-        ]
+        # _prepare's plan: every column with its default, then the columns of each conversion
+        self._fill = [(name, self._defaults.get(name)) for name in self._columns]
+        self._json_names = [n for n in self._columns if n in self._json_columns]
+        self._datetime_names = [n for n in self._columns if n in self._datetime_columns and n not in self._json_columns]
+        self._plain_names = [n for n in self._columns if n not in self._json_columns and n not in self._datetime_columns]
         # queue state (guarded by _lock / _cond)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -442,18 +454,20 @@ class PredictionLogger:
         if not self._warned_extra and not row.keys() <= self._column_set:
             self._warned_extra = True
             log.warning("prediction log: ignoring unknown columns %s", sorted(set(row) - self._column_set))
-        out: dict[str, Any] = {}
-        for name, kind, default in self._plan:
-            value = row.get(name, default)
-            if value is None:
-                pass
-            elif kind == "json":
-                value = _encode_json(value)
-            elif kind == "datetime":
-                value = to_utc(value)
-            elif value.__class__ not in _PLAIN_TYPES and type(value).__module__ == "numpy":
-                value = value.item()
-            out[name] = value
+        get = row.get
+        out = {name: get(name, default) for name, default in self._fill}
+        for name in self._json_names:
+            value = out[name]
+            if value is not None:
+                out[name] = _encode_json(value)
+        for name in self._datetime_names:
+            value = out[name]
+            if value is not None:
+                out[name] = to_utc(value)
+        for name in self._plain_names:
+            value = out[name]
+            if value.__class__ not in _PLAIN_TYPES and value is not None and type(value).__module__ == "numpy":
+                out[name] = value.item()
         return out
 
     def _prepare_all(self, rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -102,7 +102,7 @@ BATCH_WAIT_ENV = "AIRLOOP_SERVING_BATCH_WAIT_MS"
 #: Environment variable: most records in one micro-batch (1 turns micro-batching off).
 BATCH_MAX_RECORDS_ENV = "AIRLOOP_SERVING_BATCH_MAX_RECORDS"
 DEFAULT_BATCH_WAIT_MS = 2.0
-DEFAULT_BATCH_MAX_RECORDS = 64
+DEFAULT_BATCH_MAX_RECORDS = 1024
 #: At most this many field errors are returned in one 422 answer.
 MAX_REPORTED_ERRORS = 100
 #: How long app startup waits for the first model load before serving anyway (not ready).
@@ -343,9 +343,11 @@ class RecordSchema:
             raise RecordValidationError(_field_errors(err, single=len(records) == 1)) from None
 
     def as_dict(self, row: BaseModel) -> dict[str, Any]:
-        """A validated record as ``{column: value}`` in signature order (absent optional columns: None)."""
-        values = row.__dict__
-        return {c.name: values[c.attr] for c in self.columns}
+        """A validated record as ``{column: value}`` in signature order (absent optional columns: None).
+
+        The model's ``__dict__`` holds exactly its fields (``extra="forbid"``) in declaration order,
+        which is the signature's."""
+        return dict(zip(self.names, row.__dict__.values()))
 
     def to_frame(self, rows: Sequence[BaseModel]) -> pd.DataFrame:
         """One DataFrame with the signature's columns, dtypes and order."""
@@ -682,6 +684,14 @@ class ServingMetrics:
         self.ab_records = Counter(
             "airloop_serving_ab_records", "Records of A/B and shadow tests by variant.", ["variant"],
             registry=self.registry,
+        )
+        self.batch_records = Histogram(
+            "airloop_serving_batch_records", "Records per model call of the micro-batcher (one or more requests).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 10_000), registry=self.registry,
+        )
+        self.batch_requests = Histogram(
+            "airloop_serving_batch_requests", "Requests sharing one micro-batch.",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64), registry=self.registry,
         )
         self.abtest_refreshes = Counter(
             "airloop_serving_abtest_refreshes", "A/B test refreshes by outcome.", ["outcome"], registry=self.registry
@@ -1419,6 +1429,8 @@ def _add_routes(
 
     def run_batch(jobs: list[PredictJob]) -> list[Any]:
         """The batcher's ``run``: predict, then enqueue the batch's log rows with one call."""
+        metrics.batch_requests.observe(len(jobs))
+        metrics.batch_records.observe(sum(job.size for job in jobs))
         outcomes = predict_jobs(jobs, pipeline, score, metrics)
         log_rows([row for outcome in outcomes if not isinstance(outcome, BaseException) for row in outcome[1]])
         return outcomes
