@@ -174,14 +174,17 @@ def _engine(cluster, kind: str) -> sa.Engine:
     return sa.create_engine(f"postgresql+psycopg://{PG}/{cluster['dbs'][kind]}")
 
 
-def _wait_for_run(cluster, dag_id: str, run_id: str, minutes: float) -> tuple[str, float]:
+def _wait_for_run(cluster, dag_id: str, run_id: str | None, minutes: float, run_type: str | None = None,
+                  ) -> tuple[str, float]:
+    """Poll the metadata DB until the run (by id, or the DAG's run of ``run_type``) ends."""
     engine = _engine(cluster, "airflow")
     started, deadline = time.monotonic(), time.monotonic() + minutes * 60
+    where = "run_id = :r" if run_id else "run_type = :t"
     try:
         while True:
             with engine.connect() as conn:
-                state = conn.execute(sa.text("SELECT state FROM dag_run WHERE dag_id = :d AND run_id = :r"),
-                                     {"d": dag_id, "r": run_id}).scalar()
+                state = conn.execute(sa.text(f"SELECT state FROM dag_run WHERE dag_id = :d AND {where}"),
+                                     {"d": dag_id, "r": run_id, "t": run_type}).scalar()
             if state in ("success", "failed"):
                 return state, time.monotonic() - started
             dead = [n for n, p in cluster["procs"].items() if p.poll() is not None]
@@ -259,13 +262,17 @@ def test_monitoring_run_writes_to_postgresql(cluster):
             assert time.monotonic() < deadline, "prediction log not flushed to PostgreSQL"
             time.sleep(0.5)
             conn.rollback()
-    _trigger(cluster, "claims_fraud__monitor", "celery-monitoring", logical_date="2026-03-03T00:00:00+00:00")
-    state, seconds = _wait_for_run(cluster, "claims_fraud__monitor", "celery-monitoring", minutes=10)
+    # a backfill of that one day: the run covers the data interval [2026-03-02, 2026-03-03)
+    out = subprocess.run([*cluster["airflow"], "backfill", "create", "--dag-id", "claims_fraud__monitor",
+                          "--from-date", day.isoformat(), "--to-date", day.isoformat()],
+                         env=cluster["env"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    state, seconds = _wait_for_run(cluster, "claims_fraud__monitor", None, minutes=10, run_type="backfill")
     assert state == "success"
     with _engine(cluster, "monitoring").connect() as conn:
-        run = conn.execute(sa.text("SELECT tenant, rows, model_version, drift_share FROM monitoring_runs "
-                                   "WHERE pipeline = 'claims_fraud'")).all()
+        run = conn.execute(sa.text("SELECT tenant, rows, model_version, drift_share, interval_start "
+                                   "FROM monitoring_runs WHERE pipeline = 'claims_fraud'")).all()
         features = conn.execute(sa.text("SELECT count(*) FROM feature_drift")).scalar()
-    assert [(r.tenant, r.rows, r.model_version) for r in run] == [("default", sent, "1")]
+    assert [(r.tenant, r.rows, r.model_version, r.interval_start.date()) for r in run] == [("default", sent, "1", day)]
     assert run[0].drift_share is not None and features >= len(cluster["config"].features)
     print(f"monitoring DAG on CeleryExecutor: {seconds:.0f} s for one day ({sent} predictions)")

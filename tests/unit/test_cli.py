@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from airloop.cli import ensure_secrets, secrets_file
 from airloop.config import load_settings
@@ -10,7 +11,11 @@ from airloop.config import load_settings
 
 def test_secrets_generated_once_unquoted(tmp_path, monkeypatch):
     monkeypatch.setenv("AIRLOOP_SERVING_PORT", "8123")
-    settings = load_settings({"AIRLOOP_HOME": str(tmp_path), "AIRLOOP_STATE_DIR": str(tmp_path / "state")})
+    for name in ("AIRLOOP_ADMIN_TOKEN", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET",
+                 "AIRFLOW__API__SECRET_KEY", "AIRLOOP_TENANT_TOKENS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings({"AIRLOOP_HOME": str(tmp_path), "AIRLOOP_STATE_DIR": str(tmp_path / "state"),
+                              "AIRLOOP_PIPELINES_DIR": str(Path(__file__).resolve().parents[2] / "include" / "pipelines")})
     first = ensure_secrets(settings)
     text = secrets_file(settings).read_text()
     assert "'" not in text and '"' not in text  # make's include keeps quotes as part of values
@@ -18,6 +23,16 @@ def test_secrets_generated_once_unquoted(tmp_path, monkeypatch):
     assert len(first["AIRLOOP_ADMIN_TOKEN"]) >= 32
     assert ensure_secrets(settings) == first  # stable across runs
     assert oct(secrets_file(settings).stat().st_mode)[-3:] == "600"
+    # one serving token per named tenant of the pipeline files (globex), none for "default"
+    tenants = dict(item.split("=", 1) for item in first["AIRLOOP_TENANT_TOKENS"].split(","))
+    assert set(tenants) == {"globex"} and len(tenants["globex"]) >= 32
+
+
+def test_secrets_from_the_environment_win(tmp_path, monkeypatch):
+    """In containers the secrets come from the environment: the file must not invent others."""
+    monkeypatch.setenv("AIRLOOP_ADMIN_TOKEN", "from-the-environment-0123456789abcdef")
+    settings = load_settings({"AIRLOOP_HOME": str(tmp_path), "AIRLOOP_STATE_DIR": str(tmp_path / "state")})
+    assert ensure_secrets(settings)["AIRLOOP_ADMIN_TOKEN"] == "from-the-environment-0123456789abcdef"
 
 
 def test_secrets_and_state_are_git_ignored():
