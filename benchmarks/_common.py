@@ -142,8 +142,8 @@ def start_group(argv: list[str], log_path: Path, env: dict[str, str] | None = No
                             start_new_session=True, cwd=ROOT)
 
 
-def wait_http(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
-    """Wait until ``url`` answers (any status below 500) while ``proc`` lives."""
+def wait_http(url: str, proc: subprocess.Popen, seconds: float = 180, ok_below: int = 500) -> None:
+    """Wait until ``url`` answers with a status below ``ok_below`` while ``proc`` lives."""
     import httpx
 
     deadline = time.monotonic() + seconds
@@ -151,7 +151,7 @@ def wait_http(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode} before {url} answered")
         try:
-            if httpx.get(url, timeout=2).status_code < 500:
+            if httpx.get(url, timeout=5).status_code < ok_below:
                 return
         except httpx.HTTPError:
             pass
@@ -169,9 +169,10 @@ def last_json_line(text: str) -> dict[str, Any]:
 
 
 @contextmanager
-def serving_process(folder: Path) -> Iterator[str]:
-    """The real serving process (``airloop.cli.serving_argv``: uvicorn) on a free loopback port,
-    reachable by the DAGs' deploy task through ``AIRFLOW_CONN_AIRLOOP_SERVING``; yields its URL."""
+def serving_process(folder: Path, ready: bool = False) -> Iterator[str]:
+    """The real serving process (``airloop.cli.serving_argv``) on a free loopback port, reachable
+    by the DAGs' deploy task through ``AIRFLOW_CONN_AIRLOOP_SERVING``; yields its URL once it
+    answers ``/health`` (and ``/ready``, the champion loaded, when ``ready``)."""
     from airloop.cli import serving_argv
     from airloop.config import get_settings
 
@@ -184,6 +185,8 @@ def serving_process(folder: Path) -> Iterator[str]:
     proc = start_group(serving_argv(), folder / f"serving-{port}.log")
     try:
         wait_http(f"{url}/health", proc)
+        if ready:
+            wait_http(f"{url}/ready", proc, ok_below=300)
         yield url
     finally:
         stop_group([proc])

@@ -254,7 +254,7 @@ def main() -> None:
             raise SystemExit(f"the demo history and schedule end at {config.schedule.end_date}: "
                              f"at most {(config.schedule.end_date - FIRST_DAY).days} intervals from {FIRST_DAY}")
         plain_training(config, FIRST_DAY.isoformat(), settings, window=28, n_trials=3, force=True, run_id="champion")
-        with serving_process(folder):
+        with serving_process(folder, ready=True):
             sent = replay(get_settings(), config, days)  # settings now carrying the serving URL
         log(f"set-up done: champion, {sent} predictions over {len(days)} days")
         plain = None
