@@ -370,6 +370,7 @@ def main() -> None:
                          "building the inputs and malloc_trim) minus RSS at that point",
         "scaling": scaling,
         "scaling_s_per_million_rows": [round(x, 3) for x in per_m],
+        "scaling_cpu_s_per_million_rows": [round(v["ours_cpu_s"] / (int(n) / 1e6), 3) for n, v in scaling.items()],
         "ours_10m_s": scaling.get("10000000", {}).get("ours_s"),
         "repeats": args.repeats,
     })
