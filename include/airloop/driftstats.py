@@ -598,7 +598,12 @@ def column_drift(column: str, ref: ColumnProfile, current: Any, method: str | No
     """Judge one current column (Series or array; nulls allowed) against its profile like
     Evidently's ``ValueDrift(column, method, threshold)``: ``method=None`` = Evidently's default
     choice, ``threshold=None`` = the method's default threshold."""
-    cur = current_data(ref, current)
+    return verdict(column, ref, current_data(ref, current), method, threshold)
+
+
+def verdict(column: str, ref: ColumnProfile, cur: np.ndarray | Mapping[Any, int], method: str | None = None,
+            threshold: float | None = None) -> DriftVerdict:
+    """:func:`column_drift` of a current column already read by :func:`current_data`."""
     method = method or default_method(ref, cur)
     threshold = DEFAULT_THRESHOLDS[method] if threshold is None else float(threshold)
     score = statistic(ref, cur, method)

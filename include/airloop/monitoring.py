@@ -302,16 +302,16 @@ def fast_drift_rows(config: PipelineConfig, profile: ReferenceProfile,
         if ref is None or ref.n == 0 or cur is None or not len(cur):
             skipped.append(column)
             continue
-        score = driftstats.statistic(ref, cur, method)
+        v = driftstats.verdict(column, ref, cur, method, threshold)
         rows.append({
             "feature": PREDICTION_FEATURE if column == SCORE_COLUMN else column,
-            "method": method,
-            "statistic": _finite(score),
-            "p_value": _finite(score) if method in P_VALUE_METHODS else None,
-            "threshold": threshold,
-            "drifted": driftstats.drifted(method, score, threshold),
-            "current_rows": int(sum(cur.values())) if isinstance(cur, dict) else int(cur.size),
-            "reference_rows": int(ref.n),
+            "method": v.method,
+            "statistic": _finite(v.statistic),
+            "p_value": _finite(v.p_value),
+            "threshold": v.threshold,
+            "drifted": v.drifted,
+            "current_rows": v.current_rows,
+            "reference_rows": v.reference_rows,
         })
     return rows, skipped
 
