@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_QUEUE_ROWS = 50_000
 #: Columns whose values are JSON-encoded by the writer.
 DEFAULT_JSON_COLUMNS = ("features", "prediction")
+#: With a backlog and the database up, one write takes up to this many times ``batch_size`` rows
+#: (fewer commits, each a few fsyncs on SQLite, while the writer catches up).
+BACKLOG_BATCHES = 8
 #: A spool temporary file older than this was left by a crash and is salvaged.
 STALE_TMP_S = 60.0
 #: Back-off between database attempts after a failure: doubles from min to max.
@@ -374,7 +377,8 @@ class PredictionLogger:
                 gen = self._flush_gen
                 forced = gen > self._done_gen
                 stopping = self._stopping
-                batch = self._take_locked(self.batch_size)
+                backlog = self._db_up and self._pending > self.batch_size
+                batch = self._take_locked(self.batch_size * BACKLOG_BATCHES if backlog else self.batch_size)
             try:
                 self._cycle(batch, forced)
             except Exception:  # a bug must not kill the writer; keep the rows

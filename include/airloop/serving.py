@@ -21,6 +21,18 @@ Loading is deliberately strict, because deserialising a model is code execution 
   input example through the very same request path, and only then swapped in by one reference
   assignment; on failure the old version keeps serving.
 
+Concurrent ``/predict`` requests are micro-batched (:mod:`airloop.batching`): each request is
+parsed, validated (its own 422) and routed on its own, then waits at most
+``AIRLOOP_SERVING_BATCH_WAIT_MS`` (default 2 ms; not at all when no other request is on its way)
+to share **one** predict call per served version with the requests around it, up to
+``AIRLOOP_SERVING_BATCH_MAX_RECORDS`` records (default 1024; 1 turns batching off). A
+scikit-learn pipeline's call costs nearly the same for 1 row as for 100 (per-call input
+validation in every step), so this is what makes concurrent single-record traffic cheap. Each
+request still gets exactly its own predictions, request ids, latency, variant and log rows; a
+batch holds one model snapshot per request (a reload never mixes versions inside an answer); when
+a shared call fails, each request is predicted alone, so only the one that makes the model fail
+answers 500 (or, for an A/B challenger, falls back to the champion).
+
 Every prediction is logged to the monitoring store (``predictions`` table, one row per record,
 plus one ``error`` row per request whose prediction failed with a 5xx) by a
 :class:`~airloop.predlog.PredictionLogger`: the request only enqueues; a background thread writes
@@ -46,6 +58,7 @@ Endpoints: ``POST /predict``, ``POST /feedback``, ``GET /health``, ``GET /ready`
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import logging
@@ -101,6 +114,8 @@ INLINE_BATCH_RECORDS = 256
 BATCH_WAIT_ENV = "AIRLOOP_SERVING_BATCH_WAIT_MS"
 #: Environment variable: most records in one micro-batch (1 turns micro-batching off).
 BATCH_MAX_RECORDS_ENV = "AIRLOOP_SERVING_BATCH_MAX_RECORDS"
+#: Environment variable: "0" keeps the startup heap out of :func:`gc.freeze` (see :func:`create_app`).
+GC_FREEZE_ENV = "AIRLOOP_SERVING_GC_FREEZE"
 DEFAULT_BATCH_WAIT_MS = 2.0
 DEFAULT_BATCH_MAX_RECORDS = 1024
 #: At most this many field errors are returned in one 422 answer.
@@ -1652,6 +1667,13 @@ def create_app(
     makes the app read the running A/B and shadow tests at startup, after the champion, and on
     ``POST /abtest/refresh``; shadow rows go through ``app.state.shadow_logger``.
 
+    Once the champion is loaded, the startup heap (a few hundred thousand objects of pandas,
+    scikit-learn, MLflow, FastAPI and the model) is moved out of the garbage collector's reach with
+    :func:`gc.freeze` (after a :func:`gc.collect`, so only live objects are frozen): otherwise every
+    full collection, triggered every few seconds by log rows surviving in the logger's queue, walks
+    all of it and stalls every request for tens to hundreds of milliseconds (the p99).
+    ``AIRLOOP_SERVING_GC_FREEZE=0`` turns this off.
+
     Concurrent ``/predict`` requests share model calls (``batching``, default
     :meth:`BatchingConfig.from_env`): each is validated on its own, then waits at most
     ``max_wait_s`` for others, and gets exactly its own predictions, request ids, latency and log rows.
@@ -1694,6 +1716,9 @@ def create_app(
         await anyio.to_thread.run_sync(loader.join, STARTUP_LOAD_WAIT_S)
         if loader.is_alive():
             log.warning("model still loading after %.0fs; serving without a model meanwhile", STARTUP_LOAD_WAIT_S)
+        elif os.environ.get(GC_FREEZE_ENV, "1") != "0":
+            gc.collect()
+            gc.freeze()  # the startup heap (libraries, the model): full collections no longer walk it
         try:
             yield
         finally:

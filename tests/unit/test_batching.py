@@ -26,6 +26,7 @@ import pytest
 
 from airloop import abtest, store
 from airloop.batching import MicroBatcher
+from airloop.config import Settings
 from airloop.serving import BatchingConfig, create_app
 from tests.unit.test_abtest import START, TwoVersions, _table, two_versions  # noqa: F401 - the fixture
 from tests.unit.test_serving import AUTH, _records, _settings
@@ -144,6 +145,13 @@ async def _serve(app: Any, scenario: Any) -> Any:
             return await scenario(client)
 
 
+def _monitored(tmp_path: Path, tv: TwoVersions, rows: int) -> tuple[str, Settings, pd.DataFrame]:
+    """A monitoring store URI, settings serving ``tv``'s registry, and ``rows`` feature rows."""
+    uri = f"sqlite:///{tmp_path / 'monitoring.db'}"
+    settings = _settings(tmp_path, tv.uri, AIRLOOP_MONITORING_DB_URI=uri)
+    return uri, settings, tv.frame[list(tv.config.features)].head(rows).copy()
+
+
 def _proba(model: Any, frame: pd.DataFrame) -> np.ndarray:
     """The fitted model's positive-class probabilities, called directly (no serving)."""
     return model.predict_proba(frame)[:, 1]
@@ -151,10 +159,7 @@ def _proba(model: Any, frame: pd.DataFrame) -> np.ndarray:
 
 def test_concurrent_requests_are_answered_alone_by_one_model_call(tmp_path: Path, two_versions: TwoVersions) -> None:
     tv = two_versions
-    uri = f"sqlite:///{tmp_path / 'monitoring.db'}"
-    settings = _settings(tmp_path, tv.uri, AIRLOOP_MONITORING_DB_URI=uri)
-    features = list(tv.config.features)
-    frame = tv.frame[features].head(20)
+    uri, settings, frame = _monitored(tmp_path, tv, 20)
     records = _records(frame)
     bodies = [{"records": [r], "request_ids": [f"r{i}"], "rows": [i]} for i, r in enumerate(records[:15])]
     bodies.append({"records": records[15:18], "request_ids": ["m0", "m1", "m2"], "rows": [15, 16, 17]})
@@ -205,10 +210,7 @@ def test_a_model_failing_on_one_request_fails_only_that_request(
     request is predicted alone, and only the poisoned request answers 500 (with its error row).
     Under an A/B test the challenger raising on it makes only that request fall back."""
     tv = two_versions
-    uri = f"sqlite:///{tmp_path / 'monitoring.db'}"
-    settings = _settings(tmp_path, tv.uri, AIRLOOP_MONITORING_DB_URI=uri)
-    features = list(tv.config.features)
-    frame = tv.frame[features].head(12).copy()
+    uri, settings, frame = _monitored(tmp_path, tv, 12)
     frame.loc[0, "claim_amount"] = 123456.5
     records = _records(frame)
     poison = records[0]
@@ -274,10 +276,7 @@ def test_a_reload_during_a_burst_answers_every_request_from_one_version(
     tmp_path: Path, two_versions: TwoVersions
 ) -> None:
     tv = two_versions
-    uri = f"sqlite:///{tmp_path / 'monitoring.db'}"
-    settings = _settings(tmp_path, tv.uri, AIRLOOP_MONITORING_DB_URI=uri)
-    features = list(tv.config.features)
-    frame = tv.frame[features].head(40)
+    uri, settings, frame = _monitored(tmp_path, tv, 40)
     records = _records(frame)
     app = create_app(settings, batching=BatchingConfig(max_wait_s=0.002, max_records=8))
 
