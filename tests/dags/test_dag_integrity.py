@@ -88,7 +88,8 @@ def test_monitoring_dags(dagbag):
             assert upstream in dag.get_task(downstream).upstream_task_ids
         assert "monitor" in dag.get_task("post_deploy_guard").upstream_task_ids
         retrain = dag.get_task("request_retrain")
-        assert [o.uri for o in retrain.outlets] == [f"airloop://{dag_id.split('__')[0]}/retrain-requests"]
+        pipeline = dag_id.removesuffix("__monitor").split("__")[-1]  # <tenant>__<pipeline>__monitor
+        assert [o.uri for o in retrain.outlets] == [f"airloop://{pipeline}/retrain-requests"]
 
 
 def test_training_is_scheduled_on_time_or_retrain_requests(dagbag):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from airloop.promotion import evaluate_gates
+from functools import partial
+
+from airloop.promotion import evaluate_gates as _evaluate_gates
 
 GOOD = {"roc_auc": 0.82, "latency_p95_ms": 5.0}
+# enough training rows for every environment of claims_fraud.yaml (minimum data has its own test)
+evaluate_gates = partial(_evaluate_gates, train_rows=50_000)
 
 
 def test_first_model_passes_when_above_thresholds(claims_config):
@@ -42,3 +46,16 @@ def test_lower_is_better_metrics(claims_config):
         update={"thresholds": {"log_loss": 0.3}})})
     assert evaluate_gates(cfg, {"log_loss": 0.2, "roc_auc": 0.8}, None).promote
     assert not evaluate_gates(cfg, {"log_loss": 0.4, "roc_auc": 0.8}, None).promote
+
+
+def test_environment_gates_and_minimum_data(claims_config):
+    """dev has its own looser gates and no comparison with its incumbent; prod needs enough rows."""
+    dev = claims_config.promotion.environment("dev")
+    prod = claims_config.promotion.environment("prod")
+    assert (dev.thresholds, dev.min_improvement, prod.min_improvement) == ({"roc_auc": 0.6}, None, 0.002)
+    weak = {"roc_auc": 0.65, "latency_p95_ms": 120.0}
+    assert _evaluate_gates(claims_config, weak, {"roc_auc": 0.9}, environment=dev, train_rows=2000).promote
+    refused = _evaluate_gates(claims_config, GOOD, None, environment=prod, train_rows=800)
+    assert not refused.promote and "min_training_rows: 800 rows, 5000 required" in refused.reason
+    unknown = _evaluate_gates(claims_config, GOOD, None, environment=prod)
+    assert not unknown.promote and "training rows unknown" in unknown.reason
