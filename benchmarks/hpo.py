@@ -12,8 +12,10 @@ pruned) trials / wall. Runs alternate 1, 2, 1, 2 ... after one short warm-up run
 figures are medians of ``--repeats``.
 
 Where the time goes: ``busy_s`` (sum of trial durations from the study), ``efficiency``
-(busy / (wall x workers): idle tail and overheads), mean trial seconds (CPU contention shows as
-slower trials with 2 workers), distinct configurations (identically seeded samplers in
+(busy / (wall x workers): idle tail and overheads), mean trial seconds, CPU seconds per trial and
+``cpu_share`` (CPU the workers got / (wall x workers): below 1 they waited for a core, i.e. the
+machine was busy with other work, while equal CPU per trial means no contention inside the
+study itself), distinct configurations (identically seeded samplers in
 separate processes can propose the same parameters).
 
 Target: speedup >= 1.6 on 2 cores.
@@ -44,9 +46,10 @@ settings = get_settings()
 config = load_pipeline_config(sys.argv[2], settings)
 snapshot, plan, worker = json.loads(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5])
 airloop.registry.get_client(settings).get_experiment(plan["experiment_id"])  # MLflow store connected: start-up
-imported = time.time()
+imported, cpu = time.time(), time.process_time()
 result = stages.train_worker(config, snapshot, plan, worker, settings)
-print(json.dumps({"launched": launched, "imported": imported, "started": imported, "ended": time.time(), **result}))
+print(json.dumps({"launched": launched, "imported": imported, "started": imported, "ended": time.time(),
+                  "cpu_s": time.process_time() - cpu, **result}))
 """
 
 
@@ -99,10 +102,14 @@ def run_study(folder: Path, label: str, data_dir: Path, config, snapshot: dict, 
         "trials_per_min": figures["finished"] / wall * 60,
         "efficiency": figures["busy_s"] / (wall * workers),
         "per_worker_trials": [r["trials_run"] for r in results],
+        "cpu_s": sum(r["cpu_s"] for r in results),
     })
+    figures["cpu_per_trial_s"] = figures["cpu_s"] / max(1, figures["finished"])
+    # CPU the workers got over the cores they could use: well below 1 means they waited for a core
+    figures["cpu_share"] = figures["cpu_s"] / (wall * workers)
     log(f"{label}: {workers} worker(s), {figures['finished']} trials in {wall:.1f} s "
         f"({figures['trials_per_min']:.1f}/min, mean trial {figures['mean_trial_s']:.2f} s, "
-        f"efficiency {figures['efficiency']:.2f}, distinct configs {figures['distinct_configs']}, "
+        f"efficiency {figures['efficiency']:.2f}, CPU share {figures['cpu_share']:.2f}, distinct configs {figures['distinct_configs']}, "
         f"start-up {figures['startup_s']:.1f} s)")
     return figures
 
@@ -146,6 +153,10 @@ def main() -> None:
         "wall_s_2": round(med(2, "wall_s"), 2),
         "mean_trial_s_1": round(med(1, "mean_trial_s"), 3),
         "mean_trial_s_2": round(med(2, "mean_trial_s"), 3),
+        "cpu_per_trial_s_1": round(med(1, "cpu_per_trial_s"), 3),
+        "cpu_per_trial_s_2": round(med(2, "cpu_per_trial_s"), 3),
+        "cpu_share_1": round(med(1, "cpu_share"), 3),
+        "cpu_share_2": round(med(2, "cpu_share"), 3),
         "efficiency_1": round(med(1, "efficiency"), 3),
         "efficiency_2": round(med(2, "efficiency"), 3),
         "startup_s": round(median([run["startup_s"] for w in runs for run in runs[w]]), 2),
