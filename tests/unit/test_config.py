@@ -75,3 +75,19 @@ def test_settings_resolve_relative_paths_and_defaults(tmp_path):
                         "AIRLOOP_SERVING_URL": "http://serve:9000/"})
     assert s2.mlflow_tracking_uri == "http://mlflow:5000"
     assert s2.serving_url == "http://serve:9000"
+
+
+def test_env_file_reader_agrees_with_python_dotenv(tmp_path):
+    """Our small .env reader gives what python-dotenv gives on the committed .env.example and on
+    the syntax variants it supports."""
+    from pathlib import Path
+
+    from dotenv import dotenv_values
+
+    from airloop.config import read_env_file
+
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    assert read_env_file(example) == {k: v or "" for k, v in dotenv_values(example).items()}
+    sample = tmp_path / ".env"
+    sample.write_text("# comment\n\nA=1\nexport B = two\nC='quoted # not a comment'\nD=\"x y\"\nE=v # trailing\nF=\n")
+    assert read_env_file(sample) == {k: v or "" for k, v in dotenv_values(sample).items()}
