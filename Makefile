@@ -35,7 +35,7 @@ $(VENV)/bin/python:
 
 $(VENV)/.installed: requirements.txt pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.9
-	$(UV) pip install --python $(PY) --quiet -r requirements.txt
+	$(UV) pip install --python $(PY) --quiet --compile-bytecode -r requirements.txt
 	$(UV) pip install --python $(PY) --quiet --no-deps -e .
 	@touch $@
 
