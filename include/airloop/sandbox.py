@@ -93,3 +93,12 @@ def stop_process_groups(procs: Iterable[subprocess.Popen], timeout: float = 30) 
             except ProcessLookupError:
                 pass
             proc.wait(timeout=timeout)
+
+
+def restore_environ(saved: Mapping[str, str | None]) -> None:
+    """Put back environment variables saved as ``{name: value or None (was unset)}``."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

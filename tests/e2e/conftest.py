@@ -19,7 +19,7 @@ def settings(request):
     """Settings of this module's own state folder (environment restored afterwards)."""
     from airloop import store
     from airloop.config import get_settings
-    from airloop.sandbox import STATE_VARS, state_environ
+    from airloop.sandbox import STATE_VARS, restore_environ, state_environ
 
     state = Path(tempfile.mkdtemp(prefix=f"airloop-e2e-{request.module.__name__.rsplit('.', 1)[-1]}-"))
     saved = {k: os.environ.get(k) for k in STATE_VARS}
@@ -28,11 +28,7 @@ def settings(request):
     get_settings.cache_clear()
     store.get_engine.cache_clear()
     yield get_settings()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    restore_environ(saved)
     get_settings.cache_clear()
     store.get_engine.cache_clear()
 

@@ -245,18 +245,9 @@ def test_backfill_with_the_real_scheduler_matches_scheduled_results(monitored, s
         print(f"\nbackfill of 30 monitoring intervals: {seconds:.0f} s ({seconds / 30:.1f} s per interval)")
         assert states.count("success") == 30, states
     finally:
-        import signal
+        from airloop.sandbox import stop_process_groups
 
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_process_groups(procs)
 
     monitored_days = {_utc(r[2]).date() for r in table(engine, store.monitoring_runs, [store.monitoring_runs.c.interval_start])}
     assert set(BACKFILL) <= monitored_days

@@ -18,7 +18,6 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from airloop.sandbox import restore_environ, stop_process_groups
 from tests.conftest import ServerThread, free_port
 from tests.pg import admin_sql, drop_database, new_database_name
 
@@ -63,19 +63,6 @@ def _profile(state: Path, dbs: dict[str, str], redis_db: int, ports: dict[str, i
         "AIRLOOP_SERVING_URL": f"http://127.0.0.1:{ports['serving']}",
         "AIRFLOW_CONN_AIRLOOP_SERVING": f"http://:{token}@127.0.0.1:{ports['serving']}",
     }
-
-
-def _stop(procs: dict[str, subprocess.Popen]) -> None:
-    for proc in procs.values():
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for proc in procs.values():
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -156,12 +143,8 @@ def cluster(tmp_path_factory):
     finally:
         if server is not None:
             server.__exit__(None, None, None)
-        _stop(procs)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        stop_process_groups(procs.values())
+        restore_environ(saved)
         from airloop.config import get_settings
 
         get_settings.cache_clear()
