@@ -18,7 +18,9 @@ each starts from the same stores with cold caches.
 Flatness: the median interval cost of the last quarter over that of the first quarter.
 Both runs' monitoring rows are compared (same results, floats to 1e-9).
 
-    python benchmarks/backfill.py [--intervals 120]
+The scheduler pre-imports the tasks' libraries (``airloop.preload``) unless ``--preload off``.
+
+    python benchmarks/backfill.py [--intervals 120] [--preload auto|off]
 """
 
 from __future__ import annotations
@@ -97,27 +99,12 @@ def run_plain(config, settings, days: list[date]) -> dict:
             "task_s": {task: median(values) for task, values in per_task.items()}}
 
 
-PREIMPORT = '''"""Benchmark experiment (backfill.py --preimport): imported by the scheduler at start-up, so the
-LocalExecutor workers and the task processes they fork inherit these modules instead of each
-task importing them again."""
-import importlib as _importlib
-
-__all__: list[str] = []  # nothing for airflow.settings to pick up
-for _module in %r:
-    _importlib.import_module(_module)
-'''
-PREIMPORTED = ("pandas", "sqlalchemy", "scipy.stats", "sklearn.metrics", "mlflow", "evidently", "airloop.loop",
-               "airloop.monitoring", "airloop.registry")
-
-
-def run_backfill(folder: Path, days: list[date], bytecode: bool = False, preimport: bool = False) -> dict:
+def run_backfill(folder: Path, days: list[date], preload: str = "auto") -> dict:
     """`airflow backfill create` executed by a real scheduler; timings from the metadata DB.
 
-    Experiments (off by default, to measure proposed fixes): ``bytecode`` lets every Airflow
-    process cache compiled bytecode (``PYTHONPYCACHEPREFIX``; the environment here sets
-    ``PYTHONDONTWRITEBYTECODE=1`` and the .venv ships no .pyc files, so every task process
-    compiles what it imports); ``preimport`` makes the scheduler import the monitoring tasks'
-    heavy modules before its executor forks the task processes.
+    ``preload`` is the scheduler's ``AIRLOOP_PRELOAD`` (``airloop.preload``: ``auto``, the
+    default, imports the tasks' libraries before the LocalExecutor forks its workers; ``off``
+    measures the tasks importing them themselves).
     """
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance
@@ -127,15 +114,7 @@ def run_backfill(folder: Path, days: list[date], bytecode: bool = False, preimpo
     port = free_port()
     os.environ.update({"AIRFLOW__API__PORT": str(port),
                        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"})
-    if bytecode:
-        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-        os.environ["PYTHONPYCACHEPREFIX"] = str(folder / "pycache")
-    scheduler_env = os.environ.copy()
-    if preimport:
-        (folder / "preimport").mkdir(exist_ok=True)
-        (folder / "preimport" / "airflow_local_settings.py").write_text(PREIMPORT % (PREIMPORTED,))
-        scheduler_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder / "preimport"),
-                                                                    os.environ.get("PYTHONPATH")]))
+    scheduler_env = {**os.environ, "AIRLOOP_PRELOAD": preload}
     airflow("dags", "reserialize")
     airflow("dags", "unpause", DAG_ID)
     # SQLite takes one writer at a time: create the backfill before the scheduler starts.
@@ -238,8 +217,8 @@ def main() -> None:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--intervals", type=int, default=120, help="daily intervals to backfill (default 120)")
     p.add_argument("--skip-reference", action="store_true", help="backfill only (no plain-loop reference)")
-    p.add_argument("--bytecode", action="store_true", help="experiment: let Airflow's processes cache bytecode")
-    p.add_argument("--preimport", action="store_true", help="experiment: the scheduler pre-imports the tasks' modules")
+    p.add_argument("--preload", choices=("auto", "off"), default="auto",
+                   help="the scheduler's AIRLOOP_PRELOAD (default auto: task libraries imported before forking)")
     args = p.parse_args()
     days = [FIRST_DAY + timedelta(days=i) for i in range(args.intervals)]
     with session("backfill", keep=args.keep) as folder:
@@ -266,7 +245,7 @@ def main() -> None:
             plain_rows = monitoring_rows(plain_settings, plain_state)
             settings = use_state(state)
         log(f"backfill of {len(days)} intervals starts")
-        dag = backfill_figures(run_backfill(folder, days, bytecode=args.bytecode, preimport=args.preimport))
+        dag = backfill_figures(run_backfill(folder, days, preload=args.preload))
         dag_rows = monitoring_rows(settings, state)
 
     first_q, last_q = quarters(dag["costs"])
@@ -274,7 +253,7 @@ def main() -> None:
     figures = {
         "benchmark": "backfill",
         "intervals": len(days),
-        "experiments": [name for name in ("bytecode", "preimport") if getattr(args, name)],
+        "preload": args.preload,
         "total_s": round(dag["total_s"], 1),
         "per_interval_s": round(per_interval, 2),
         "first_quarter_interval_s": first_q,
