@@ -159,7 +159,9 @@ def test_datetimes_are_stored_as_utc(db_uri: str, tmp_path: Path) -> None:
     rows = {r["request_id"]: r for r in _db_rows(db_uri)}
     for key in ("naive", "offset", "iso"):
         assert _utc(rows[key]["ts"]) == T0, key
-    assert json.loads(rows["feature-date"]["features"]) == {"when": "2026-01-02T00:00:00+00:00"}
+    # RFC 3339 (msgspec): UTC as "Z"; datetime.fromisoformat and pandas read it back as the same instant
+    assert json.loads(rows["feature-date"]["features"]) == {"when": "2026-01-02T00:00:00Z"}
+    assert datetime.fromisoformat(json.loads(rows["feature-date"]["features"])["when"]) == datetime(2026, 1, 2, tzinfo=timezone.utc)
 
 
 def test_repeated_request_ids_are_written_once(db_uri: str, tmp_path: Path) -> None:
