@@ -17,6 +17,7 @@ from airloop.training import (
     open_study,
     params_from_trial,
     run_worker,
+    sampler_seed,
     split_holdout,
     suggest,
 )
@@ -78,3 +79,35 @@ def test_workers_share_one_budget_and_reruns_resume(small_config, frame, tmp_pat
     assert len(seen) == 4 and second.best_value == first.best_value
     rerun = run_worker(small_config, frame, "2026-01-11", "s1", storage, 0, 2, 4, 120, tracker=track)
     assert rerun.trials_run == 0  # budget already spent: a re-run tops up, never repeats
+
+
+def test_workers_and_resumes_sample_differently_a_lone_worker_as_before(small_config, tmp_path):
+    """Side-by-side workers of one study (and a worker joining a study that already has trials)
+    draw different random start-up configurations; worker 0 on an empty study keeps the
+    pipeline's seed, so a lone worker trains exactly as with a plain seeded sampler."""
+    seed = small_config.training.seed
+    assert sampler_seed(seed, 0, 0) == seed
+    assert len({sampler_seed(seed, w, n) for w in range(4) for n in (0, 3, 16)}) == 12
+    assert sampler_seed(seed, 1, 3) == sampler_seed(seed, 1, 3)  # reproducible for the same history
+    space = {f: {k: v.model_dump() for k, v in ps.items()} for f, ps in small_config.training.search_space.items()}
+
+    def first_proposals(worker: int, study_name: str, n: int = 4) -> list[dict]:
+        study = open_study(f"journal://{tmp_path / 'j.log'}", study_name, small_config, worker=worker)
+        out = []
+        for _ in range(n):
+            trial = study.ask()
+            suggest(trial, space)
+            out.append(trial.params)
+        return out
+
+    # two workers joining the same empty study at the same time (both see 0 trials)
+    a, b = first_proposals(0, "side-by-side"), first_proposals(1, "side-by-side-copy")
+    assert a != b and all(x != y for x, y in zip(a, b))
+    # a lone worker 0 proposes what a plain sampler with the pipeline's seed proposes
+    plain = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=6))
+    expected = []
+    for _ in range(4):
+        trial = plain.ask()
+        suggest(trial, space)
+        expected.append(trial.params)
+    assert first_proposals(0, "lone") == expected
