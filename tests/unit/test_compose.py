@@ -801,7 +801,7 @@ def docker_copy(tmp_path) -> Path:
     shutil.copy(ENV_EXAMPLE, tmp_path / ".env.example")
     for name in ("requirements.txt", "pyproject.toml", "airflow.cfg"):
         shutil.copy(ROOT / name, tmp_path / name)
-    for name in ("include", "dags", "plugins"):
+    for name in ("include", "dags", "plugins", "config"):
         (tmp_path / name).symlink_to(ROOT / name)
     return tmp_path / "docker"
 
