@@ -51,6 +51,7 @@ from airloop.serving import (
     UntrustedModelError,
     check_admin_token,
     create_app,
+    new_request_ids,
     skops_trusted_types,
     vet_skops_types,
 )
@@ -579,7 +580,7 @@ def test_predictions_and_feedback_are_stored(tmp_path: Path, registry: Registry,
         one = app_client.post("/predict", json=single)
         assert one.status_code == 200
         single_id = one.json()["predictions"][0]["request_id"]
-        assert len(single_id) == 32 and uuid.UUID(single_id).version == 4
+        assert len(single_id) == 32 and uuid.UUID(single_id).version == 7  # time-ordered (new_request_ids)
 
         labels = {"items": [{"request_id": rid, "label": i % 2} for i, rid in enumerate(ids[:4])]}
         labels["items"][0]["label_ts"] = "2026-02-10T00:00:00Z"
@@ -822,3 +823,22 @@ def _detail_for_item(response: Any, field: str) -> dict[str, Any]:
     matches = [d for d in response.json()["detail"] if d["field"] == field]
     assert matches, response.json()
     return matches[0]
+
+
+def test_request_ids_are_unique_time_ordered_uuid7():
+    """Server-drawn ids: valid RFC 9562 version-7 UUIDs (32 hex digits), unique, and ordered by
+    the millisecond they were drawn in (what keeps the prediction log's key index append-only)."""
+    import time
+
+    first = new_request_ids(50_000)
+    assert len(set(first)) == 50_000 and new_request_ids(0) == []
+    for rid in first[:1000]:
+        parsed = uuid.UUID(rid)
+        assert len(rid) == 32 and parsed.hex == rid
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    drawn_ms = int(first[0][:12], 16)
+    assert abs(drawn_ms - time.time_ns() // 1_000_000) < 60_000
+    time.sleep(0.002)
+    later = new_request_ids(3)
+    assert all(b > a for a in first for b in later[:1])  # a later millisecond sorts after
+    assert not set(later) & set(first)
