@@ -132,10 +132,19 @@ def preload_for_process(argv: Sequence[str] | None = None, environ: Mapping[str,
     threads_before = threading.active_count()
     seconds = preload(modules)
     slowest = sorted(seconds.items(), key=lambda item: -item[1])[:3]
-    log.info("airloop preload: %d modules in %.1f s before forking tasks (slowest: %s)", len(seconds),
-             time.perf_counter() - started, ", ".join(f"{name} {s:.1f} s" for name, s in slowest))
+    _report("airloop preload: %d modules in %.1f s before forking tasks (slowest: %s)", len(seconds),
+            time.perf_counter() - started, ", ".join(f"{name} {s:.1f} s" for name, s in slowest))
     if threading.active_count() != threads_before:
         # Forking a process that runs threads can copy a lock another thread holds.
-        log.warning("airloop preload: importing started %d thread(s): %s",
-                    threading.active_count() - threads_before, [t.name for t in threading.enumerate()])
+        _report("airloop preload: importing started %d thread(s): %s",
+                threading.active_count() - threads_before, [t.name for t in threading.enumerate()], level=logging.WARNING)
     return tuple(seconds)
+
+
+def _report(message: str, *args: object, level: int = logging.INFO) -> None:
+    """Log ``message``; Airflow configures logging only after the local settings are imported,
+    so until then the line goes to stderr (the process's log) instead of being dropped."""
+    if logging.getLogger().handlers:
+        log.log(level, message, *args)
+    else:
+        print(message % args, file=sys.stderr, flush=True)

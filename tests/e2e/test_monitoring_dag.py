@@ -244,6 +244,10 @@ def test_backfill_with_the_real_scheduler_matches_scheduled_results(monitored, s
         seconds = time.perf_counter() - started
         print(f"\nbackfill of 30 monitoring intervals: {seconds:.0f} s ({seconds / 30:.1f} s per interval)")
         assert states.count("success") == 30, states
+        # the scheduler pre-imported the task libraries before its LocalExecutor forked them
+        from airloop.preload import DEFAULT_MODULES
+
+        assert f"airloop preload: {len(DEFAULT_MODULES)} modules" in (logs / "scheduler.log").read_text()
     finally:
         from airloop.sandbox import stop_process_groups
 
