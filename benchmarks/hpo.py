@@ -15,8 +15,8 @@ Where the time goes: ``busy_s`` (sum of trial durations from the study), ``effic
 (busy / (wall x workers): idle tail and overheads), mean trial seconds, CPU seconds per trial and
 ``cpu_share`` (CPU the workers got / (wall x workers): below 1 they waited for a core, i.e. the
 machine was busy with other work, while equal CPU per trial means no contention inside the
-study itself), distinct configurations (identically seeded samplers in
-separate processes can propose the same parameters).
+study itself), distinct configurations (each worker seeds its sampler by worker index and study
+size, ``training.sampler_seed``: identically seeded workers used to propose the same parameters).
 
 Target: speedup >= 1.6 on 2 cores.
 
