@@ -338,6 +338,7 @@ def main() -> None:
     scaling = mine["scaling"]
     per_m = [v["ours_s"] / (int(n) / 1e6) for n, v in scaling.items()]
     emit({
+        "benchmark": "drift",
         "rows": args.rows,
         "cols": len(NUMERIC) + len(CATEGORICAL),
         "ours_s": ours_s,
