@@ -111,3 +111,17 @@ def test_workers_and_resumes_sample_differently_a_lone_worker_as_before(small_co
         suggest(trial, space)
         expected.append(trial.params)
     assert first_proposals(0, "lone") == expected
+
+
+def test_trials_run_with_the_heap_frozen_and_it_is_thawed_after(small_config, frame, tmp_path):
+    """Optuna's gc_after_trial collects only what a trial allocated: the heap as it was before the
+    trials is frozen while they run, and unfrozen afterwards (it was not frozen before)."""
+    import gc
+
+    gc.unfreeze()
+    frozen_during = []
+    track = lambda *args: frozen_during.append(gc.get_freeze_count())  # noqa: E731
+    run_worker(small_config, frame, "2026-01-11", "frozen", f"journal://{tmp_path / 'j.log'}", 0, 1, 2, 120,
+               tracker=track)
+    assert len(frozen_during) == 2 and all(count > 10_000 for count in frozen_during)
+    assert gc.get_freeze_count() == 0
