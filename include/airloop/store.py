@@ -429,9 +429,9 @@ def insert_ignore(engine: sa.Engine, table: sa.Table, rows: list[dict[str, Any]]
 
     The columns are the first row's keys (a later row's missing key is NULL). The statement is
     compiled once per engine, table and columns and the rows go to the driver's ``executemany``
-    with the dialect's own bind conversions (SQLite datetimes as SQLAlchemy stores them), which
-    halves the CPU per row of the prediction logger's writes against ``conn.execute(stmt, rows)``
-    (parameter processing per row). Still one parameterised statement, one transaction.
+    with the dialect's own bind conversions (SQLite datetimes as SQLAlchemy stores them). That
+    skips ``conn.execute(stmt, rows)``'s generic per-row parameter processing, ~8 us a row in a
+    profile of the prediction logger's writes. Still one parameterised statement, one transaction.
     """
     if not rows:
         return 0
