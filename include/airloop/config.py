@@ -18,6 +18,7 @@ import re
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
@@ -108,6 +109,17 @@ def _resolve(root: Path, value: str) -> Path:
     return path if path.is_absolute() else (root / path).resolve()
 
 
+def project_root(env: Mapping[str, str]) -> Path:
+    """The project root: ``AIRLOOP_HOME``, else ``AIRFLOW_HOME`` when it holds ``include/airloop``,
+    else the checkout this package sits in."""
+    if env.get("AIRLOOP_HOME"):
+        return Path(env["AIRLOOP_HOME"]).resolve()
+    airflow_home = env.get("AIRFLOW_HOME")
+    if airflow_home and (Path(airflow_home) / "include" / "airloop").is_dir():
+        return Path(airflow_home).resolve()
+    return DEFAULT_ROOT.resolve()
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``environ`` (default: ``os.environ`` plus the root ``.env``).
 
@@ -119,14 +131,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         _load_dotenv(root_guess)
         environ = dict(os.environ)
     env = environ
-    root = Path(env.get("AIRLOOP_HOME") or "")
-    if not env.get("AIRLOOP_HOME"):
-        airflow_home = env.get("AIRFLOW_HOME")
-        if airflow_home and (Path(airflow_home) / "include" / "airloop").is_dir():
-            root = Path(airflow_home)
-        else:
-            root = DEFAULT_ROOT
-    root = root.resolve()
+    root = project_root(env)
     state = _resolve(root, env.get("AIRLOOP_STATE_DIR") or ".airloop")
     tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state / 'mlflow' / 'mlflow.db'}"
     return Settings(

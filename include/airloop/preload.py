@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +103,13 @@ def preload(modules: Sequence[str]) -> dict[str, float]:
 
 
 def _setting(environ: Mapping[str, str]) -> str | None:
+    """``AIRLOOP_PRELOAD`` from the environment, else from the project's ``.env``."""
     if "AIRLOOP_PRELOAD" in environ:
         return environ["AIRLOOP_PRELOAD"]
-    home = environ.get("AIRLOOP_HOME") or environ.get("AIRFLOW_HOME")
-    env_file = Path(home) / ".env" if home else None
-    if env_file is not None and env_file.is_file():
-        from airloop.config import read_env_file
+    from airloop.config import project_root, read_env_file
 
-        return read_env_file(env_file).get("AIRLOOP_PRELOAD")
-    return None
+    env_file = project_root(environ) / ".env"
+    return read_env_file(env_file).get("AIRLOOP_PRELOAD") if env_file.is_file() else None
 
 
 def preload_for_process(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
@@ -120,12 +117,11 @@ def preload_for_process(argv: Sequence[str] | None = None, environ: Mapping[str,
     imported. Called by ``config/airflow_local_settings.py``."""
     argv = sys.argv if argv is None else argv
     environ = os.environ if environ is None else environ
-    executor = environ.get("AIRFLOW__CORE__EXECUTOR", "")
-    if not executor and forks_tasks(argv, "LocalExecutor"):
-        from airflow.configuration import conf
+    if not forks_tasks(argv, "LocalExecutor"):  # neither a scheduler nor a Celery worker: nothing to do
+        return ()
+    from airflow.configuration import conf  # already loaded: Airflow reads it before the local settings
 
-        executor = conf.get("core", "executor", fallback="")
-    modules = modules_to_preload(argv, executor, _setting(environ))
+    modules = modules_to_preload(argv, conf.get("core", "executor", fallback=""), _setting(environ))
     if not modules:
         return ()
     started = time.perf_counter()
