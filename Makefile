@@ -85,7 +85,7 @@ bench: install ## run the benchmarks (BENCH="parse hpo" for some); JSON figures 
 	test -z "$$failed" || { echo "benchmarks failed:$$failed (output in $(STATE)/bench/)"; exit 1; }
 
 suite: install ## regenerate the Great Expectations suites in include/gx from the pipeline files
-	$(PY) -c "from airloop.config import get_settings, load_pipeline_config as l; from airloop.validation import write_suite; s=get_settings(); [print(write_suite(l(p, s), s)) for p in sorted(s.pipelines_dir.glob('*.yaml'))]"
+	$(PY) -m airloop.cli suite
 
 lock: install ## recompile requirements.txt from requirements.in
 	$(UV) pip compile requirements.in --python-version 3.11 -o requirements.txt --no-header -q

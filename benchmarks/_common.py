@@ -1,6 +1,6 @@
 """Shared helpers of the benchmarks: an isolated state folder per run, timing, the JSON line.
 
-Every benchmark runs on throwaway state (``airloop.sandbox``, the same environment the tests
+Every benchmark runs on throwaway state (``airloop.ops.sandbox``, the same environment the tests
 use): its own Airflow metadata DB, MLflow store, monitoring store, Optuna journal and data, in
 a temporary folder removed at the end (``--keep`` keeps it). Figures are medians of repeats with
 the warm-up excluded, and the last line printed is one JSON object.
@@ -27,8 +27,8 @@ for _path in (ROOT, ROOT / "include", ROOT / "plugins"):  # a plain `python benc
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from airloop.sandbox import free_port, isolated_environ, state_environ  # noqa: E402,F401 - after the path fix
-from airloop.sandbox import stop_process_groups as stop_group  # noqa: E402,F401
+from airloop.ops.sandbox import free_port, isolated_environ, state_environ  # noqa: E402,F401 - after the path fix
+from airloop.ops.sandbox import stop_process_groups as stop_group  # noqa: E402,F401
 
 PIPELINE = "claims_fraud"
 #: 1-minute load average when the benchmark started: other work on the 2 cores skews figures.
@@ -69,10 +69,10 @@ def emit(figures: dict[str, Any]) -> None:
 
 def _clear_caches() -> None:
     """Forget settings and engines built for another state folder."""
-    if "airloop.config" in sys.modules:
-        sys.modules["airloop.config"].get_settings.cache_clear()
-    if "airloop.store" in sys.modules:
-        sys.modules["airloop.store"].get_engine.cache_clear()
+    if "airloop.core.settings" in sys.modules:
+        sys.modules["airloop.core.settings"].get_settings.cache_clear()
+    if "airloop.core.store" in sys.modules:
+        sys.modules["airloop.core.store"].get_engine.cache_clear()
 
 
 @contextmanager
@@ -101,8 +101,9 @@ def use_state(state: Path, data_dir: Path | None = None):
     """Point airloop at a fresh state folder (new MLflow store, monitoring store, Optuna
     journal), optionally reading the data of ``data_dir`` so repeats see the same data; return
     its settings with the MLflow store already created (store creation is set-up, not timed)."""
-    from airloop import registry
-    from airloop.config import get_settings, load_pipeline_config
+    from airloop.core.pipeline import load_pipeline_config
+    from airloop.core.settings import get_settings
+    from airloop.registry import client as registry
 
     env = state_environ(state)
     if data_dir is not None:
@@ -118,8 +119,8 @@ def use_state(state: Path, data_dir: Path | None = None):
 
 def write_demo_history(settings, days: int = 150) -> Path:
     """The demo's simulated history (as ``make demo`` writes it) into the settings' data folder."""
-    from airloop.config import load_pipeline_config, resolve_source_path
-    from airloop.simulator import DEFAULT_START, write_history
+    from airloop.core.pipeline import load_pipeline_config, resolve_source_path
+    from airloop.data.simulator import DEFAULT_START, write_history
 
     config = load_pipeline_config(PIPELINE, settings)
     root = resolve_source_path(config, settings)
@@ -170,11 +171,11 @@ def last_json_line(text: str) -> dict[str, Any]:
 
 @contextmanager
 def serving_process(folder: Path, ready: bool = False) -> Iterator[str]:
-    """The real serving process (``airloop.cli.serving_argv``) on a free loopback port, reachable
+    """The real serving process (``airloop.cli.commands.serving_argv``) on a free loopback port, reachable
     by the DAGs' deploy task through ``AIRFLOW_CONN_AIRLOOP_SERVING``; yields its URL once it
     answers ``/health`` (and ``/ready``, the champion loaded, when ``ready``)."""
-    from airloop.cli import serving_argv
-    from airloop.config import get_settings
+    from airloop.cli.commands import serving_argv
+    from airloop.core.settings import get_settings
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -197,8 +198,8 @@ def plain_training(config, as_of: str, settings, *, window: int | None = None, n
                    run_id: str = "plain") -> tuple[dict[str, Any], dict[str, float]]:
     """The training DAG's stages called one after the other in this process (workers in turn,
     as ``dag.test`` runs them): (outputs by stage, seconds by stage). ``endpoint`` (a
-    :class:`airloop.deploy.ServingEndpoint`): also deploy, as the DAG's last task does."""
-    from airloop import stages
+    :class:`airloop.serving.client.ServingEndpoint`): also deploy, as the DAG's last task does."""
+    from airloop.tasks import lifecycle, training
 
     context = {"dag_id": f"{config.name}__train", "dag_run_id": run_id, "run_type": "manual", "as_of": as_of,
                "trigger_reason": ""}
@@ -210,18 +211,18 @@ def plain_training(config, as_of: str, settings, *, window: int | None = None, n
         seconds[name] = seconds.get(name, 0.0) + took
         return out[name]
 
-    snapshot = step("extract", lambda: stages.extract(config, as_of, settings, window=window))
-    validation = step("validate", lambda: stages.validate(config, snapshot, settings))
-    plan = step("prepare_study", lambda: stages.prepare_training(config, snapshot, validation, settings, context,
+    snapshot = step("extract", lambda: training.extract(config, as_of, settings, window=window))
+    validation = step("validate", lambda: training.validate(config, snapshot, settings))
+    plan = step("prepare_study", lambda: training.prepare_training(config, snapshot, validation, settings, context,
                                                                  n_trials=n_trials, timeout_s=timeout_s))
     for worker in plan["workers"]:
-        step("train_trials", lambda: stages.train_worker(config, snapshot, plan, worker, settings))
-    evaluation = step("evaluate", lambda: stages.evaluate(config, snapshot, plan, settings))
-    registration = step("register", lambda: stages.register(config, snapshot, validation, plan, evaluation, settings,
+        step("train_trials", lambda: training.train_worker(config, snapshot, plan, worker, settings))
+    evaluation = step("evaluate", lambda: training.evaluate(config, snapshot, plan, settings))
+    registration = step("register", lambda: training.register(config, snapshot, validation, plan, evaluation, settings,
                                                             context))
-    promotion = step("promote", lambda: stages.promote(config, registration, evaluation, settings, "benchmark",
+    promotion = step("promote", lambda: training.promote(config, registration, evaluation, settings, "benchmark",
                                                        context, force=force))
     if endpoint is not None and promotion.get("promoted"):
-        step("deploy", lambda: stages.deploy(config, promotion, snapshot, endpoint, settings, actor="benchmark",
+        step("deploy", lambda: lifecycle.deploy(config, promotion, snapshot, endpoint, settings, actor="benchmark",
                                              run_context=context))
     return out, seconds

@@ -18,7 +18,7 @@ each starts from the same stores with cold caches.
 Flatness: the median interval cost of the last quarter over that of the first quarter.
 Both runs' monitoring rows are compared (same results, floats to 1e-9).
 
-The scheduler pre-imports the tasks' libraries (``airloop.preload``) unless ``--preload off``.
+The scheduler pre-imports the tasks' libraries (``airloop.ops.preload``) unless ``--preload off``.
 
     python benchmarks/backfill.py [--intervals 120] [--preload auto|off]
 """
@@ -34,8 +34,24 @@ import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from _common import (PIPELINE, airflow, emit, free_port, log, median, parser, plain_training, serving_process, session,
-                     start_group, stop_group, timed, use_state, wait_http, write_demo_history)
+from _common import (
+    PIPELINE,
+    airflow,
+    emit,
+    free_port,
+    log,
+    median,
+    parser,
+    plain_training,
+    serving_process,
+    session,
+    start_group,
+    stop_group,
+    timed,
+    use_state,
+    wait_http,
+    write_demo_history,
+)
 
 FIRST_DAY = date(2026, 1, 29)  # champion trained as of this day on the 28 days before it
 DAG_ID = f"{PIPELINE}__monitor"
@@ -45,8 +61,8 @@ def replay(settings, config, days: list[date]) -> int:
     """Every day's claims through the serving API (``cli.replay_traffic``); wait until all are logged."""
     import sqlalchemy as sa
 
-    from airloop import store
-    from airloop.cli import replay_traffic
+    from airloop.cli.demo import replay_traffic
+    from airloop.core import store
 
     sent = sum(replay_traffic(settings, config, day) for day in days)
     engine = store.get_engine(settings.monitoring_db_uri)
@@ -67,19 +83,21 @@ def day_start(day: date) -> datetime:
 
 def plain_interval(config, settings, day: date) -> dict[str, float]:
     """The monitoring DAG's four tasks as plain calls for ``[day, day + 1)``; seconds per task."""
-    from airloop import loop
+    from airloop.monitoring import alerts as loop_alerts
+    from airloop.monitoring import labels, retrain
+    from airloop.tasks import monitoring
 
     start, end = day_start(day), day_start(day) + timedelta(days=1)
     seconds = {}
-    _, seconds["ingest_labels"] = timed(lambda: loop.ingest_labels(config, settings, start, end))
-    summary, seconds["monitor"] = timed(lambda: loop.monitor(config, settings, start, end))
+    _, seconds["ingest_labels"] = timed(lambda: labels.ingest_labels(config, settings, start, end))
+    summary, seconds["monitor"] = timed(lambda: monitoring.monitor(config, settings, start, end))
 
     def alerts():
-        loop.record_alerts(config, settings, start, summary)
-        return loop.deliver_alerts(config, settings, start, {})  # no route configured, as in the DAG
+        loop_alerts.record_alerts(config, settings, start, summary)
+        return loop_alerts.deliver_alerts(config, settings, start, {})  # no route configured, as in the DAG
 
     _, seconds["alerts"] = timed(alerts)
-    _, seconds["request_retrain"] = timed(lambda: loop.decide_retrain(config, settings, start, end, summary))
+    _, seconds["request_retrain"] = timed(lambda: retrain.decide_retrain(config, settings, start, end, summary))
     return seconds
 
 
@@ -102,7 +120,7 @@ def run_plain(config, settings, days: list[date]) -> dict:
 def run_backfill(folder: Path, days: list[date], preload: str = "auto") -> dict:
     """`airflow backfill create` executed by a real scheduler; timings from the metadata DB.
 
-    ``preload`` is the scheduler's ``AIRLOOP_PRELOAD`` (``airloop.preload``: ``auto``, the
+    ``preload`` is the scheduler's ``AIRLOOP_PRELOAD`` (``airloop.ops.preload``: ``auto``, the
     default, imports the tasks' libraries before the LocalExecutor forks its workers; ``off``
     measures the tasks importing them themselves).
     """
@@ -195,7 +213,7 @@ def monitoring_rows(settings, root: Path) -> list[tuple]:
     """The monitoring_runs and feature_drift rows, state paths neutralised, for comparison."""
     import sqlalchemy as sa
 
-    from airloop import store
+    from airloop.core import store
 
     engine = store.get_engine(settings.monitoring_db_uri)
     out = []
@@ -222,7 +240,8 @@ def main() -> None:
     args = p.parse_args()
     days = [FIRST_DAY + timedelta(days=i) for i in range(args.intervals)]
     with session("backfill", keep=args.keep) as folder:
-        from airloop.config import get_settings, load_pipeline_config
+        from airloop.core.pipeline import load_pipeline_config
+        from airloop.core.settings import get_settings
 
         state = folder / "state"
         airflow("db", "migrate")

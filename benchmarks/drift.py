@@ -1,4 +1,4 @@
-"""Drift at a million rows: airloop's fast path (airloop.driftstats) vs Evidently's DataDriftPreset.
+"""Drift at a million rows: airloop's fast path (airloop.monitoring.driftstats) vs Evidently's DataDriftPreset.
 
     python benchmarks/drift.py [--rows N] [--repeats K] [--agreement-rows M] [--scaling 1e6,2e6,5e6,1e7]
 
@@ -167,7 +167,7 @@ def evidently_value_drift(reference, current, metrics) -> dict[str, dict]:
     """Evidently's ValueDrift verdicts of ``metrics`` (one method per column)."""
     from evidently import DataDefinition, Dataset, Report
 
-    from airloop.monitoring import evidently_verdicts
+    from airloop.monitoring.drift import evidently_verdicts
 
     definition = DataDefinition(numerical_columns=NUMERIC, categorical_columns=CATEGORICAL)
     snapshot = Report(metrics, include_tests=True).run(Dataset.from_pandas(current, data_definition=definition),
@@ -185,7 +185,7 @@ def method_name(display_or_name: str) -> str:
 
 def ours(profile_path: Path, current) -> dict:
     """Monitoring's per-interval drift path given a stored profile: load it, judge every column."""
-    from airloop import driftstats
+    from airloop.monitoring import driftstats
 
     profile = driftstats.ReferenceProfile.load(profile_path)
     return driftstats.drift_verdicts(profile, current, {c: (None, None) for c in [*NUMERIC, *CATEGORICAL]})
@@ -193,7 +193,7 @@ def ours(profile_path: Path, current) -> dict:
 
 def worker(side: str, rows: int, repeats: int, out: Path, sizes: list[int]) -> None:
     """One side of the benchmark in this (fresh) process; figures written to ``out`` as JSON."""
-    from airloop import driftstats
+    from airloop.monitoring import driftstats
 
     figures: dict[str, Any] = {"side": side}
     shifts = MAIN_SHIFTS
@@ -249,7 +249,7 @@ def worker(side: str, rows: int, repeats: int, out: Path, sizes: list[int]) -> N
             log(f"evidently run: {times[-1]:.1f} s")
         figures["peak_mb"] = peak_mb() - figures["baseline_mb"]
         figures["times"], figures["cpu"] = times, cpu
-        from airloop.monitoring import evidently_verdicts
+        from airloop.monitoring.drift import evidently_verdicts
 
         figures["verdicts"] = {c: [method_name(v["method"]), v["threshold"], v["score"], v["drifted"]]
                                for c, v in evidently_verdicts(snapshot).items()}
@@ -272,7 +272,7 @@ def agreement(rows: int) -> dict[str, Any]:
     the approximation is exercised at this size too."""
     from evidently.metrics import ValueDrift
 
-    from airloop import driftstats
+    from airloop.monitoring import driftstats
 
     reference = make_frame(rows, seed=11)
     exact = driftstats.build_profile(reference, NUMERIC, CATEGORICAL)

@@ -46,13 +46,14 @@ AS_OF = "2026-03-01"
 CHILD = r"""
 import json, os, sys, time
 launched = float(sys.argv[1])
-from airloop import stages
-from airloop.config import get_settings, load_pipeline_config
-import airloop.training, airloop.registry, airloop.data, optuna, sklearn.ensemble, mlflow  # noqa: F401 - imports before the clock
+from airloop.tasks import training as stages
+from airloop.core.settings import get_settings
+from airloop.core.pipeline import load_pipeline_config
+import airloop.training.search, airloop.registry.client, airloop.data.sources, optuna, sklearn.ensemble, mlflow  # noqa: F401 - imports before the clock
 settings = get_settings()
 config = load_pipeline_config(sys.argv[2], settings)
 snapshot, plan, worker = json.loads(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5])
-airloop.registry.get_client(settings).get_experiment(plan["experiment_id"])  # MLflow store connected: start-up
+airloop.registry.client.get_client(settings).get_experiment(plan["experiment_id"])  # MLflow store connected: start-up
 imported, cpu = time.time(), time.process_time()
 result = stages.train_worker(config, snapshot, plan, worker, settings)
 print(json.dumps({"launched": launched, "imported": imported, "started": imported, "ended": time.time(),
@@ -64,7 +65,7 @@ def study_figures(storage: str, study_name: str, config) -> dict:
     """Trial counts, busy seconds and distinct configurations of a finished study."""
     from optuna.trial import TrialState
 
-    from airloop.training import open_study
+    from airloop.training.search import open_study
 
     trials = open_study(storage, study_name, config).get_trials(deepcopy=False)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -117,7 +118,7 @@ def machine_ceiling(repeats: int = 3) -> dict[str, float]:
 def run_study(folder: Path, label: str, data_dir: Path, config, snapshot: dict, validation: dict,
               workers: int, n_trials: int) -> dict:
     """One study of ``n_trials`` with ``workers`` parallel worker processes on fresh state."""
-    from airloop import stages
+    from airloop.tasks import training as stages
 
     settings = use_state(folder / label, data_dir)
     context = {"dag_id": "bench-hpo", "dag_run_id": label, "as_of": AS_OF}
@@ -159,8 +160,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=64, help="study budget (default 64; the demo pipeline's is 16)")
     args = p.parse_args()
     with session("hpo", keep=args.keep) as folder:
-        from airloop import stages
-        from airloop.config import load_pipeline_config
+        from airloop.core.pipeline import load_pipeline_config
+        from airloop.tasks import training as stages
 
         data_dir = folder / "data"
         settings = use_state(folder / "setup", data_dir)

@@ -35,8 +35,23 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from _common import (PIPELINE, ROOT, airflow, emit, free_port, log, median, parser, plain_training, serving_process,
-                     session, stop_group, timed, use_state, write_demo_history)
+from _common import (
+    PIPELINE,
+    ROOT,
+    airflow,
+    emit,
+    free_port,
+    log,
+    median,
+    parser,
+    plain_training,
+    serving_process,
+    session,
+    stop_group,
+    timed,
+    use_state,
+    write_demo_history,
+)
 
 AS_OF = "2026-03-01"
 DEMO_CHAMPION = re.compile(r"^training as of (\S+): success")
@@ -61,8 +76,8 @@ def dag_run(dag, folder: Path, label: str, data_dir: Path, conf: dict) -> tuple[
 
 def plain_run(config, folder: Path, label: str, data_dir: Path, n_trials: int | None) -> tuple[float, dict[str, float]]:
     """The same stages called directly on fresh state; (seconds, seconds by stage)."""
-    from airloop.config import get_settings
-    from airloop.deploy import ServingEndpoint
+    from airloop.core.settings import get_settings
+    from airloop.serving.client import ServingEndpoint
 
     use_state(folder / label, data_dir)
     with serving_process(folder) as url:
@@ -78,7 +93,7 @@ def plain_run(config, folder: Path, label: str, data_dir: Path, n_trials: int | 
 
 def demo_time_to_champion(folder: Path) -> float:
     """Seconds from a clean state folder to the demo's first champion (make demo's commands)."""
-    from airloop.sandbox import isolated_environ
+    from airloop.ops.sandbox import isolated_environ
 
     session_dir = folder / "demo"
     port = free_port()
@@ -118,7 +133,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=None, help="study budget (default: the pipeline's n_trials)")
     args = p.parse_args()
     with session("pipeline", keep=args.keep) as folder:
-        from airloop.config import load_pipeline_config
+        from airloop.core.pipeline import load_pipeline_config
 
         airflow("db", "migrate")
         data_dir = folder / "data"

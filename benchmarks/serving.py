@@ -4,7 +4,7 @@ How: a fresh state folder gets the demo history and one champion trained by the 
 (``plain_training``: extract, validate, a 3-trial Optuna study, evaluate, register, promote) in
 an isolated MLflow store. Three servers then run side by side, each one uvicorn worker:
 
-* ``ours``: uvicorn on ``airloop.serving:create_app`` (the options of ``airloop.cli.serving_argv``), prediction
+* ``ours``: uvicorn on ``airloop.serving.app:create_app`` (the options of ``airloop.cli.commands.serving_argv``), prediction
   logging on (every record enqueued and written to the SQLite monitoring store by the logger
   thread);
 * ``ours_off``: the same command on :func:`app_without_logging` (``create_app(log_predictions=False)``);
@@ -53,8 +53,22 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from _common import (PIPELINE, ROOT, emit, free_port, log, median, parser, plain_training, session, start_group,
-                     stop_group, use_state, wait_http, write_demo_history)
+from _common import (
+    PIPELINE,
+    ROOT,
+    emit,
+    free_port,
+    log,
+    median,
+    parser,
+    plain_training,
+    session,
+    start_group,
+    stop_group,
+    use_state,
+    wait_http,
+    write_demo_history,
+)
 
 AS_OF = "2026-03-01"
 CONNECTIONS = 10
@@ -79,7 +93,7 @@ end
 
 def app_without_logging():
     """Our serving app with prediction logging off (uvicorn ``--factory`` target of ``ours_off``)."""
-    from airloop.serving import create_app
+    from airloop.serving.app import create_app
 
     return create_app(log_predictions=False)
 
@@ -88,7 +102,7 @@ def claim_records(settings, config, n: int) -> list[dict[str, Any]]:
     """``n`` real claims (feature columns only, JSON-ready: NaN as null) from the demo days before AS_OF."""
     from datetime import date, timedelta
 
-    from airloop.data import read_partition
+    from airloop.data.sources import read_partition
 
     names = list(config.features)
     out: list[dict[str, Any]] = []
@@ -169,8 +183,8 @@ def wait_drained(url: str, seconds: float = 300) -> float:
     raise RuntimeError(f"prediction log not drained within {seconds:.0f} s: {logger_stats(url)}")
 
 
-def ours_argv(port: int, factory: str = "airloop.serving:create_app") -> list[str]:
-    """uvicorn on our serving app, with the options of ``airloop.cli.serving_argv`` (1 worker, no access log)."""
+def ours_argv(port: int, factory: str = "airloop.serving.app:create_app") -> list[str]:
+    """uvicorn on our serving app, with the options of ``airloop.cli.commands.serving_argv`` (1 worker, no access log)."""
     return [sys.executable, "-m", "uvicorn", "--factory", factory, "--app-dir", str(ROOT / "benchmarks"),
             "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
 
@@ -192,7 +206,7 @@ def start_servers(folder: Path, model: str, version: str) -> tuple[dict[str, str
                         "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],  # it execs `uvicorn` from PATH:
                         "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))}
             else:
-                argv = ours_argv(port, "serving:app_without_logging" if name == "ours_off" else "airloop.serving:create_app")
+                argv = ours_argv(port, "serving:app_without_logging" if name == "ours_off" else "airloop.serving.app:create_app")
             procs[name] = start_group(argv, folder / f"{name}.log", env)
         for name, url in urls.items():
             wait_http(f"{url}/ping" if name == "mlflow" else f"{url}/ready", procs[name], seconds=180)
@@ -261,8 +275,8 @@ def main() -> None:
     with session("serving", keep=args.keep) as folder:
         import sqlalchemy as sa
 
-        from airloop import store
-        from airloop.config import load_pipeline_config
+        from airloop.core import store
+        from airloop.core.pipeline import load_pipeline_config
 
         settings = use_state(folder / "state")
         write_demo_history(settings)

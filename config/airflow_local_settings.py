@@ -4,10 +4,10 @@ every one of its processes.
 airloop uses it for one thing: the processes that fork task processes (``airflow scheduler``
 with the LocalExecutor, ``airflow celery worker``) import the task libraries once, so each task
 inherits them instead of importing Evidently, MLflow, pandas and scikit-learn again
-(``airloop.preload``; ``AIRLOOP_PRELOAD=off`` turns it off). No Airflow setting is overridden.
+(``airloop.ops.preload``; ``AIRLOOP_PRELOAD=off`` turns it off). No Airflow setting is overridden.
 """
 
-from airloop.preload import preload_for_process
+from airloop.ops.preload import preload_for_process
 
 __all__: list[str] = []  # nothing here for airflow.settings to pick up
 

@@ -34,7 +34,8 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from airloop.config import get_settings, load_all_pipelines, load_pipeline_config
+from airloop.core.pipeline import load_all_pipelines, load_pipeline_config
+from airloop.core.settings import get_settings
 from airloop_provider.operators import DeployModelOperator, run_actor, run_context
 
 
@@ -75,14 +76,12 @@ def promotion_dag(pipeline: str):
         def promote(**context) -> dict:
             from airflow.exceptions import AirflowFailException
 
-            from airloop import lifecycle
+            from airloop.tasks import lifecycle
 
-            params, dag_run = context["params"], context["dag_run"]
-            key = f"{config.name}:{params['environment']}:{params['version']}:{dag_run.run_id}"
-            result = lifecycle.promote_version(
+            params = context["params"]
+            result = lifecycle.promote(
                 config, get_settings(), str(params["version"]), params["environment"], actor=run_actor(context),
-                reason=params["reason"], force=bool(params["force"]), run_context=run_context(context, None),
-                idempotency_key=key)
+                reason=params["reason"], force=bool(params["force"]), run_context=run_context(context, None))
             if not result["promoted"] and not result.get("noop"):
                 raise AirflowFailException(f"promotion refused (recorded in the ledger): {result['reason']}")
             return result
@@ -113,16 +112,13 @@ def rollback_dag(pipeline: str):
     def rollback_model():
         @task
         def rollback(**context) -> dict:
-            from airloop import lifecycle
+            from airloop.tasks import lifecycle
             from airloop_provider.hooks import ServingHook
 
-            params, dag_run = context["params"], context["dag_run"]
-            environment = config.promotion.environment(params["environment"])
-            return lifecycle.rollback(
-                config, get_settings(), environment.name, params["target"], actor=run_actor(context),
-                reason=params["reason"], run_context=run_context(context, None),
-                idempotency_key=f"{config.name}:{environment.name}:rollback:{dag_run.run_id}",
-                endpoint=ServingHook().endpoint if environment.serving else None)
+            params = context["params"]
+            return lifecycle.rollback_environment(
+                config, get_settings(), params["environment"], params["target"], actor=run_actor(context),
+                reason=params["reason"], run_context=run_context(context, None), endpoint=ServingHook().endpoint)
 
         rollback()
 
@@ -163,25 +159,11 @@ def abtest_dag(pipeline: str):
     def ab_test():
         @task
         def apply(**context) -> dict:
-            from airloop import abtest
-            from airloop.deploy import refresh_abtest
+            from airloop.tasks import lifecycle
             from airloop_provider.hooks import ServingHook
 
-            params, settings = context["params"], get_settings()
             at = context["dag_run"].run_after  # when the operator asked: business time of a manual run
-            if params["action"] == "stop":
-                if not params["test_id"]:
-                    raise ValueError("stopping needs test_id (see GET /abtest on serving or the ab_tests table)")
-                result = abtest.stop_test(config, settings, params["test_id"], at, reason=params["reason"] or "stopped")
-            else:
-                result = abtest.start_test(
-                    config, settings, at, mode=params["mode"], traffic_pct=float(params["traffic_pct"]),
-                    key_field=params["key_field"], success_metric=params["success_metric"],
-                    alpha=float(params["alpha"]), min_samples=int(params["min_samples"]),
-                    max_duration_days=float(params["max_duration_days"]), tenant=params["tenant"],
-                    challenger_version=params["challenger_version"], test_id=params["test_id"])
-            result["serving"] = refresh_abtest(ServingHook().endpoint.for_pipeline(config))
-            return result
+            return lifecycle.apply_abtest(config, get_settings(), context["params"], at, ServingHook().endpoint)
 
         apply()
 
@@ -204,7 +186,7 @@ def abtest_evaluation_dag(pipeline: str):
     def evaluate_ab_tests():
         @task
         def evaluate(data_interval_start=None, data_interval_end=None, **context) -> list:
-            from airloop import lifecycle
+            from airloop.tasks import lifecycle
             from airloop_provider.hooks import ServingHook
 
             return lifecycle.run_ab_evaluations(

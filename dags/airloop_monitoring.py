@@ -29,8 +29,9 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
 
-from airloop.config import get_settings, load_all_pipelines, load_pipeline_config
-from airloop.loop import retrain_asset_uri
+from airloop.core.pipeline import load_all_pipelines, load_pipeline_config
+from airloop.core.settings import get_settings
+from airloop_provider.assets import retrain_asset_uri
 
 
 def monitoring_dag(pipeline: str):
@@ -56,32 +57,30 @@ def monitoring_dag(pipeline: str):
     def monitor_pipeline():
         @task
         def ingest_labels(data_interval_start=None, data_interval_end=None) -> dict:
-            from airloop import loop
+            from airloop.tasks import monitoring
 
-            return loop.ingest_labels(config, get_settings(), data_interval_start, data_interval_end)
+            return monitoring.ingest(config, get_settings(), data_interval_start, data_interval_end)
 
         @task
         def monitor(labels: dict, data_interval_start=None, data_interval_end=None) -> dict:
-            from airloop import loop
+            from airloop.tasks import monitoring
 
-            return loop.monitor(config, get_settings(), data_interval_start, data_interval_end)
+            return monitoring.monitor(config, get_settings(), data_interval_start, data_interval_end)
 
         @task
         def alerts(summary: dict, data_interval_start=None, **context) -> dict:
-            from airloop import loop
+            from airloop.tasks import monitoring
             from airloop_provider.notifiers import alert_senders
 
-            settings = get_settings()
-            loop.record_alerts(config, settings, data_interval_start, summary)
-            return loop.deliver_alerts(config, settings, data_interval_start, alert_senders(config, context))
+            return monitoring.alert(config, get_settings(), data_interval_start, summary, alert_senders(config, context))
 
         @task(outlets=[retrain])
         def request_retrain(summary: dict, data_interval_start=None, data_interval_end=None, **context) -> dict:
             from airflow.exceptions import AirflowSkipException
 
-            from airloop import loop
+            from airloop.tasks import monitoring
 
-            decision = loop.decide_retrain(config, get_settings(), data_interval_start, data_interval_end, summary)
+            decision = monitoring.retrain_decision(config, get_settings(), data_interval_start, data_interval_end, summary)
             if not decision["retrain"]:
                 raise AirflowSkipException(f"no retraining: {decision.get('reason') or 'no retrain rule fired'}")
             context["outlet_events"][retrain].extra = {"as_of": decision["as_of"], "reason": decision["reason"][:2000]}
@@ -89,7 +88,7 @@ def monitoring_dag(pipeline: str):
 
         @task
         def post_deploy_guard(summary: dict, **context) -> dict:
-            from airloop import lifecycle
+            from airloop.tasks import lifecycle
             from airloop_provider.hooks import ServingHook
             from airloop_provider.operators import run_actor, run_context
 

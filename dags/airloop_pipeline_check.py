@@ -10,7 +10,8 @@ field.
 
 from __future__ import annotations
 
-from airloop.config import ConfigError, load_all_pipelines
+from airloop.core.pipeline import load_all_pipelines
+from airloop.core.settings import ConfigError
 
 _, _errors = load_all_pipelines()
 if _errors:

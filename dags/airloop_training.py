@@ -26,8 +26,9 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
-from airloop.config import get_settings, load_all_pipelines, load_pipeline_config
-from airloop.loop import retrain_asset_uri
+from airloop.core.pipeline import load_all_pipelines, load_pipeline_config
+from airloop.core.settings import get_settings
+from airloop_provider.assets import retrain_asset_uri
 from airloop_provider.operators import DeployModelOperator, as_of_day, run_actor, run_context
 
 
@@ -69,7 +70,7 @@ def training_dag(pipeline: str):
     def train_pipeline():
         @task
         def extract(**context) -> dict:
-            from airloop import stages
+            from airloop.tasks import training as stages
 
             return stages.extract(config, as_of_day(context), get_settings(), window=context["params"]["window_days"])
 
@@ -77,7 +78,7 @@ def training_dag(pipeline: str):
         def validate(snapshot: dict) -> dict:
             from airflow.exceptions import AirflowFailException
 
-            from airloop import stages
+            from airloop.tasks import training as stages
 
             try:
                 return stages.validate(config, snapshot, get_settings())
@@ -86,7 +87,7 @@ def training_dag(pipeline: str):
 
         @task
         def prepare_study(snapshot: dict, validation: dict, **context) -> dict:
-            from airloop import stages
+            from airloop.tasks import training as stages
 
             params = context["params"]
             return stages.prepare_training(config, snapshot, validation, get_settings(),
@@ -95,26 +96,26 @@ def training_dag(pipeline: str):
 
         @task(max_active_tis_per_dagrun=config.training.n_workers)
         def train_trials(worker: int, snapshot: dict, plan: dict) -> dict:
-            from airloop import stages
+            from airloop.tasks import training as stages
 
             return stages.train_worker(config, snapshot, plan, worker, get_settings())
 
         @task
         def evaluate(snapshot: dict, plan: dict, workers: list) -> dict:
-            from airloop import stages
+            from airloop.tasks import training as stages
 
             return stages.evaluate(config, snapshot, plan, get_settings())
 
         @task
         def register(snapshot: dict, validation: dict, plan: dict, evaluation: dict, **context) -> dict:
-            from airloop import stages
+            from airloop.tasks import training as stages
 
             return stages.register(config, snapshot, validation, plan, evaluation, get_settings(),
                                    run_context(context, snapshot["as_of"]))
 
         @task
         def promote(registration: dict, evaluation: dict, snapshot: dict, **context) -> dict:
-            from airloop import stages
+            from airloop.tasks import training as stages
 
             return stages.promote(config, registration, evaluation, get_settings(), actor=run_actor(context),
                                   run_context=run_context(context, snapshot["as_of"]),

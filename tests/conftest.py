@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from airloop.sandbox import free_port, isolated_environ  # noqa: F401 - imports no Airflow: the environment is set first
+from airloop.ops.sandbox import free_port, isolated_environ  # noqa: F401 - imports no Airflow: the environment is set first
 
 ROOT = Path(__file__).resolve().parent.parent
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="airloop-test-"))
@@ -42,7 +42,7 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def settings():
     """Settings of the test session (fresh state folder)."""
-    from airloop.config import get_settings
+    from airloop.core.settings import get_settings
 
     get_settings.cache_clear()
     return get_settings()
@@ -51,7 +51,7 @@ def settings():
 @pytest.fixture(scope="session")
 def claims_config(settings):
     """The demo pipeline's configuration."""
-    from airloop.config import load_pipeline_config
+    from airloop.core.pipeline import load_pipeline_config
 
     return load_pipeline_config("claims_fraud", settings)
 

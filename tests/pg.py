@@ -41,7 +41,7 @@ def new_database_name() -> str:
 
 def drop_database(name: str) -> None:
     """Drop a test database, forcing out connections left open (the store's cached engines too)."""
-    from airloop import store
+    from airloop.core import store
 
     store.get_engine.cache_clear()
     admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

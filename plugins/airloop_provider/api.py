@@ -3,7 +3,7 @@
 
 Every endpoint needs ``Authorization: Bearer <AIRLOOP_ADMIN_TOKEN>`` (403 when no token is
 configured: the API is never open). Handlers are plain functions (FastAPI runs them in a worker
-thread) that call :mod:`airloop.lifecycle`; nothing heavy is imported until a request comes.
+thread) that call :mod:`airloop.registry.lifecycle`; nothing heavy is imported until a request comes.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ class RollbackBody(BaseModel):
 
 def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
     """Bearer admin token (``AIRLOOP_ADMIN_TOKEN``), compared in constant time."""
-    from airloop.config import get_settings
-    from airloop.serving import check_admin_token
+    from airloop.core.security import check_admin_token
+    from airloop.core.settings import get_settings
 
     denied = check_admin_token(authorization, get_settings().admin_token)
     if denied == 403:
@@ -53,8 +53,9 @@ def require_token(authorization: Annotated[str | None, Header()] = None) -> None
 
 def _context(pipeline: str):
     """(config, settings, engine) of ``pipeline``; 404 for an unknown pipeline."""
-    from airloop import store
-    from airloop.config import ConfigError, get_settings, load_pipeline_config
+    from airloop.core import store
+    from airloop.core.pipeline import load_pipeline_config
+    from airloop.core.settings import ConfigError, get_settings
 
     settings = get_settings()
     if not pipeline.replace("_", "").isalnum():
@@ -68,7 +69,7 @@ def _context(pipeline: str):
 
 def _call(fn, *args, **kwargs) -> Any:
     """Run a lifecycle call; map its errors to HTTP answers."""
-    from airloop.lifecycle import LifecycleError
+    from airloop.registry.audit import LifecycleError
 
     try:
         return fn(*args, **kwargs)
@@ -89,7 +90,8 @@ def create_api_app() -> FastAPI:
     @app.get(f"{API_PREFIX}/pipelines/{{pipeline}}/environments")
     def environments(pipeline: str) -> dict[str, Any]:
         """Each environment's gates and the version it holds now."""
-        from airloop import lifecycle, registry
+        from airloop.registry import audit as lifecycle
+        from airloop.registry import client as registry
 
         config, settings, _ = _context(pipeline)
         current = lifecycle.current_versions(registry.get_client(settings), config)
@@ -100,7 +102,7 @@ def create_api_app() -> FastAPI:
     def served_at(pipeline: str, environment: str, time: datetime,
                   clock: Literal["recorded", "business"] = "recorded") -> dict[str, Any]:
         """Which version served ``environment`` at ``time``, who moved it there and why."""
-        from airloop import lifecycle
+        from airloop.registry import audit as lifecycle
 
         config, _, engine = _context(pipeline)
         at = time if time.tzinfo else time.replace(tzinfo=timezone.utc)
@@ -110,7 +112,7 @@ def create_api_app() -> FastAPI:
     def ledger(pipeline: str, environment: str | None = None, version: str | None = None,
                limit: Annotated[int, Query(ge=1, le=10_000)] = 500) -> dict[str, Any]:
         """The promotion ledger (oldest first; the newest ``limit`` rows)."""
-        from airloop import lifecycle
+        from airloop.registry import audit as lifecycle
 
         config, _, engine = _context(pipeline)
         rows = _call(lifecycle.history, engine, config, environment, version)[-limit:]
@@ -119,7 +121,7 @@ def create_api_app() -> FastAPI:
     @app.get(f"{API_PREFIX}/pipelines/{{pipeline}}/versions/{{version}}/lineage")
     def lineage(pipeline: str, version: Annotated[int, PathParam(ge=1)]) -> dict[str, Any]:
         """Data interval and fingerprint, validation, study, code version, replaced champion, ledger."""
-        from airloop import lifecycle
+        from airloop.registry import audit as lifecycle
 
         config, settings, _ = _context(pipeline)
         return _call(lifecycle.lineage, config, settings, str(version))
@@ -128,7 +130,7 @@ def create_api_app() -> FastAPI:
     def compare(pipeline: str, a: Annotated[int, Query(ge=1)], b: Annotated[int, Query(ge=1)],
                 log_artifact: bool = True) -> dict[str, Any]:
         """Two versions side by side (also logged as an MLflow artifact on ``b``'s run)."""
-        from airloop import lifecycle
+        from airloop.registry import audit as lifecycle
 
         config, settings, _ = _context(pipeline)
         return _call(lifecycle.compare_versions, config, settings, a, b, log_artifact=log_artifact)
@@ -136,8 +138,9 @@ def create_api_app() -> FastAPI:
     @app.post(f"{API_PREFIX}/pipelines/{{pipeline}}/promote")
     def promote(pipeline: str, body: PromoteBody) -> dict[str, Any]:
         """Gated promotion into an environment; into the serving one, serving reloads."""
-        from airloop import lifecycle, stages
-        from airloop.deploy import DeployError
+        from airloop.registry import lifecycle
+        from airloop.serving.client import DeployError
+        from airloop.tasks import lifecycle as stages
 
         config, settings, _ = _context(pipeline)
         result = _call(lifecycle.promote_version, config, settings, str(body.version), body.environment,
@@ -153,7 +156,7 @@ def create_api_app() -> FastAPI:
     @app.post(f"{API_PREFIX}/pipelines/{{pipeline}}/rollback")
     def rollback(pipeline: str, body: RollbackBody) -> dict[str, Any]:
         """One step back (or to a version that served before); serving reloads."""
-        from airloop import lifecycle
+        from airloop.registry import lifecycle
 
         config, settings, _ = _context(pipeline)
         return _call(lifecycle.rollback, config, settings, body.environment, body.target,

@@ -27,11 +27,11 @@ class ServingHook(BaseHook):
 
     @cached_property
     def endpoint(self):
-        """The :class:`airloop.deploy.ServingEndpoint` to call."""
+        """The :class:`airloop.serving.client.ServingEndpoint` to call."""
         from airflow.exceptions import AirflowNotFoundException
 
-        from airloop.config import get_settings
-        from airloop.deploy import ServingEndpoint
+        from airloop.core.settings import get_settings
+        from airloop.serving.client import ServingEndpoint
 
         try:
             conn = self.get_connection(self.serving_conn_id)

@@ -41,8 +41,9 @@ class DeployModelOperator(BaseOperator):
     def execute(self, context) -> dict[str, Any]:
         from airflow.exceptions import AirflowSkipException
 
-        from airloop import stages
-        from airloop.config import get_settings, load_pipeline_config
+        from airloop.core.pipeline import load_pipeline_config
+        from airloop.core.settings import get_settings
+        from airloop.tasks import lifecycle as stages
 
         if not self.promotion.get("promoted"):
             raise AirflowSkipException(f"nothing to deploy: {self.promotion.get('reason')}")
@@ -67,7 +68,7 @@ def run_actor(context) -> str:
 def as_of_day(context) -> str:
     """The run's as-of day: the form's ``as_of``, else the retrain request's (Asset event), else the
     data interval end — never the wall clock."""
-    from airloop.loop import as_of_from_asset_events
+    from airloop_provider.assets import as_of_from_asset_events
 
     chosen = context["params"].get("as_of")
     if chosen:
@@ -81,7 +82,7 @@ def as_of_day(context) -> str:
 
 def run_context(context, as_of: str | None) -> dict[str, str]:
     """Lineage fields of the current DAG run (recorded as MLflow tags and in the ledger)."""
-    from airloop.loop import as_of_from_asset_events
+    from airloop_provider.assets import as_of_from_asset_events
 
     dag_run = context["dag_run"]
     conf = dag_run.conf or {}

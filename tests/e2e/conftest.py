@@ -17,9 +17,9 @@ from tests.conftest import ServerThread, free_port
 @pytest.fixture(scope="module")
 def settings(request):
     """Settings of this module's own state folder (environment restored afterwards)."""
-    from airloop import store
-    from airloop.config import get_settings
-    from airloop.sandbox import STATE_VARS, restore_environ, state_environ
+    from airloop.core import store
+    from airloop.core.settings import get_settings
+    from airloop.ops.sandbox import STATE_VARS, restore_environ, state_environ
 
     state = Path(tempfile.mkdtemp(prefix=f"airloop-e2e-{request.module.__name__.rsplit('.', 1)[-1]}-"))
     saved = {k: os.environ.get(k) for k in STATE_VARS}
@@ -36,7 +36,7 @@ def settings(request):
 @pytest.fixture(scope="module")
 def claims_config(settings):
     """The demo pipeline, loaded with this module's settings."""
-    from airloop.config import load_pipeline_config
+    from airloop.core.pipeline import load_pipeline_config
 
     return load_pipeline_config("claims_fraud", settings)
 
@@ -44,7 +44,7 @@ def claims_config(settings):
 @pytest.fixture(scope="module")
 def serving(settings):
     """The serving app on a real port; DAG tasks reach it through the ``airloop_serving`` connection."""
-    from airloop.serving import create_app
+    from airloop.serving.app import create_app
 
     port = free_port()
     os.environ["AIRFLOW_CONN_AIRLOOP_SERVING"] = f"http://:{settings.admin_token}@127.0.0.1:{port}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def promote_when_released(config, settings, version: str, environment: str, barrier, results) -> None:
     """Wait at ``barrier`` with the other racer, then promote ``version`` into ``environment``."""
-    from airloop import lifecycle
+    from airloop.registry import lifecycle
 
     barrier.wait(timeout=120)
     outcome = lifecycle.promote_version(config, settings, version, environment, actor=f"racer-{version}",

@@ -29,9 +29,9 @@ FAST = {"window_days": 28, "n_trials": 4, "timeout_s": 300}
 @pytest.fixture(scope="module")
 def versions(settings, claims_config, serving, airflow_db):
     """Simulator history, then two training runs: ``(v1, v2)``."""
-    from airloop import registry
-    from airloop.config import resolve_source_path
-    from airloop.simulator import write_history
+    from airloop.core.pipeline import resolve_source_path
+    from airloop.data.simulator import write_history
+    from airloop.registry import client as registry
 
     write_history(resolve_source_path(claims_config, settings), start=date(2026, 1, 1), days=68,
                   pattern=claims_config.source.partition)
@@ -46,16 +46,18 @@ def versions(settings, claims_config, serving, airflow_db):
 
 
 def aliases(settings) -> dict[str, str | None]:
-    from airloop import lifecycle, registry
-    from airloop.config import load_pipeline_config
+    from airloop.core.pipeline import load_pipeline_config
+    from airloop.registry import audit as lifecycle
+    from airloop.registry import client as registry
 
     return lifecycle.current_versions(registry.get_client(settings), load_pipeline_config("claims_fraud", settings))
 
 
 def ledger(settings, **filters):
-    from airloop import store
+    from airloop.core import store
+    from airloop.registry import ledger as store_ledger
 
-    rows = store.ledger_rows(store.get_engine(settings.monitoring_db_uri), "claims_fraud")
+    rows = store_ledger.ledger_rows(store.get_engine(settings.monitoring_db_uri), "claims_fraud")
     return [r for r in rows if all(r[k] == v for k, v in filters.items())]
 
 
@@ -107,7 +109,7 @@ def test_training_walks_the_promotion_path(versions, settings):
 
 
 def test_promote_and_rollback_forms_with_zero_errors_under_traffic(versions, settings, claims_config, serving):
-    from airloop import lifecycle
+    from airloop.tasks import lifecycle
 
     v1, v2 = versions
     promote_dag = load_dag("airloop_lifecycle.py", "claims_fraud__promote")
@@ -148,7 +150,8 @@ def test_promote_and_rollback_forms_with_zero_errors_under_traffic(versions, set
 
 
 def test_the_path_is_enforced(versions, settings, claims_config):
-    from airloop import lifecycle, registry
+    from airloop.registry import client as registry
+    from airloop.registry import lifecycle
 
     _, v2 = versions
     client = registry.get_client(settings)
@@ -167,8 +170,10 @@ def test_the_path_is_enforced(versions, settings, claims_config):
 def test_concurrent_promotions_have_exactly_one_winner(versions, settings, claims_config, backend):
     """Two processes promote two copies of the same model into an environment that requires
     beating its incumbent: the lock makes one go first, the other then faces it and loses."""
-    from airloop import registry, store
-    from airloop.config import EnvironmentConfig
+    from airloop.core import store
+    from airloop.core.pipeline import EnvironmentConfig
+    from airloop.registry import client as registry
+    from airloop.registry import ledger as store_ledger
     from tests.pg import fresh_database
 
     _, v2 = versions
@@ -184,7 +189,7 @@ def test_concurrent_promotions_have_exactly_one_winner(versions, settings, claim
                                               tags=source.tags).version) for _ in range(2)]
 
     def run(race_settings):
-        from airloop import lifecycle
+        from airloop.registry import lifecycle
 
         for version in copies:
             assert lifecycle.promote_version(config, race_settings, version, "dev", actor="test", reason="dev")["promoted"]
@@ -203,7 +208,7 @@ def test_concurrent_promotions_have_exactly_one_winner(versions, settings, claim
         loser = next(o for o in outcomes if not o[1])
         assert loser[2] == winner  # the loser was judged against the winner, not the old (empty) slot
         assert str(registry.alias_version(client, "claims_fraud", env).version) == winner
-        rows = [r for r in store.ledger_rows(store.get_engine(race_settings.monitoring_db_uri), "claims_fraud")
+        rows = [r for r in store_ledger.ledger_rows(store.get_engine(race_settings.monitoring_db_uri), "claims_fraud")
                 if r["environment"] == env]
         assert sorted(r["action"] for r in rows) == ["promote", "refuse"]
         assert next(r for r in rows if r["action"] == "promote")["to_version"] == winner
@@ -218,7 +223,7 @@ def test_concurrent_promotions_have_exactly_one_winner(versions, settings, claim
 def test_audit_lineage_compare_and_rollback_api(versions, settings, serving):
     from fastapi.testclient import TestClient
 
-    from airloop import registry
+    from airloop.registry import client as registry
     from airloop_provider.api import create_api_app
 
     v1, v2 = versions
@@ -272,8 +277,9 @@ def test_audit_lineage_compare_and_rollback_api(versions, settings, serving):
 
 
 def test_post_deploy_guard_rolls_back_a_breaking_champion(versions, settings, claims_config, serving):
-    from airloop import lifecycle
-    from airloop.deploy import ServingEndpoint
+    from airloop.registry import lifecycle
+    from airloop.serving.client import ServingEndpoint
+    from airloop.tasks import lifecycle
 
     v1, v2 = versions
     endpoint = ServingEndpoint(serving.url, settings.admin_token)
@@ -312,8 +318,10 @@ def test_ab_test_from_the_forms_routes_logs_and_concludes(versions, settings, cl
     import pandas as pd
     import sqlalchemy as sa
 
-    from airloop import abtest, registry, store
-    from airloop.simulator import generate_day
+    from airloop.core import store
+    from airloop.data.simulator import generate_day
+    from airloop.experiments import definition, routing
+    from airloop.registry import client as registry
 
     v1, v2 = versions
     assert aliases(settings)["prod"] == v1
@@ -345,7 +353,7 @@ def test_ab_test_from_the_forms_routes_logs_and_concludes(versions, settings, cl
         for i in range(0, len(labels), 500):
             assert client.post(f"{serving.url}/feedback", json={"items": labels[i:i + 500]}).status_code == 200
     assert seen == {"champion": {v1}, "challenger": {v2}}
-    share = sum(abtest.assign_variant(rid, started[0]["test_id"], 50.0) == "challenger" for rid in ids) / len(ids)
+    share = sum(routing.assign_variant(rid, started[0]["test_id"], 50.0) == "challenger" for rid in ids) / len(ids)
     assert 0.45 < share < 0.55
     engine = store.get_engine(settings.monitoring_db_uri)
     deadline = time.monotonic() + 60
@@ -361,7 +369,7 @@ def test_ab_test_from_the_forms_routes_logs_and_concludes(versions, settings, cl
     tomorrow = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
     run = evaluate_dag.test(logical_date=tomorrow)  # the interval [today, tomorrow)
     assert str(run.state) == "success", task_states(run)
-    test = abtest.get_test(engine, started[0]["test_id"])
+    test = definition.get_test(engine, started[0]["test_id"])
     assert test.status == "concluded" and test.decision in ("promote_challenger", "keep_champion")
     result = test.result
     assert result["champion"]["labelled_rows"] >= 400 and result["challenger"]["labelled_rows"] >= 400

@@ -33,10 +33,10 @@ def loop_env(settings, claims_config, airflow_db):
     """History, a forced champion as of 2026-04-06, and the replayed traffic of DAYS."""
     from fastapi.testclient import TestClient
 
-    from airloop import stages
-    from airloop.config import resolve_source_path
-    from airloop.serving import create_app
-    from airloop.simulator import generate_day, write_history
+    from airloop.core.pipeline import resolve_source_path
+    from airloop.data.simulator import generate_day, write_history
+    from airloop.serving.app import create_app
+    from airloop.tasks import training as stages
 
     write_history(resolve_source_path(claims_config, settings), start=date(2026, 3, 1), days=60,
                   pattern=claims_config.source.partition)
@@ -94,7 +94,7 @@ def monitored(monitoring_dag, settings):
 
 
 def test_every_interval_monitored(monitored, settings):
-    from airloop import store
+    from airloop.core import store
 
     for day, run in monitored.items():
         states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
@@ -106,7 +106,7 @@ def test_every_interval_monitored(monitored, settings):
 
 
 def test_no_drift_alert_on_stable_days_and_shift_flagged(monitored, settings):
-    from airloop import store
+    from airloop.core import store
 
     engine = store.get_engine(settings.monitoring_db_uri)
     with engine.connect() as conn:
@@ -132,7 +132,7 @@ def test_no_drift_alert_on_stable_days_and_shift_flagged(monitored, settings):
 
 
 def test_retrain_requested_once_with_reason(monitored, settings, monitoring_dag):
-    from airloop import store
+    from airloop.core import store
 
     engine = store.get_engine(settings.monitoring_db_uri)
     with engine.connect() as conn:
@@ -163,7 +163,7 @@ def test_retrain_requested_once_with_reason(monitored, settings, monitoring_dag)
 
 
 def test_rerunning_an_interval_changes_nothing(monitored, monitoring_dag, settings):
-    from airloop import store
+    from airloop.core import store
 
     engine = store.get_engine(settings.monitoring_db_uri)
     tables = [(store.monitoring_runs, [store.monitoring_runs.c.interval_start]),
@@ -187,7 +187,7 @@ def test_backfill_with_the_real_scheduler_matches_scheduled_results(monitored, s
     import sys
     import time
 
-    from airloop import store
+    from airloop.core import store
     from tests.conftest import free_port
 
     engine = store.get_engine(settings.monitoring_db_uri)
@@ -196,7 +196,7 @@ def test_backfill_with_the_real_scheduler_matches_scheduled_results(monitored, s
     days = {datetime.combine(d, datetime.min.time(), tzinfo=timezone.utc) for d in DAYS}
 
     def rows_of_monitored_days():
-        return [[r for r in table(engine, t, o) if _utc(r[2]) in days] for t, o in tables]
+        return [[r for r in table(engine, t, o) if to_utc(r[2]) in days] for t, o in tables]
 
     before = rows_of_monitored_days()
     port = free_port()
@@ -245,15 +245,15 @@ def test_backfill_with_the_real_scheduler_matches_scheduled_results(monitored, s
         print(f"\nbackfill of 30 monitoring intervals: {seconds:.0f} s ({seconds / 30:.1f} s per interval)")
         assert states.count("success") == 30, states
         # the scheduler pre-imported the task libraries before its LocalExecutor forked them
-        from airloop.preload import DEFAULT_MODULES
+        from airloop.ops.preload import DEFAULT_MODULES
 
         assert f"airloop preload: {len(DEFAULT_MODULES)} modules" in (logs / "scheduler.log").read_text()
     finally:
-        from airloop.sandbox import stop_process_groups
+        from airloop.ops.sandbox import stop_process_groups
 
         stop_process_groups(procs)
 
-    monitored_days = {_utc(r[2]).date() for r in table(engine, store.monitoring_runs, [store.monitoring_runs.c.interval_start])}
+    monitored_days = {to_utc(r[2]).date() for r in table(engine, store.monitoring_runs, [store.monitoring_runs.c.interval_start])}
     assert set(BACKFILL) <= monitored_days
     after = rows_of_monitored_days()
     # same results as the runs made one interval at a time: every value equal (floats up to the
@@ -266,5 +266,5 @@ def test_backfill_with_the_real_scheduler_matches_scheduled_results(monitored, s
             assert same, f"{name} differs:\n one by one: {old_row}\n backfill:   {new_row}"
 
 
-def _utc(value):
+def to_utc(value):
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -2,7 +2,7 @@
 
 The test starts, as separate processes, an MLflow tracking server on PostgreSQL and the Airflow
 API server, scheduler, DAG processor and two Celery workers (Redis broker, metadata and result
-backend on PostgreSQL) — the commands of :mod:`airloop.topology` that ``make up PROFILE=postgres``
+backend on PostgreSQL) — the commands of :mod:`airloop.ops.topology` that ``make up PROFILE=postgres``
 runs — plus the serving app. All four stores live in fresh PostgreSQL databases (dropped
 afterwards): Airflow metadata, MLflow (used over HTTP), the monitoring store (through the
 ``airloop_monitoring`` Airflow connection and ``PostgresHook``) and the Optuna study.
@@ -28,7 +28,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from airloop.sandbox import restore_environ, stop_process_groups
+from airloop.ops.sandbox import restore_environ, stop_process_groups
 from tests.conftest import ServerThread, free_port
 from tests.pg import admin_sql, drop_database, new_database_name
 
@@ -70,10 +70,11 @@ def cluster(tmp_path_factory):
     """The whole topology, torn down (processes, databases, Redis DB) afterwards."""
     import redis
 
-    from airloop import topology
-    from airloop.config import load_pipeline_config, load_settings, resolve_source_path
-    from airloop.serving import create_app
-    from airloop.simulator import write_history
+    from airloop.core.pipeline import load_pipeline_config, resolve_source_path
+    from airloop.core.settings import load_settings
+    from airloop.data.simulator import write_history
+    from airloop.ops import topology
+    from airloop.serving.app import create_app
 
     state = tmp_path_factory.mktemp("pg-celery")
     logs = state / "process-logs"
@@ -145,7 +146,7 @@ def cluster(tmp_path_factory):
             server.__exit__(None, None, None)
         stop_process_groups(procs.values())
         restore_environ(saved)
-        from airloop.config import get_settings
+        from airloop.core.settings import get_settings
 
         get_settings.cache_clear()
         broker.flushdb()
@@ -191,7 +192,7 @@ def _trigger(cluster, dag_id: str, run_id: str, conf: dict | None = None, logica
 def test_training_on_celery_spreads_trials_over_both_workers(cluster):
     import optuna
 
-    from airloop import registry
+    from airloop.registry import client as registry
 
     _trigger(cluster, "claims_fraud__train", "celery-training",
              # forced: this test is about the topology; the gates' figures (latency on a loaded
@@ -235,7 +236,7 @@ def test_training_on_celery_spreads_trials_over_both_workers(cluster):
 
 
 def test_monitoring_run_writes_to_postgresql(cluster):
-    from airloop.cli import replay_traffic
+    from airloop.cli.demo import replay_traffic
 
     day = date(2026, 3, 2)
     sent = replay_traffic(cluster["settings"], cluster["config"], day)

@@ -43,7 +43,7 @@ TENANT = "globex"
 
 @pytest.fixture(scope="module")
 def config(settings):
-    from airloop.config import load_pipeline_config
+    from airloop.core.pipeline import load_pipeline_config
 
     return load_pipeline_config("ticket_triage", settings)
 
@@ -51,8 +51,8 @@ def config(settings):
 @pytest.fixture(scope="module")
 def history(settings, config):
     """2026-01-01 .. 2026-03-25, through the CLI as a user would write it."""
-    from airloop import cli
-    from airloop.simulator import TICKET_EVENTS
+    from airloop.cli import commands as cli
+    from airloop.data.simulator import TICKET_EVENTS
 
     assert TICKET_EVENTS["covariate_shift"] == SHIFT
     assert cli.cmd_simulate(argparse.Namespace(pipeline="ticket_triage", days=84, seed=7)) == 0
@@ -63,7 +63,7 @@ def history(settings, config):
 def triage_serving(settings, config):
     """The ticket_triage serving app on its own port; DAG tasks reach it through the
     ``airloop_serving`` connection for this module's runs."""
-    from airloop.serving import create_app
+    from airloop.serving.app import create_app
 
     app = create_app(settings, "ticket_triage")
     port = free_port()
@@ -88,7 +88,7 @@ def trained(history, triage_serving, settings, config, airflow_db):
 
 
 def engine(settings):
-    from airloop import store
+    from airloop.core import store
 
     return store.get_engine(settings.monitoring_db_uri)
 
@@ -100,7 +100,7 @@ def test_history_is_parquet_partitions_read_through_the_glob(history, config):
 
 
 def test_training_dag_registers_promotes_and_deploys(trained, triage_serving, settings, config):
-    from airloop import registry
+    from airloop.registry import client as registry
 
     states = task_states(trained)
     assert str(trained.state) == "success", states
@@ -133,7 +133,7 @@ def test_training_dag_registers_promotes_and_deploys(trained, triage_serving, se
 
 
 def _ledger(settings):
-    from airloop import store
+    from airloop.registry import ledger as store
 
     return store.ledger_rows(engine(settings), "ticket_triage")
 
@@ -141,7 +141,7 @@ def _ledger(settings):
 @pytest.fixture(scope="module")
 def traffic(trained, triage_serving, settings, config):
     """TRAFFIC's tickets through serving in batches of 100; the first day's labels via /feedback."""
-    from airloop.simulator import generate_ticket_day
+    from airloop.data.simulator import generate_ticket_day
 
     assert str(trained.state) == "success"
     sent = 0
@@ -183,9 +183,8 @@ def _day(value) -> date:
 
 
 def test_traffic_and_labels_are_the_tenants(traffic, settings):
-    from airloop import store
-
-    from airloop.deploy import SMOKE_TENANT
+    from airloop.core import store
+    from airloop.serving.protocol import SMOKE_TENANT
 
     replayed = store.predictions.c.request_id.like("T2026%")  # ticket ids (not the deploy smoke test's)
     with engine(settings).connect() as conn:
@@ -203,7 +202,7 @@ def test_traffic_and_labels_are_the_tenants(traffic, settings):
 
 
 def test_monitoring_runs_are_the_tenants_with_multiclass_performance(monitored, settings, config):
-    from airloop import store
+    from airloop.core import store
 
     for day, run in monitored.items():
         assert str(run.state) == "success", (day, task_states(run))
@@ -224,7 +223,7 @@ def test_monitoring_runs_are_the_tenants_with_multiclass_performance(monitored, 
 
 
 def test_drift_flagged_from_the_shift_date_not_before(monitored, settings):
-    from airloop import store
+    from airloop.core import store
 
     with engine(settings).connect() as conn:
         drift = conn.execute(sa.select(store.feature_drift.c.tenant, store.feature_drift.c.interval_start,

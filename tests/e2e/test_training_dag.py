@@ -31,21 +31,22 @@ def run(dag, as_of: str):
 @pytest.fixture(scope="module", autouse=True)
 def history(settings, claims_config):
     """Seventy days of simulator data (2026-01-01 .. 2026-03-11)."""
-    from airloop.config import resolve_source_path
-    from airloop.simulator import write_history
+    from airloop.core.pipeline import resolve_source_path
+    from airloop.data.simulator import write_history
 
     return write_history(resolve_source_path(claims_config, settings), start=date(2026, 1, 1), days=71,
                          pattern=claims_config.source.partition)
 
 
 def ledger(settings):
-    from airloop import store
+    from airloop.core import store
+    from airloop.registry import ledger as store_ledger
 
-    return store.ledger_rows(store.get_engine(settings.monitoring_db_uri), "claims_fraud")
+    return store_ledger.ledger_rows(store.get_engine(settings.monitoring_db_uri), "claims_fraud")
 
 
 def test_good_interval_trains_promotes_and_deploys(training_dag, serving, settings, claims_config):
-    from airloop import registry
+    from airloop.registry import client as registry
 
     assert httpx.get(f"{serving.url}/ready").status_code == 503  # nothing to serve yet
     dag_run = run(training_dag, GOOD_AS_OF)
@@ -94,8 +95,8 @@ def test_good_interval_trains_promotes_and_deploys(training_dag, serving, settin
 
 
 def test_bad_data_day_stops_at_validation(training_dag, serving, settings, claims_config):
-    from airloop import registry
-    from airloop.validation import quarantined_days
+    from airloop.data.quarantine import quarantined_days
+    from airloop.registry import client as registry
 
     client = registry.get_client(settings)
     champion_before = str(registry.alias_version(client, "claims_fraud", "champion").version)
@@ -123,7 +124,7 @@ def test_bad_data_day_stops_at_validation(training_dag, serving, settings, claim
 
 
 def test_rerun_of_an_interval_changes_nothing(training_dag, serving, settings):
-    from airloop import registry
+    from airloop.registry import client as registry
 
     client = registry.get_client(settings)
     versions_before = sorted(str(v.version) for v in client.search_model_versions("name = 'claims_fraud'"))
@@ -140,9 +141,10 @@ def test_failed_deploy_rolls_back_to_the_previous_champion(training_dag, serving
     previous champion, and the failure is raised."""
     import shutil
 
-    from airloop import registry, stages
-    from airloop.data import extract_window
-    from airloop.deploy import DeployError, ServingEndpoint
+    from airloop.data.snapshot import extract_window
+    from airloop.registry import client as registry
+    from airloop.serving.client import DeployError, ServingEndpoint
+    from airloop.tasks import lifecycle as stages
 
     client = registry.get_client(settings)
     good = str(registry.alias_version(client, "claims_fraud", "champion").version)

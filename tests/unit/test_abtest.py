@@ -36,11 +36,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.pipeline import Pipeline
 
-from airloop import abtest, store
-from airloop.abtest import ABTest, ABTestError, Samples
-from airloop.config import PipelineConfig, Settings, load_pipeline_config
-from airloop.serving import create_app
-from airloop.simulator import generate_day
+from airloop.core import store
+from airloop.core.pipeline import PipelineConfig, load_pipeline_config
+from airloop.core.settings import Settings
+from airloop.data.simulator import generate_day
+from airloop.experiments import definition, routing, stats
+from airloop.experiments import evaluation as abtest_evaluation
+from airloop.experiments.definition import ABTest, ABTestError
+from airloop.experiments.stats import Samples
+from airloop.serving.app import create_app
 from tests.pg import fresh_database
 from tests.unit.test_serving import AUTH, PIPELINE, _log_version, _preprocessor, _records, _settings
 
@@ -55,24 +59,24 @@ REPEATS = 200
 
 def test_assignment_is_sticky_and_the_split_matches_traffic_pct() -> None:
     keys = [f"customer-{i}" for i in range(20_000)]
-    first = [abtest.assign_variant(k, "t1", 30.0) for k in keys]
-    assert first == [abtest.assign_variant(k, "t1", 30.0) for k in keys]  # sticky
+    first = [routing.assign_variant(k, "t1", 30.0) for k in keys]
+    assert first == [routing.assign_variant(k, "t1", 30.0) for k in keys]  # sticky
     share = first.count("challenger") / len(keys)
     assert abs(share - 0.30) < 0.015, share  # binomial sd 0.0032: about 4.6 sd
     # Another test id reshuffles independently: agreement ~ 0.3^2 + 0.7^2 = 0.58.
-    other = [abtest.assign_variant(k, "t2", 30.0) for k in keys]
+    other = [routing.assign_variant(k, "t2", 30.0) for k in keys]
     agreement = np.mean([a == b for a, b in zip(first, other)])
     assert 0.56 < agreement < 0.60, agreement
     # Raising the percentage only moves keys from champion to challenger (monotone in the hash).
-    wider = [abtest.assign_variant(k, "t1", 60.0) for k in keys]
+    wider = [routing.assign_variant(k, "t1", 60.0) for k in keys]
     assert all(w == "challenger" for f, w in zip(first, wider) if f == "challenger")
     assert abs(wider.count("challenger") / len(keys) - 0.60) < 0.015
 
 
 def test_assignment_is_the_same_in_another_process() -> None:
     keys = [f"k{i}" for i in range(300)]
-    here = [abtest.assign_variant(k, "claims.default.v1-v2", 50.0) for k in keys]
-    code = ("import json, sys; from airloop.abtest import assign_variant; "
+    here = [routing.assign_variant(k, "claims.default.v1-v2", 50.0) for k in keys]
+    code = ("import json, sys; from airloop.experiments.routing import assign_variant; "
             "print(json.dumps([assign_variant(f'k{i}', 'claims.default.v1-v2', 50.0) for i in range(300)]))")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
@@ -82,11 +86,11 @@ def test_assignment_is_the_same_in_another_process() -> None:
 def test_request_keys_by_field() -> None:
     records = [{"region": "north"}, {"region": None}, {"region": "north"}]
     ids = ["r1", "r2", "r3"]
-    assert abtest.request_keys("request_id", records, ids) == ids
-    assert abtest.request_keys("region", records, ids) == ["north", "r2", "north"]  # null: the request id
-    assert abtest.request_keys("header", records, ids, "user-7") == ["user-7"] * 3
-    assert abtest.request_keys("header", records, ids, None) == ids
-    assert abtest.request_keys("customer_age", [{"customer_age": 41}], ["x"]) == ["41"]
+    assert routing.request_keys("request_id", records, ids) == ids
+    assert routing.request_keys("region", records, ids) == ["north", "r2", "north"]  # null: the request id
+    assert routing.request_keys("header", records, ids, "user-7") == ["user-7"] * 3
+    assert routing.request_keys("header", records, ids, None) == ids
+    assert routing.request_keys("customer_age", [{"customer_age": 41}], ["x"]) == ["41"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,9 +144,9 @@ def test_equal_models_rarely_declare_a_winner(metric: str, paired: bool, alpha: 
     winners, covered = 0, 0
     for seed in range(REPEATS):
         a, b = _trial(metric, paired, seed, 1.0, 1.0)
-        comparison = abtest.compare(metric, a, b, alpha, paired=paired)
+        comparison = stats.compare(metric, a, b, alpha, paired=paired)
         assert comparison.method == method
-        winners += abtest.significant_winner(metric, comparison, alpha) is not None
+        winners += stats.significant_winner(metric, comparison, alpha) is not None
         covered += comparison.ci_low <= 0.0 <= comparison.ci_high  # the true difference is 0
     tolerance = 2.3 * np.sqrt(alpha * (1 - alpha) / REPEATS)
     assert winners / REPEATS <= alpha + tolerance, winners
@@ -158,9 +162,9 @@ def test_a_truly_better_challenger_is_found(metric: str, paired: bool) -> None:
     wins = 0
     for seed in range(50):
         a, b = _trial(metric, paired, 10_000 + seed, 0.8, 1.1)
-        comparison = abtest.compare(metric, a, b, 0.05, paired=paired)
-        wins += abtest.significant_winner(metric, comparison, 0.05) == "challenger"
-        assert abtest.significant_winner(metric, abtest.compare(metric, b, a, 0.05, paired=paired), 0.05) != \
+        comparison = stats.compare(metric, a, b, 0.05, paired=paired)
+        wins += stats.significant_winner(metric, comparison, 0.05) == "challenger"
+        assert stats.significant_winner(metric, stats.compare(metric, b, a, 0.05, paired=paired), 0.05) != \
             "challenger"  # swapped: never the worse one
     assert wins >= 40, wins
 
@@ -169,12 +173,12 @@ def test_delong_and_newcombe_match_references() -> None:
     rng = np.random.default_rng(3)
     y = _labels(rng, 600)
     s_a, s_b = _scores(rng, y, 0.7), _scores(rng, y, 0.9)
-    auc_a, auc_b, diff, p, low, high = abtest.delong(y, s_a, None, s_b, 0.05)
+    auc_a, auc_b, diff, p, low, high = stats.delong(y, s_a, None, s_b, 0.05)
     assert auc_a == pytest.approx(roc_auc_score(y, s_a), abs=1e-12)
     assert auc_b == pytest.approx(roc_auc_score(y, s_b), abs=1e-12)
     assert low < diff < high and 0 < p < 1
     # Newcombe (1998), method 10, example: 56/70 vs 48/80 -> 0.2000 [0.0524, 0.3339].
-    diff, p, low, high = abtest.two_proportions(48, 80, 56, 70, 0.05)
+    diff, p, low, high = stats.two_proportions(48, 80, 56, 70, 0.05)
     assert (round(diff, 4), round(low, 4), round(high, 4)) == (0.2, 0.0524, 0.3339)
 
 
@@ -204,26 +208,26 @@ def test_decision_rules(config: PipelineConfig) -> None:
     rng = np.random.default_rng(7)
     champion, challenger = _frame(rng, 400, 0.6, "a"), _frame(rng, 400, 1.2, "b")
     test = _test(min_samples=500)
-    early = abtest.evaluate_frames(config, test, champion, challenger, START, START + timedelta(days=3))
+    early = abtest_evaluation.evaluate_frames(config, test, champion, challenger, START, START + timedelta(days=3))
     assert early["decision"] == "continue" and not early["final"]
     assert early["challenger"]["labelled_rows"] == 400 and early["comparison"]["p_value"] is not None
-    late = abtest.evaluate_frames(config, test, champion, challenger, START, START + timedelta(days=10))
+    late = abtest_evaluation.evaluate_frames(config, test, champion, challenger, START, START + timedelta(days=10))
     assert late["decision"] == "keep_champion" and "max duration" in late["reason"]
 
-    horizon = abtest.evaluate_frames(config, _test(min_samples=400), champion, challenger, START,
+    horizon = abtest_evaluation.evaluate_frames(config, _test(min_samples=400), champion, challenger, START,
                                      START + timedelta(days=3))
     assert horizon["decision"] == "promote_challenger" and horizon["winner"] == "challenger"
     assert horizon["comparison"]["difference"] > 0 and horizon["comparison"]["ci_low"] > 0
     assert horizon["challenger"]["quality"]["roc_auc"] == pytest.approx(horizon["comparison"]["challenger_value"])
     assert horizon["champion"]["latency_p95_ms"] > horizon["champion"]["latency_p50_ms"] > 0
 
-    worse = abtest.evaluate_frames(config, _test(min_samples=400), challenger, champion, START,
+    worse = abtest_evaluation.evaluate_frames(config, _test(min_samples=400), challenger, champion, START,
                                    START + timedelta(days=3))
     assert worse["decision"] == "keep_champion" and worse["winner"] == "champion"
 
     # The guardrail: better on labelled rows but failing far more often.
     failing = _frame(np.random.default_rng(8), 500, 1.2, "c", errors=60)
-    guarded = abtest.evaluate_frames(config, _test(min_samples=400), _frame(rng, 500, 0.6, "d"), failing, START,
+    guarded = abtest_evaluation.evaluate_frames(config, _test(min_samples=400), _frame(rng, 500, 0.6, "d"), failing, START,
                                      START + timedelta(days=3))
     assert guarded["winner"] == "challenger" and guarded["guardrail"]["blocked"]
     assert guarded["decision"] == "keep_champion" and "error rate" in guarded["reason"]
@@ -237,8 +241,8 @@ def test_equal_models_decisions_through_the_rules(config: PipelineConfig) -> Non
     decisions = []
     for seed in range(REPEATS):
         a, b = _trial("roc_auc", False, 50_000 + seed, 1.0, 1.0, n=800)
-        comparison = abtest.compare("roc_auc", a, b, test.alpha)
-        decisions.append(abtest.decide(test, comparison, len(a), len(b), START + timedelta(days=2))[0])
+        comparison = stats.compare("roc_auc", a, b, test.alpha)
+        decisions.append(abtest_evaluation.decide(test, comparison, len(a), len(b), START + timedelta(days=2))[0])
     assert set(decisions) <= {"promote_challenger", "keep_champion"}  # the horizon always decides
     promoted = decisions.count("promote_challenger") / REPEATS
     assert promoted <= 0.025 + 2.3 * np.sqrt(0.025 * 0.975 / REPEATS), promoted
@@ -252,11 +256,11 @@ def test_definition_is_validated(config: PipelineConfig) -> None:
     with pytest.raises(ValueError, match="needs A/B mode"):
         _test(mode="shadow", success_metric="conversion")
     with pytest.raises(ABTestError, match="key_field"):
-        abtest.check_test(config, _test(key_field="favourite_colour"))
+        definition.check_test(config, _test(key_field="favourite_colour"))
     with pytest.raises(ABTestError, match="does not fit"):
-        abtest.check_test(config, _test(success_metric="rmse"))
-    abtest.check_test(config, _test(key_field="region"))
-    assert abtest.default_metric(config) == "roc_auc"
+        definition.check_test(config, _test(success_metric="rmse"))
+    definition.check_test(config, _test(key_field="region"))
+    assert definition.default_metric(config) == "roc_auc"
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,19 +295,19 @@ def _insert_served(engine: sa.Engine, frame: pd.DataFrame, variant: str, version
 
 def test_store_lifecycle_promotes_a_better_challenger(monitoring_settings: Settings, config: PipelineConfig) -> None:
     settings = monitoring_settings
-    started = abtest.start_test(config, settings, START, champion_version=1, challenger_version=2, traffic_pct=20,
+    started = abtest_evaluation.start_test(config, settings, START, champion_version=1, challenger_version=2, traffic_pct=20,
                                 min_samples=600, max_duration_days=14)
     test_id = started["test_id"]
     assert test_id == f"{PIPELINE}.default.v1-v2.20260302T000000"
     assert started["status"] == "running" and started["success_metric"] == "roc_auc"
     # Idempotent: the same start again is the same test; another running test is refused.
-    assert abtest.start_test(config, settings, START, champion_version=1, challenger_version=2, traffic_pct=20,
+    assert abtest_evaluation.start_test(config, settings, START, champion_version=1, challenger_version=2, traffic_pct=20,
                              min_samples=600, max_duration_days=14) == started
     with pytest.raises(ABTestError, match="different definition"):
-        abtest.start_test(config, settings, START, champion_version=1, challenger_version=2, traffic_pct=30,
+        abtest_evaluation.start_test(config, settings, START, champion_version=1, challenger_version=2, traffic_pct=30,
                           min_samples=600, max_duration_days=14)
     with pytest.raises(ABTestError, match="already runs test"):
-        abtest.start_test(config, settings, START, champion_version=1, challenger_version=3)
+        abtest_evaluation.start_test(config, settings, START, champion_version=1, challenger_version=3)
 
     engine = store.get_engine(settings.monitoring_db_uri)
     rng = np.random.default_rng(11)
@@ -313,43 +317,43 @@ def test_store_lifecycle_promotes_a_better_challenger(monitoring_settings: Setti
     _insert_served(engine, _frame(rng, 50, 3.0, "x"), "champion", "1", START - timedelta(days=1))
     _insert_served(engine, _frame(rng, 50, 3.0, "y"), "challenger", "3", START + timedelta(hours=3))
 
-    day1 = abtest.evaluate_test(config, settings, test_id, START, START + timedelta(days=1))
+    day1 = abtest_evaluation.evaluate_test(config, settings, test_id, START, START + timedelta(days=1))
     assert day1["decision"] == "continue"  # labels arrive a day later: none known yet
     assert day1["champion"]["labelled_rows"] == 0 and day1["champion"]["served_rows"] == 700
-    assert abtest.conclude_test(config, settings, test_id, START + timedelta(days=1))["changed"] is False
+    assert abtest_evaluation.conclude_test(config, settings, test_id, START + timedelta(days=1))["changed"] is False
 
     end = START + timedelta(days=2)
-    day2 = abtest.evaluate_test(config, settings, test_id, START + timedelta(days=1), end)
+    day2 = abtest_evaluation.evaluate_test(config, settings, test_id, START + timedelta(days=1), end)
     assert (day2["champion"]["labelled_rows"], day2["challenger"]["labelled_rows"]) == (695, 695)
     assert day2["champion"]["errors"] == 5 and day2["champion"]["served_rows"] == 700
     assert day2["decision"] == "promote_challenger", day2["reason"]
-    assert abtest.evaluate_test(config, settings, test_id, START + timedelta(days=1), end) == day2  # re-run
+    assert abtest_evaluation.evaluate_test(config, settings, test_id, START + timedelta(days=1), end) == day2  # re-run
     with engine.connect() as conn:
         stored = conn.execute(sa.select(store.ab_test_results)).mappings().all()
     assert len(stored) == 2 and {r["decision"] for r in stored} == {"continue", "promote_challenger"}
 
-    outcome = abtest.conclude_test(config, settings, test_id, end)
+    outcome = abtest_evaluation.conclude_test(config, settings, test_id, end)
     assert outcome | {"decided_at": None} == {
         "test_id": test_id, "status": "concluded", "decision": "promote_challenger", "decided_at": None,
         "promote": True, "champion_version": "1", "challenger_version": "2", "changed": True}
-    assert abtest.conclude_test(config, settings, test_id, end)["changed"] is False
-    assert abtest.stop_test(config, settings, test_id, end)["decision"] == "promote_challenger"  # ended already
-    test = abtest.get_test(engine, test_id)
+    assert abtest_evaluation.conclude_test(config, settings, test_id, end)["changed"] is False
+    assert abtest_evaluation.stop_test(config, settings, test_id, end)["decision"] == "promote_challenger"  # ended already
+    test = definition.get_test(engine, test_id)
     assert test.status == "concluded" and test.decided_at == end and test.result["decision"] == "promote_challenger"
     # The window of an ended test stops at its decision.
-    assert abtest.window(test, end + timedelta(days=5)) == (START, end)
+    assert abtest_evaluation.window(test, end + timedelta(days=5)) == (START, end)
     # A new test may start once the first has ended.
-    second = abtest.start_test(config, settings, end, champion_version=2, challenger_version=3, mode="shadow")
-    assert [t.test_id for t in abtest.running_tests(engine, PIPELINE)] == [second["test_id"]]
-    stopped = abtest.stop_test(config, settings, second["test_id"], end + timedelta(days=1), "bad idea")
+    second = abtest_evaluation.start_test(config, settings, end, champion_version=2, challenger_version=3, mode="shadow")
+    assert [t.test_id for t in definition.running_tests(engine, PIPELINE)] == [second["test_id"]]
+    stopped = abtest_evaluation.stop_test(config, settings, second["test_id"], end + timedelta(days=1), "bad idea")
     assert stopped["status"] == "stopped" and stopped["decision"] == "stopped" and stopped["changed"]
-    assert abtest.running_tests(engine, PIPELINE) == []
+    assert definition.running_tests(engine, PIPELINE) == []
 
 
 def test_shadow_evaluation_pairs_rows_by_request(tmp_path: Path, config: PipelineConfig) -> None:
     settings = _settings(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}",
                          AIRLOOP_MONITORING_DB_URI=f"sqlite:///{tmp_path / 'monitoring.db'}")
-    started = abtest.start_test(config, settings, START, champion_version=1, challenger_version=2, mode="shadow",
+    started = abtest_evaluation.start_test(config, settings, START, champion_version=1, challenger_version=2, mode="shadow",
                                 success_metric="accuracy", min_samples=300)
     engine = store.get_engine(settings.monitoring_db_uri)
     rng = np.random.default_rng(5)
@@ -361,7 +365,7 @@ def test_shadow_evaluation_pairs_rows_by_request(tmp_path: Path, config: Pipelin
     _insert_served(engine, champion, "champion", "1", START + timedelta(hours=1))
     _insert_served(engine, challenger.iloc[:380], "shadow", "2", START + timedelta(hours=1),
                    table=store.shadow_predictions)
-    result = abtest.evaluate_test(config, settings, started["test_id"], START, START + timedelta(days=3))
+    result = abtest_evaluation.evaluate_test(config, settings, started["test_id"], START, START + timedelta(days=3))
     assert result["paired"] and result["comparison"]["method"] == "paired_t"
     assert result["champion"]["labelled_rows"] == result["challenger"]["labelled_rows"] == 380
     assert result["decision"] == "promote_challenger", result["reason"]
@@ -423,7 +427,7 @@ def test_serving_routes_by_key_logs_variants_and_evaluates(tmp_path: Path, two_v
     with TestClient(create_app(settings)) as client:
         assert client.get("/abtest").json() == {
             "enabled": True, "champion": {"name": PIPELINE, "version": "1", "alias": "champion"}, "tests": []}
-        test = abtest.start_test(tv.config, settings, START, traffic_pct=40, min_samples=100)  # v1 vs v2 by alias
+        test = abtest_evaluation.start_test(tv.config, settings, START, traffic_pct=40, min_samples=100)  # v1 vs v2 by alias
         assert client.post("/abtest/refresh").status_code == 401
         refreshed = client.post("/abtest/refresh", headers=AUTH)
         assert refreshed.status_code == 200, refreshed.text
@@ -437,7 +441,7 @@ def test_serving_routes_by_key_logs_variants_and_evaluates(tmp_path: Path, two_v
         body = response.json()
         assert body["abtest"] == test["test_id"] and body["model"]["version"] == "1"
         items = body["predictions"]
-        expected = [abtest.assign_variant(rid, test["test_id"], 40.0) for rid in ids]
+        expected = [routing.assign_variant(rid, test["test_id"], 40.0) for rid in ids]
         assert [p["variant"] for p in items] == expected
         assert [p["request_id"] for p in items] == ids
         assert 0.25 < expected.count("challenger") / len(ids) < 0.55
@@ -448,7 +452,7 @@ def test_serving_routes_by_key_logs_variants_and_evaluates(tmp_path: Path, two_v
         assert {p["model_version"] for p in items if p["variant"] == "challenger"} == {"2"}
         # The same key gets the same variant in a single-record request too.
         again = client.post("/predict", json={"records": records[:1], "request_ids": ["claim-0-again"]})
-        assert again.json()["predictions"][0]["variant"] == abtest.assign_variant("claim-0-again",
+        assert again.json()["predictions"][0]["variant"] == routing.assign_variant("claim-0-again",
                                                                                 test["test_id"], 40.0)
         # Labels come back, then the evaluation reads exactly what was served.
         labels = [{"request_id": rid, "label": int(v), "label_ts": (served_at + timedelta(days=1)).isoformat()}
@@ -461,7 +465,7 @@ def test_serving_routes_by_key_logs_variants_and_evaluates(tmp_path: Path, two_v
     rows = _table(engine, store.predictions)
     assert {rid: (rows[rid]["variant"], rows[rid]["model_version"]) for rid in ids} == {
         rid: (v, "2" if v == "challenger" else "1") for rid, v in zip(ids, expected)}
-    evaluation = abtest.evaluate_test(tv.config, settings, test["test_id"], START, START + timedelta(days=2))
+    evaluation = abtest_evaluation.evaluate_test(tv.config, settings, test["test_id"], START, START + timedelta(days=2))
     truth = tv.frame[tv.config.target].to_numpy()
     for variant in ("champion", "challenger"):
         mask = np.array(expected) == variant
@@ -478,7 +482,7 @@ def test_serving_routes_by_feature_and_falls_back(tmp_path: Path, two_versions: 
     uri = f"sqlite:///{tmp_path / 'monitoring.db'}"
     settings = _settings(tmp_path, tv.uri, AIRLOOP_MONITORING_DB_URI=uri)
     records = _records(tv.frame[list(tv.config.features)].head(80))
-    test = abtest.start_test(tv.config, settings, START, key_field="region", traffic_pct=50)
+    test = abtest_evaluation.start_test(tv.config, settings, START, key_field="region", traffic_pct=50)
     with TestClient(create_app(settings)) as client:  # picked up at startup
         assert [t["test_id"] for t in client.get("/abtest").json()["tests"]] == [test["test_id"]]
         items = client.post("/predict", json={"records": records}).json()["predictions"]
@@ -487,7 +491,7 @@ def test_serving_routes_by_feature_and_falls_back(tmp_path: Path, two_versions: 
             by_region.setdefault(record["region"], set()).add(item["variant"])
         assert all(len(v) == 1 for v in by_region.values())  # sticky by region
         assert {r: v.pop() for r, v in by_region.items()} == {
-            r: abtest.assign_variant(r, test["test_id"], 50.0) for r in by_region}
+            r: routing.assign_variant(r, test["test_id"], 50.0) for r in by_region}
         # Another tenant is not in the test.
         other = client.post("/predict", json=records[0], headers={"X-Tenant": "acme"}).json()
         assert "variant" not in other["predictions"][0] and "abtest" not in other
@@ -521,7 +525,7 @@ def test_shadow_mode_answers_with_the_champion_and_logs_the_challenger(
     records = _records(tv.frame[features].head(50))
     ids = [f"s-{i}" for i in range(50)]
     with TestClient(create_app(settings)) as client:
-        test = abtest.start_test(tv.config, settings, START, mode="shadow", min_samples=30)
+        test = abtest_evaluation.start_test(tv.config, settings, START, mode="shadow", min_samples=30)
         assert client.post("/abtest/refresh", headers=AUTH).status_code == 200
         response = client.post("/predict", json={"records": records, "request_ids": ids})
         assert response.status_code == 200
@@ -535,7 +539,7 @@ def test_shadow_mode_answers_with_the_champion_and_logs_the_challenger(
         assert client.post("/predict", json=records[0]).status_code == 200
         assert client.app.state.shadow_logger.flush(10) and client.app.state.prediction_logger.flush(10)
         # Stopping the test and refreshing ends the shadow scoring.
-        abtest.stop_test(tv.config, settings, test["test_id"], START + timedelta(days=1))
+        abtest_evaluation.stop_test(tv.config, settings, test["test_id"], START + timedelta(days=1))
         assert client.post("/abtest/refresh", headers=AUTH).json() == {"tests": [], "errors": {}}
         client.post("/predict", json=records[1])
         assert client.app.state.shadow_logger.stats().rows_logged == 51
@@ -555,7 +559,7 @@ def test_shadow_mode_answers_with_the_champion_and_logs_the_challenger(
 def test_refresh_reports_a_challenger_that_cannot_load(tmp_path: Path, two_versions: TwoVersions) -> None:
     tv = two_versions
     settings = _settings(tmp_path, tv.uri, AIRLOOP_MONITORING_DB_URI=f"sqlite:///{tmp_path / 'monitoring.db'}")
-    test = abtest.start_test(tv.config, settings, START, champion_version=1, challenger_version=9)
+    test = abtest_evaluation.start_test(tv.config, settings, START, champion_version=1, challenger_version=9)
     with TestClient(create_app(settings)) as client:
         response = client.post("/abtest/refresh", headers=AUTH)
         assert response.status_code == 409

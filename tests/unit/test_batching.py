@@ -1,6 +1,6 @@
-"""Micro-batching of concurrent ``/predict`` requests (airloop.batching and its use in serving).
+"""Micro-batching of concurrent ``/predict`` requests (airloop.serving.batching and its use in serving).
 
-* :class:`~airloop.batching.MicroBatcher` alone: concurrent items share one ``run`` call and each
+* :class:`~airloop.serving.batching.MicroBatcher` alone: concurrent items share one ``run`` call and each
   gets its own outcome (an exception only in its own caller); a lone item does not wait; a
   request marked incoming is waited for; ``max_records`` caps a batch and larger items run alone.
 * Serving, against a real MLflow registry (v1 logistic regression champion, v2 gradient
@@ -24,10 +24,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from airloop import abtest, store
-from airloop.batching import MicroBatcher
-from airloop.config import Settings
-from airloop.serving import BatchingConfig, create_app
+from airloop.core import store
+from airloop.core.settings import Settings
+from airloop.experiments import evaluation, routing
+from airloop.serving.app import create_app
+from airloop.serving.batching import MicroBatcher
+from airloop.serving.predict import BatchingConfig
 from tests.unit.test_abtest import START, TwoVersions, _table, two_versions  # noqa: F401 - the fixture
 from tests.unit.test_serving import AUTH, _records, _settings
 
@@ -245,9 +247,9 @@ def test_a_model_failing_on_one_request_fails_only_that_request(
     # A/B: the challenger fails on the poisoned record only; that request falls back to the champion.
     uri_ab = f"sqlite:///{tmp_path / 'monitoring-ab.db'}"
     settings_ab = _settings(tmp_path / "ab", tv.uri, AIRLOOP_MONITORING_DB_URI=uri_ab)
-    test = abtest.start_test(tv.config, settings_ab, START, traffic_pct=99.9)
+    test = evaluation.start_test(tv.config, settings_ab, START, traffic_pct=99.9)
     ids = [f"ok{i}" for i in range(1, 12)]
-    assert {abtest.assign_variant(k, test["test_id"], 99.9) for k in [*ids, "p"]} == {"challenger"}
+    assert {routing.assign_variant(k, test["test_id"], 99.9) for k in [*ids, "p"]} == {"challenger"}
     app = create_app(settings_ab, batching=WAIT)
 
     async def scenario_ab(client: httpx.AsyncClient) -> list[httpx.Response]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from airloop.cli import ensure_secrets, secrets_file
-from airloop.config import load_settings
+from airloop.cli.commands import ensure_secrets, secrets_file
+from airloop.core.settings import load_settings
 
 
 def test_secrets_generated_once_unquoted(tmp_path, monkeypatch):

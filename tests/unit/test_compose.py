@@ -451,17 +451,17 @@ def q_airflow(argv):
 
 
 def q_airloop(argv):
-    from airloop import cli
-    _, failed = captured(cli.main, [*argv[:1], "--help"])
+    from airloop.cli import commands, main
+    _, failed = captured(main.main, [*argv[:1], "--help"])
     if not failed or failed[0] not in (0, None):
         return [f"python -m airloop.cli {' '.join(argv)}: {failed[1] if failed else 'not a command'}"], []
     if argv[1:]:
         return [f"python -m airloop.cli {' '.join(argv)}: extra arguments not checked"], []
     listens = []
     if argv == ["serve"]:
-        from airloop.config import load_settings
-        from airloop.serving import create_app
-        uvicorn = cli.serving_argv()
+        from airloop.core.settings import load_settings
+        from airloop.serving.app import create_app
+        uvicorn = commands.serving_argv()
         app = create_app(load_settings(), log_predictions=False)
         listens.append([uvicorn[uvicorn.index("--host") + 1], int(uvicorn[uvicorn.index("--port") + 1]),
                         sorted({route.path for route in app.routes})])
@@ -750,7 +750,8 @@ def test_postgres_databases_are_created():
 def test_make_secrets_writes_valid_stable_private_secrets(tmp_path, settings):
     from cryptography.fernet import Fernet
 
-    from airloop.config import load_all_pipelines, parse_tenant_tokens
+    from airloop.core.pipeline import load_all_pipelines
+    from airloop.core.settings import parse_tenant_tokens
 
     path = tmp_path / "compose.env"
     result = subprocess.run([sys.executable, str(DOCKER / "make_secrets.py"), str(path)], capture_output=True, text=True)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from airloop.config import ConfigError, load_pipeline_config, load_settings, parse_pipeline_config
+from airloop.core.pipeline import load_pipeline_config, parse_pipeline_config
+from airloop.core.settings import ConfigError, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,7 +85,7 @@ def test_env_file_reader_agrees_with_python_dotenv(tmp_path):
 
     from dotenv import dotenv_values
 
-    from airloop.config import read_env_file
+    from airloop.core.settings import read_env_file
 
     example = Path(__file__).resolve().parents[2] / ".env.example"
     assert read_env_file(example) == {k: v or "" for k, v in dotenv_values(example).items()}

@@ -6,13 +6,14 @@ from datetime import date
 
 import pytest
 
-from airloop.data import ExtractError, extract_window, load_snapshot, load_snapshot_days, window_days
-from airloop.simulator import write_history
+from airloop.data.simulator import write_history
+from airloop.data.snapshot import extract_window, load_snapshot, load_snapshot_days, window_days
+from airloop.data.sources import ExtractError
 
 
 @pytest.fixture()
 def source(tmp_path, claims_config):
-    from airloop.config import load_settings
+    from airloop.core.settings import load_settings
 
     settings = load_settings({"AIRLOOP_HOME": str(tmp_path), "AIRLOOP_STATE_DIR": str(tmp_path / "state")})
     write_history(settings.data_dir / "claims_fraud", start=date(2026, 1, 1), days=20)

@@ -1,4 +1,4 @@
-"""The drift fast path (airloop.driftstats) against Evidently 0.7 itself.
+"""The drift fast path (airloop.monitoring.driftstats) against Evidently 0.7 itself.
 
 Every comparison runs a real Evidently ``Report`` (``ValueDrift`` per column and method, or the
 ``DataDriftPreset`` with its default method choice) on seeded frames and reads Evidently's
@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from airloop import driftstats as ds
-from airloop.monitoring import evidently_verdicts
+from airloop.monitoring import driftstats as ds
+from airloop.monitoring.drift import evidently_verdicts
 
 NUMERIC = ["amount", "age", "tenure", "visits"]  # visits: 4 distinct values (Evidently bins it by value)
 CATEGORICAL = ["channel", "region", "flag"]  # flag: binary

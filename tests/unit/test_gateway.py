@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from datetime import date
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,9 +17,10 @@ from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from airloop import store
-from airloop.config import load_pipeline_config, load_settings
-from airloop.simulator import generate_day
+from airloop.core import store
+from airloop.core.pipeline import load_pipeline_config
+from airloop.core.settings import load_settings
+from airloop.data.simulator import generate_day
 from tests.unit.test_serving import REPO_ROOT, _log_version, _preprocessor
 
 TOKENS = {"acme": "acme-token-7d1f", "globex": "globex-token-93ab"}
@@ -30,7 +30,7 @@ TENANTS = {"acme": "acme_claims", "globex": "globex_claims"}
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    from airloop.gateway import create_gateway
+    from airloop.serving.gateway import create_gateway
 
     tmp = tmp_path_factory.mktemp("gateway")
     pipelines = tmp / "pipelines"

@@ -8,10 +8,15 @@ from datetime import date, datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from airloop import loop, monitoring, store
-from airloop.config import load_settings
-from airloop.simulator import generate_day
-from airloop.training import build_model, features_and_target
+from airloop.core import store
+from airloop.core.settings import load_settings
+from airloop.data.features import features_and_target
+from airloop.data.simulator import generate_day
+from airloop.monitoring import alerts, performance, reference, retrain
+from airloop.monitoring import rules as monitoring_rules
+from airloop.registry import audit
+from airloop.registry import ledger as store_ledger
+from airloop.training.search import build_model
 
 
 def utc(d: date) -> datetime:
@@ -25,7 +30,7 @@ def local(tmp_path):
 
 
 def ledger(engine, key, action, to, as_of, recorded):
-    store.append_ledger(engine, store.LedgerEntry(idempotency_key=key, pipeline="claims_fraud", model_name="claims_fraud",
+    store_ledger.append_ledger(engine, store_ledger.LedgerEntry(idempotency_key=key, pipeline="claims_fraud", model_name="claims_fraud",
                                                   action=action, alias="champion", from_version=None, to_version=to,
                                                   actor="t", reason="r", data_interval_end=as_of), recorded_at=recorded)
 
@@ -37,10 +42,10 @@ def test_champion_at_uses_business_time(local):
     ledger(engine, "b", "refuse", "2", "2026-03-08", now)
     ledger(engine, "c", "promote", "3", "2026-04-21", now)
     ledger(engine, "d", "rollback", "1", "2026-04-25", now)
-    assert loop.champion_at(engine, "claims_fraud", utc(date(2026, 2, 1))) is None
-    assert loop.champion_at(engine, "claims_fraud", utc(date(2026, 4, 20))) == "1"  # refusals do not count
-    assert loop.champion_at(engine, "claims_fraud", utc(date(2026, 4, 21))) == "3"
-    assert loop.champion_at(engine, "claims_fraud", utc(date(2026, 4, 30))) == "1"
+    assert audit.champion_at(engine, "claims_fraud", utc(date(2026, 2, 1))) is None
+    assert audit.champion_at(engine, "claims_fraud", utc(date(2026, 4, 20))) == "1"  # refusals do not count
+    assert audit.champion_at(engine, "claims_fraud", utc(date(2026, 4, 21))) == "3"
+    assert audit.champion_at(engine, "claims_fraud", utc(date(2026, 4, 30))) == "1"
 
 
 def drift_summary(day: date) -> dict:
@@ -52,48 +57,48 @@ def drift_summary(day: date) -> dict:
 def test_alerts_dedup_and_delivery_attempts_are_recorded(local, claims_config):
     settings, engine = local
     d1, d2 = date(2026, 4, 20), date(2026, 4, 21)
-    rows = loop.record_alerts(claims_config, settings, utc(d1), drift_summary(d1))
+    rows = alerts.record_alerts(claims_config, settings, utc(d1), drift_summary(d1))
     assert [(r["rule"], r["delivery_status"]) for r in rows] == [("input_drift", "pending")]
-    assert loop.record_alerts(claims_config, settings, utc(d1), drift_summary(d1)) == rows  # re-run: same row
+    assert alerts.record_alerts(claims_config, settings, utc(d1), drift_summary(d1)) == rows  # re-run: same row
 
     def broken(alert):
         raise ConnectionError("webhook down")
 
-    with pytest.raises(loop.AlertDeliveryError, match="webhook down"):
-        loop.deliver_alerts(claims_config, settings, utc(d1), {"webhook": broken})
-    (row,) = loop.interval_alerts(engine, claims_config, utc(d1))
+    with pytest.raises(alerts.AlertDeliveryError, match="webhook down"):
+        alerts.deliver_alerts(claims_config, settings, utc(d1), {"webhook": broken})
+    (row,) = alerts.interval_alerts(engine, claims_config, utc(d1))
     assert (row["delivery_status"], row["delivery_attempts"]) == ("failed", 1) and "webhook down" in row["last_error"]
     sent = []
-    assert loop.deliver_alerts(claims_config, settings, utc(d1), {"webhook": sent.append}) == {"delivered": 1}
-    (row,) = loop.interval_alerts(engine, claims_config, utc(d1))
+    assert alerts.deliver_alerts(claims_config, settings, utc(d1), {"webhook": sent.append}) == {"delivered": 1}
+    (row,) = alerts.interval_alerts(engine, claims_config, utc(d1))
     assert (row["delivery_status"], row["delivery_attempts"], len(sent)) == ("delivered", 2, 1)
-    assert loop.deliver_alerts(claims_config, settings, utc(d1), {"webhook": sent.append}) == {"delivered": 0}
+    assert alerts.deliver_alerts(claims_config, settings, utc(d1), {"webhook": sent.append}) == {"delivered": 0}
     # the same rule the next day is the same incident: kept, not delivered again
-    (next_day,) = loop.record_alerts(claims_config, settings, utc(d2), drift_summary(d2))
+    (next_day,) = alerts.record_alerts(claims_config, settings, utc(d2), drift_summary(d2))
     assert next_day["delivery_status"] == "ongoing"
-    loop.deliver_alerts(claims_config, settings, utc(d2), {"webhook": sent.append})
+    alerts.deliver_alerts(claims_config, settings, utc(d2), {"webhook": sent.append})
     assert len(sent) == 1
 
 
 def test_retrain_requested_once_then_cool_down(local, claims_config):
     settings, _ = local
     days = [date(2026, 4, 20) + timedelta(days=i) for i in range(9)]
-    decisions = [loop.decide_retrain(claims_config, settings, utc(d), utc(d + timedelta(days=1)), drift_summary(d))
+    decisions = [retrain.decide_retrain(claims_config, settings, utc(d), utc(d + timedelta(days=1)), drift_summary(d))
                  for d in days]
     requested = [d for d, dec in zip(days, decisions) if dec["retrain"]]
     assert requested == [date(2026, 4, 20), date(2026, 4, 27)]  # 7-day cool-down
     assert decisions[0]["as_of"] == "2026-04-21" and "drift on 2026-04-20" in decisions[0]["reason"]
     assert decisions[1]["suppressed_by"].startswith("2026-04-20")
-    again = loop.decide_retrain(claims_config, settings, utc(days[0]), utc(days[1]), drift_summary(days[0]))
+    again = retrain.decide_retrain(claims_config, settings, utc(days[0]), utc(days[1]), drift_summary(days[0]))
     assert again == decisions[0]  # re-running an interval gives the same decision
-    assert not loop.decide_retrain(claims_config, settings, utc(days[0]), utc(days[1]), {"alerts": []})["retrain"]
+    assert not retrain.decide_retrain(claims_config, settings, utc(days[0]), utc(days[1]), {"alerts": []})["retrain"]
 
 
 def served_with_labels(config, model, days):
     frame = pd.concat([generate_day(d) for d in days], ignore_index=True)
     X, y = features_and_target(config, frame)
     proba = model.predict_proba(X)[:, 1]
-    return pd.DataFrame({"label": y.tolist(), "prediction": model.predict(X).tolist(), monitoring.SCORE_COLUMN: proba})
+    return pd.DataFrame({"label": y.tolist(), "prediction": model.predict(X).tolist(), reference.SCORE_COLUMN: proba})
 
 
 def test_concept_drift_raises_a_performance_alert_once_labels_arrive(claims_config):
@@ -103,18 +108,18 @@ def test_concept_drift_raises_a_performance_alert_once_labels_arrive(claims_conf
     train = pd.concat([generate_day(date(2026, 4, 1) + timedelta(days=i)) for i in range(20)], ignore_index=True)
     X, y = features_and_target(claims_config, train)
     model = build_model(claims_config, "logistic_regression", {"C": 1.0}).fit(X, y)
-    holdout = monitoring.performance(claims_config, served_with_labels(
+    holdout = performance.performance(claims_config, served_with_labels(
         claims_config, model, [date(2026, 4, 21) + timedelta(days=i) for i in range(7)]))
-    before = monitoring.performance(claims_config, served_with_labels(
+    before = performance.performance(claims_config, served_with_labels(
         claims_config, model, [date(2026, 5, 1) + timedelta(days=i) for i in range(7)]))
-    after = monitoring.performance(claims_config, served_with_labels(
+    after = performance.performance(claims_config, served_with_labels(
         claims_config, model, [date(2026, 5, 12) + timedelta(days=i) for i in range(7)]))
     metric = claims_config.training.metric
 
     def rules(perf):
-        drop = monitoring.performance_drop(metric, perf[metric], holdout[metric])
+        drop = performance.performance_drop(metric, perf[metric], holdout[metric])
         summary = {"performance_drop": drop, "metric": metric, "performance": perf, "reference_performance": holdout}
-        return {a["rule"]: a for a in monitoring.evaluate_rules(claims_config, summary)}
+        return {a["rule"]: a for a in monitoring_rules.evaluate_rules(claims_config, summary)}
 
     assert "performance_drop" not in rules(before)
     fired = rules(after)

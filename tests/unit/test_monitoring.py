@@ -19,12 +19,15 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from airloop import monitoring as mon
-from airloop import store
+from airloop.core import store
+from airloop.core.settings import ConfigError
+from airloop.data import features as mon_features
+from airloop.data.simulator import generate_day
+from airloop.monitoring import drift as mon_drift
+from airloop.monitoring import driftstats, interval, performance, rules, traffic
+from airloop.monitoring import reference as mon_reference
+from airloop.monitoring.reference import SCORE_COLUMN
 from tests.pg import fresh_database
-from airloop.config import ConfigError
-from airloop.simulator import generate_day
-from airloop.stages import SCORE_COLUMN
 
 REFERENCE_DAYS = [date(2026, 3, 11) + timedelta(days=i) for i in range(28)]  # 03-11 .. 04-07
 STABLE_DAYS = [date(2026, 4, 8) + timedelta(days=i) for i in range(10)]  # 04-08 .. 04-17
@@ -46,7 +49,7 @@ def score(features: pd.DataFrame) -> np.ndarray:
 def served(config, days) -> pd.DataFrame:
     """Features typed as serving types them, plus the score column."""
     raw = pd.concat([generate_day(d) for d in days], ignore_index=True)
-    out = mon.coerce_features(config, raw)
+    out = mon_features.coerce_features(config, raw, fill_missing=True)
     out[SCORE_COLUMN] = score(out)
     return out
 
@@ -77,13 +80,13 @@ def shifted(config):
 @pytest.fixture(scope="module")
 def shifted_rows(config, reference, shifted):
     """Drift rows of the shifted day with the shipped claims_fraud thresholds."""
-    return mon.drift_table(config, reference, shifted)
+    return mon_drift.drift_table(config, reference, shifted)
 
 
 @pytest.fixture(scope="module")
 def stable_tables(config, reference):
     """Drift rows of each stable day with the shipped claims_fraud thresholds."""
-    return {day: mon.drift_table(config, reference, served(config, [day])) for day in STABLE_DAYS}
+    return {day: mon_drift.drift_table(config, reference, served(config, [day])) for day in STABLE_DAYS}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -115,7 +118,7 @@ def prediction_rows(config, day: date, tenant: str = "default", version: str = "
     raw = generate_day(day)
     if limit is not None:
         raw = raw.head(limit)
-    s = score(mon.coerce_features(config, raw))
+    s = score(mon_features.coerce_features(config, raw, fill_missing=True))
     rows = []
     for i, rec in enumerate(raw[list(config.features)].to_dict(orient="records")):
         rows.append({
@@ -154,16 +157,16 @@ def table(engine, t: sa.Table) -> list[tuple]:
 
 # ----------------------------------------------------------------------- drift configuration
 def test_column_settings_follow_config(config):
-    settings = mon.column_drift_settings(config)
+    settings = mon_drift.column_drift_settings(config)
     assert settings["claim_amount"] == ("wasserstein", 0.2)
     assert settings["channel"] == ("jensenshannon", 0.1)
     assert settings[SCORE_COLUMN] == ("psi", 0.2)
     custom = with_drift(config, columns={"deductible": {"method": "psi", "threshold": 0.3}})
-    assert mon.column_drift_settings(custom)["deductible"] == ("psi", 0.3)
+    assert mon_drift.column_drift_settings(custom)["deductible"] == ("psi", 0.3)
     with pytest.raises(ConfigError, match="'ks' does not apply to categorical feature 'channel'"):
-        mon.column_drift_settings(with_drift(config, columns={"channel": {"method": "ks", "threshold": 0.05}}))
+        mon_drift.column_drift_settings(with_drift(config, columns={"channel": {"method": "ks", "threshold": 0.05}}))
     with pytest.raises(ConfigError, match="unknown features"):
-        mon.column_drift_settings(with_drift(config, columns={"nope": {"method": "psi", "threshold": 0.1}}))
+        mon_drift.column_drift_settings(with_drift(config, columns={"nope": {"method": "psi", "threshold": 0.1}}))
 
 
 def test_method_tables_match_evidently_registry():
@@ -172,14 +175,14 @@ def test_method_tables_match_evidently_registry():
 
     from evidently.legacy.calculations.stattests.registry import _registered_stat_tests
 
-    from airloop.config import DriftMethod
+    from airloop.core.pipeline import DriftMethod
 
-    assert set(get_args(DriftMethod)) == set(mon.METHOD_TYPES)
-    for method, kinds in mon.METHOD_TYPES.items():
+    assert set(get_args(DriftMethod)) == set(mon_drift.METHOD_TYPES)
+    for method, kinds in mon_drift.METHOD_TYPES.items():
         registered = _registered_stat_tests[method]
         assert {t.value[:3] for t in registered} == kinds, method
         test = next(iter(registered.values()))
-        assert ("p_value" in test.display_name) == (method in mon.P_VALUE_METHODS), method
+        assert ("p_value" in test.display_name) == (method in driftstats.P_VALUE_METHODS), method
 
 
 # ------------------------------------------------------------------------- drift verdicts
@@ -188,14 +191,14 @@ def test_shifted_day_flags_the_shifted_features_with_evidentlys_verdicts(config,
     from evidently.legacy.core import ColumnType
 
     rows = shifted_rows
-    assert [r["feature"] for r in rows] == [*config.features, mon.PREDICTION_FEATURE]
+    assert [r["feature"] for r in rows] == [*config.features, mon_reference.PREDICTION_FEATURE]
     drifted = {r["feature"] for r in rows if r["drifted"]}
     assert SHIFTED_FEATURES <= drifted
-    assert mon.PREDICTION_FEATURE in drifted  # the score follows claim_amount and channel
+    assert mon_reference.PREDICTION_FEATURE in drifted  # the score follows claim_amount and channel
 
     # Each verdict is Evidently's: its stat test on the same columns gives the same score and verdict.
     for r in rows:
-        column = SCORE_COLUMN if r["feature"] == mon.PREDICTION_FEATURE else r["feature"]
+        column = SCORE_COLUMN if r["feature"] == mon_reference.PREDICTION_FEATURE else r["feature"]
         kind = ColumnType.Categorical if config.features.get(column) and config.features[column].type == "category" \
             else ColumnType.Numerical
         ref, cur = reference[column].dropna(), shifted[column].dropna()
@@ -205,20 +208,20 @@ def test_shifted_day_flags_the_shifted_features_with_evidentlys_verdicts(config,
 
     # The full preset (the HTML report's run) gives the same rows (scores to float rounding), and
     # its DriftedColumnsCount agrees with the interval's drift share and dataset-drift verdict.
-    snapshot, judged, skipped = mon.run_drift(config, reference, shifted, full=True)
+    snapshot, judged, skipped = mon_drift.run_drift(config, reference, shifted, full=True)
     assert skipped == []
-    assert_same_rows(mon.drift_rows(config, snapshot, reference, shifted, judged), rows)
-    share, dataset_drift = mon.evidently_drift_share(snapshot)
-    summary = mon.drift_summary(config, rows)
+    assert_same_rows(mon_drift.drift_rows(config, snapshot, reference, shifted, judged), rows)
+    share, dataset_drift = mon_drift.evidently_drift_share(snapshot)
+    summary = mon_drift.drift_summary(config, rows)
     assert summary["drift_share"] == pytest.approx(share)
     assert summary["dataset_drift"] is dataset_drift
-    assert set(summary["drifted_features"]) == drifted - {mon.PREDICTION_FEATURE}
+    assert set(summary["drifted_features"]) == drifted - {mon_reference.PREDICTION_FEATURE}
 
 
 def test_p_value_methods_fill_p_value_and_per_column_overrides(config, reference, shifted):
     custom = with_drift(config, columns={"claim_amount": {"method": "ks", "threshold": 0.01},
                                          "region": {"method": "chisquare", "threshold": 0.001}})
-    rows = {r["feature"]: r for r in mon.drift_table(custom, reference, shifted)}
+    rows = {r["feature"]: r for r in mon_drift.drift_table(custom, reference, shifted)}
     assert rows["claim_amount"]["method"] == "ks" and rows["claim_amount"]["threshold"] == 0.01
     assert rows["claim_amount"]["p_value"] == rows["claim_amount"]["statistic"] < 0.01
     assert rows["claim_amount"]["drifted"]
@@ -231,12 +234,12 @@ def test_stable_days_raise_no_drift_alert(config, stable_tables):
     """False-positive check at the interval level: no stable day reaches the input-drift or
     prediction-drift rules, and no categorical feature or prediction drifts."""
     for day, rows in stable_tables.items():
-        summary = mon.drift_summary(config, rows)
-        alerts = mon.evaluate_rules(config, summary)
+        summary = mon_drift.drift_summary(config, rows)
+        alerts = rules.evaluate_rules(config, summary)
         assert alerts == [], (day, alerts)
         assert summary["dataset_drift"] is False, day
         flagged = {r["feature"] for r in rows if r["drifted"]}
-        assert not flagged & (set(config.categorical_features) | {mon.PREDICTION_FEATURE}), (day, flagged)
+        assert not flagged & (set(config.categorical_features) | {mon_reference.PREDICTION_FEATURE}), (day, flagged)
 
 
 def test_stable_days_zero_drifted_features_shipped_thresholds(stable_tables):
@@ -259,17 +262,17 @@ def test_numeric_threshold_0_2_separates_stable_from_shifted_days(config, stable
 
 def test_all_null_column_is_left_out_not_an_error(config, reference, shifted):
     current = shifted.assign(police_report=None)
-    rows = mon.drift_table(config, reference, current)
+    rows = mon_drift.drift_table(config, reference, current)
     assert "police_report" not in {r["feature"] for r in rows}
     assert len(rows) == len(config.features)  # 12 features + prediction
 
 
 def test_html_report_uses_a_seeded_sample_above_max_rows(config, reference, shifted, tmp_path):
-    path = mon.save_drift_report(config, reference, shifted, tmp_path / "r" / "drift.html", max_rows=200)
+    path = mon_drift.save_drift_report(config, reference, shifted, tmp_path / "r" / "drift.html", max_rows=200)
     text = path.read_text()
     assert path.stat().st_size > 10_000 and "<html" in text.lower()
-    assert mon._html_sample(config, shifted, 200).equals(mon._html_sample(config, shifted, 200))
-    assert len(mon._html_sample(config, shifted, 200)) == 200
+    assert mon_drift._html_sample(config, shifted, 200).equals(mon_drift._html_sample(config, shifted, 200))
+    assert len(mon_drift._html_sample(config, shifted, 200)) == 200
     assert not list(path.parent.glob(".*.tmp"))
 
 
@@ -277,12 +280,12 @@ def test_html_report_uses_a_seeded_sample_above_max_rows(config, reference, shif
 def test_rules_fire_only_on_present_metrics(config):
     quiet = {"drift_share": 0.1, "prediction_drift": 0.05, "performance_drop": 0.01, "volume_ratio": 0.9,
              "error_rate": 0.0, "latency_p95_ms": 20.0, "drifted_features": []}
-    assert mon.evaluate_rules(config, quiet) == []
+    assert rules.evaluate_rules(config, quiet) == []
     loud = {"drift_share": 0.3, "prediction_drift": 0.56, "performance_drop": 0.12, "volume_ratio": 0.4,
             "error_rate": 0.06, "latency_p95_ms": 150.0,
             "drifted_features": ["claim_amount", "customer_age", "channel", "policy_tenure_days"],
             "metric": "roc_auc", "performance": {"roc_auc": 0.69}, "reference_performance": {"roc_auc": 0.75}}
-    fired = {a["rule"]: a for a in mon.evaluate_rules(config, loud)}
+    fired = {a["rule"]: a for a in rules.evaluate_rules(config, loud)}
     assert set(fired) == {"input_drift", "prediction_drift", "performance_drop", "volume_anomaly", "error_rate", "latency"}
     drift = fired["input_drift"]
     assert drift["severity"] == "high" and drift["retrain"] is True and drift["observed"] == 0.3
@@ -297,11 +300,11 @@ def test_rules_fire_only_on_present_metrics(config):
     assert "latency_p95_ms = 150 > 100" in fired["latency"]["message"]
     # Strict vs inclusive comparisons at the threshold.
     edge = {"volume_ratio": 0.5, "error_rate": 0.05, "latency_p95_ms": 100.0, "drift_share": 0.1999}
-    assert mon.evaluate_rules(config, edge) == []
+    assert rules.evaluate_rules(config, edge) == []
     # Absent, None or NaN metrics never fire (drift not judged, too few labels, no baseline).
-    assert mon.evaluate_rules(config, {}) == []
-    assert mon.evaluate_rules(config, {k: None for k in mon.RULE_METRICS}) == []
-    assert mon.evaluate_rules(config, {"performance_drop": float("nan"), "volume_ratio": float("nan")}) == []
+    assert rules.evaluate_rules(config, {}) == []
+    assert rules.evaluate_rules(config, {k: None for k in rules.RULE_METRICS}) == []
+    assert rules.evaluate_rules(config, {"performance_drop": float("nan"), "volume_ratio": float("nan")}) == []
 
 
 # ------------------------------------------------------------------ performance / operations
@@ -314,15 +317,15 @@ def test_performance_binary_and_study_metric(config):
     s = np.clip(y * 0.3 + rng.random(300) * 0.7, 0, 1)
     frame = pd.DataFrame({"label": [int(v) if i % 2 else str(v) for i, v in enumerate(y)],  # JSON 1 or "1"
                           "prediction": (s > 0.5).astype(int).tolist(), SCORE_COLUMN: s})
-    perf = mon.performance(config, frame)
+    perf = performance.performance(config, frame)
     assert perf["rows"] == 300 and perf["unusable_rows"] == 0
     assert perf["accuracy"] == pytest.approx(m.accuracy_score(y, s > 0.5))
     assert perf["f1"] == pytest.approx(m.f1_score(y, s > 0.5))
     assert perf["roc_auc"] == pytest.approx(m.roc_auc_score(y, s))
     assert perf[config.training.metric] == perf["roc_auc"]
-    one_class = mon.performance(config, frame.assign(label=1))
+    one_class = performance.performance(config, frame.assign(label=1))
     assert one_class["roc_auc"] is None and one_class["accuracy"] is not None
-    odd = mon.performance(config, frame.assign(label=["maybe"] * 300))
+    odd = performance.performance(config, frame.assign(label=["maybe"] * 300))
     assert odd["rows"] == 0 and odd["unusable_rows"] == 300 and odd["roc_auc"] is None
 
 
@@ -332,7 +335,7 @@ def test_performance_regression(config):
     reg = config.model_copy(update={"task": "regression", "classes": None})
     frame = pd.DataFrame({"label": [1.0, 2.0, 4.0, None], "prediction": [1.5, 2.0, 3.0, 1.0],
                           SCORE_COLUMN: [1.5, 2.0, 3.0, 1.0]})
-    perf = mon.performance(reg, frame)
+    perf = performance.performance(reg, frame)
     assert perf["rows"] == 3 and perf["unusable_rows"] == 1
     assert perf["rmse"] == pytest.approx(math.sqrt(m.mean_squared_error([1, 2, 4], [1.5, 2, 3])))
     assert perf["mae"] == pytest.approx(0.5)
@@ -340,32 +343,32 @@ def test_performance_regression(config):
 
 
 def test_performance_drop_direction():
-    assert mon.performance_drop("roc_auc", 0.72, 0.80) == pytest.approx(0.1)
-    assert mon.performance_drop("roc_auc", 0.88, 0.80) == pytest.approx(-0.1)
-    assert mon.performance_drop("rmse", 11.0, 10.0) == pytest.approx(0.1)  # lower is better
-    assert mon.performance_drop("log_loss", 0.45, 0.5) == pytest.approx(-0.1)
-    assert mon.performance_drop("neg_root_mean_squared_error", -11.0, -10.0) == pytest.approx(0.1)
-    assert mon.performance_drop("roc_auc", 0.0, 0.0) == 0.0
+    assert performance.performance_drop("roc_auc", 0.72, 0.80) == pytest.approx(0.1)
+    assert performance.performance_drop("roc_auc", 0.88, 0.80) == pytest.approx(-0.1)
+    assert performance.performance_drop("rmse", 11.0, 10.0) == pytest.approx(0.1)  # lower is better
+    assert performance.performance_drop("log_loss", 0.45, 0.5) == pytest.approx(-0.1)
+    assert performance.performance_drop("neg_root_mean_squared_error", -11.0, -10.0) == pytest.approx(0.1)
+    assert performance.performance_drop("roc_auc", 0.0, 0.0) == 0.0
 
 
 def test_operations():
     rows = pd.DataFrame({"status": ["ok"] * 18 + ["error"] * 2, "latency_ms": list(range(1, 20)) + [None]})
-    ops = mon.operations(rows, [40, 40, 20])
+    ops = performance.operations(rows, [40, 40, 20])
     assert ops["volume"] == 20 and ops["volume_ratio"] == pytest.approx(0.6) and ops["error_rate"] == 0.1
     assert ops["latency_p50_ms"] == 10.0 and ops["latency_p95_ms"] == pytest.approx(np.percentile(range(1, 20), 95))
-    empty = mon.operations(rows.iloc[:0], [])
+    empty = performance.operations(rows.iloc[:0], [])
     assert empty["volume"] == 0 and empty["volume_ratio"] is None and empty["error_rate"] is None
     assert empty["latency_p95_ms"] is None
-    assert mon.operations(rows, [0, 0])["volume_ratio"] is None
+    assert performance.operations(rows, [0, 0])["volume_ratio"] is None
 
 
 def test_baseline_windows():
     start = utc(date(2026, 4, 8))
-    assert mon.baseline_windows(start, 2) == [(utc(date(2026, 4, 6)), utc(date(2026, 4, 7))),
+    assert traffic.baseline_windows(start, 2) == [(utc(date(2026, 4, 6)), utc(date(2026, 4, 7))),
                                               (utc(date(2026, 4, 7)), start)]
-    hourly = mon.baseline_windows(utc(date(2026, 4, 8), 5), 2, timedelta(hours=1))
+    hourly = traffic.baseline_windows(utc(date(2026, 4, 8), 5), 2, timedelta(hours=1))
     assert hourly[-1] == (utc(date(2026, 4, 7), 5), utc(date(2026, 4, 7), 6))
-    weekly = mon.baseline_windows(start, 7, timedelta(days=7))
+    weekly = traffic.baseline_windows(start, 7, timedelta(days=7))
     assert weekly == [(start - timedelta(days=7), start)]
 
 
@@ -388,9 +391,9 @@ def test_load_interval_filters_types_and_labels(config, engine):
                         + label_rows(config, preds[10:15], labels, utc(day + timedelta(days=3)))  # known later
                         + label_rows(config, outside[:4], labels, utc(day, 6)))         # older predictions, labelled today
 
-    frame, labelled = mon.load_interval(engine, config, "default", utc(day), utc(day + timedelta(days=1)))
+    frame, labelled = traffic.load_interval(engine, config, "default", utc(day), utc(day + timedelta(days=1)))
     assert len(frame) == 52 and set(frame["request_id"]) == {p["request_id"] for p in preds} | {"err-1", "missing-1"}
-    assert list(frame.columns) == [*mon.META_COLUMNS, *config.features]
+    assert list(frame.columns) == [*traffic.META_COLUMNS, *config.features]
     assert frame["ts"].is_monotonic_increasing and str(frame["ts"].dt.tz) == "UTC"
     for c in config.numeric_features:
         assert frame[c].dtype == "float64", c
@@ -408,14 +411,14 @@ def test_load_interval_filters_types_and_labels(config, engine):
     assert set(labelled["request_id"]) == expected and len(labelled) == 14
     assert labelled.set_index("request_id")["label"].to_dict() == {k: labels[k] for k in expected}
     # labels="served": the interval's predictions whose label was known before its end.
-    _, served_labels = mon.load_interval(engine, config, "default", utc(day), utc(day + timedelta(days=1)),
+    _, served_labels = traffic.load_interval(engine, config, "default", utc(day), utc(day + timedelta(days=1)),
                                          labels="served")
     assert set(served_labels["request_id"]) == {p["request_id"] for p in preds[:10]}
-    _, none = mon.load_interval(engine, config, "default", utc(day), utc(day + timedelta(days=1)), labelled_version="9")
+    _, none = traffic.load_interval(engine, config, "default", utc(day), utc(day + timedelta(days=1)), labelled_version="9")
     assert none.empty and "label" in none.columns
 
-    assert mon.trailing_volumes(engine, config, "default", utc(day + timedelta(days=1)), 3) == [0, 20, 52]
-    assert mon.trailing_volumes(engine, config, "acme", utc(day + timedelta(days=1)), 2) == [0, 5]
+    assert traffic.trailing_volumes(engine, config, "default", utc(day + timedelta(days=1)), 3) == [0, 20, 52]
+    assert traffic.trailing_volumes(engine, config, "acme", utc(day + timedelta(days=1)), 2) == [0, 5]
 
 
 class FakeMlflow:
@@ -442,7 +445,7 @@ class FakeMlflow:
 
 
 def _artifact_settings(config, reference, tmp_path, with_profile: bool):
-    from airloop.config import load_settings
+    from airloop.core.settings import load_settings
 
     settings = load_settings({"AIRLOOP_HOME": str(tmp_path), "AIRLOOP_STATE_DIR": str(tmp_path / "state")})
     folder = tmp_path / "mlflow-artifacts" / "run-1" / "reference"
@@ -450,18 +453,18 @@ def _artifact_settings(config, reference, tmp_path, with_profile: bool):
     reference.head(500).to_parquet(folder / "reference.parquet", index=False)
     artifacts = {"reference/reference.parquet": folder / "reference.parquet"}
     if with_profile:  # as stages.evaluate logs it
-        mon.build_reference_profile(config, reference.head(500)).save(folder / "profile.npz")
+        mon_reference.build_reference_profile(config, reference.head(500)).save(folder / "profile.npz")
         artifacts["reference/profile.npz"] = folder / "profile.npz"
     return settings, FakeMlflow(config, artifacts)
 
 
 def test_load_reference_downloads_once_and_caches(config, reference, tmp_path):
     settings, client = _artifact_settings(config, reference, tmp_path, with_profile=False)
-    first = mon.load_reference(client, config, 3, settings=settings)
-    second = mon.load_reference(client, config, "3", settings=settings)
+    first = mon_reference.load_reference(client, config, 3, settings=settings)
+    second = mon_reference.load_reference(client, config, "3", settings=settings)
     assert client.downloads == ["reference/reference.parquet"]
-    assert mon.reference_cache_path(settings, config, 3) == tmp_path / "state" / "references" / config.name / "3" / "reference.parquet"
-    assert mon.reference_cache_path(settings, config, 3).is_file()
+    assert mon_reference.reference_cache_path(settings, config, 3) == tmp_path / "state" / "references" / config.name / "3" / "reference.parquet"
+    assert mon_reference.reference_cache_path(settings, config, 3).is_file()
     pd.testing.assert_frame_equal(first, second)
     pd.testing.assert_frame_equal(first, reference.head(500))
     assert list(first.columns) == [*config.features, SCORE_COLUMN]
@@ -470,16 +473,16 @@ def test_load_reference_downloads_once_and_caches(config, reference, tmp_path):
 @pytest.mark.parametrize("with_profile", [True, False], ids=["logged-profile", "older-version-without-profile"])
 def test_load_profile_downloads_once_or_builds_from_the_reference(config, reference, tmp_path, with_profile):
     settings, client = _artifact_settings(config, reference, tmp_path, with_profile)
-    first = mon.load_profile(client, config, 3, settings=settings)
-    second = mon.load_profile(client, config, "3", settings=settings)
+    first = mon_reference.load_profile(client, config, 3, settings=settings)
+    second = mon_reference.load_profile(client, config, "3", settings=settings)
     assert client.downloads == (["reference/profile.npz"] if with_profile else ["reference/reference.parquet"])
-    assert mon.profile_cache_path(settings, config, 3) == mon.reference_cache_path(settings, config, 3).with_name("profile.npz")
+    assert mon_reference.profile_cache_path(settings, config, 3) == mon_reference.reference_cache_path(settings, config, 3).with_name("profile.npz")
     assert list(first.columns) == [*config.numeric_features, SCORE_COLUMN, *config.categorical_features]
     # the cached profile judges exactly as one built from the reference frame itself
     current = served(config, [SHIFTED_DAY])
-    expected = mon.drift_table(config, reference.head(500), current)
-    assert mon.drift_table(config, reference.head(500), current, profile=first) == expected
-    assert mon.drift_table(config, reference.head(500), current, profile=second) == expected
+    expected = mon_drift.drift_table(config, reference.head(500), current)
+    assert mon_drift.drift_table(config, reference.head(500), current, profile=first) == expected
+    assert mon_drift.drift_table(config, reference.head(500), current, profile=second) == expected
 
 
 # ---------------------------------------------------------------------------- one interval
@@ -518,7 +521,7 @@ def test_monitor_interval_upserts_rows_and_reruns_identically(config, settings, 
     before_other = [r for r in table(engine, store.monitoring_runs) if r[2] != start]
 
     t0 = time.perf_counter()
-    summary = mon.monitor_interval(config, settings, "default", start, end, "1", reference, tmp_path / "reports",
+    summary = interval.monitor_interval(config, settings, "default", start, end, "1", reference, tmp_path / "reports",
                                    reference_metrics={"roc_auc": 0.95, "accuracy": 0.9}, engine=engine)
     seconds = time.perf_counter() - t0
     print(f"\nmonitor_interval on {summary['rows']} rows vs {len(reference)} reference rows: {seconds:.2f}s")
@@ -530,8 +533,8 @@ def test_monitor_interval_upserts_rows_and_reruns_identically(config, settings, 
     stored = [r for r in table(engine, store.feature_drift) if r[2] == start]
     cols = [c.name for c in store.feature_drift.columns]
     stored = [dict(zip(cols, r)) for r in stored]
-    assert sorted(r["feature"] for r in stored) == sorted([*config.features, mon.PREDICTION_FEATURE])
-    assert {r["feature"] for r in stored if r["drifted"]} == set(summary["drifted_features"]) | {mon.PREDICTION_FEATURE}
+    assert sorted(r["feature"] for r in stored) == sorted([*config.features, mon_reference.PREDICTION_FEATURE])
+    assert {r["feature"] for r in stored if r["drifted"]} == set(summary["drifted_features"]) | {mon_reference.PREDICTION_FEATURE}
     assert all(r["current_rows"] == len(preds) and r["reference_rows"] == len(reference) and r["model_version"] == "1"
                and r["interval_end"] == end for r in stored)
     assert summary["drift_share"] == pytest.approx(len(summary["drifted_features"]) / len(config.features))
@@ -567,7 +570,7 @@ def test_monitor_interval_upserts_rows_and_reruns_identically(config, settings, 
         "tenant": "default", "pipeline": config.name, "interval_start": start, "feature": "retired_feature",
         "interval_end": end, "method": "psi", "statistic": 1.0, "threshold": 0.2, "drifted": True,
         "current_rows": 1, "reference_rows": 1}])
-    again = mon.monitor_interval(config, settings, "default", start, end, "1", reference, tmp_path / "reports",
+    again = interval.monitor_interval(config, settings, "default", start, end, "1", reference, tmp_path / "reports",
                                  reference_metrics={"roc_auc": 0.95, "accuracy": 0.9}, engine=engine)
     assert again == summary
     assert table(engine, store.feature_drift) == first_drift
@@ -580,7 +583,7 @@ def test_too_few_rows_is_recorded_as_not_judged(config, settings, sqlite_engine,
     day = STABLE_DAYS[0]
     store.insert_ignore(engine, store.predictions, prediction_rows(config, day, limit=30))
     start, end = utc(day), utc(day + timedelta(days=1))
-    summary = mon.monitor_interval(config, settings, "default", start, end, "1", reference, tmp_path, engine=engine)
+    summary = interval.monitor_interval(config, settings, "default", start, end, "1", reference, tmp_path, engine=engine)
     assert summary["drift_judged"] is False and "30 ok rows < drift.min_rows 100" in summary["drift_reason"]
     assert summary["drift_share"] is None and summary["drifted_features"] is None and summary["report_uri"] is None
     assert summary["performance_judged"] is False and summary["performance_drop"] is None

@@ -1,4 +1,4 @@
-"""Tests of airloop.predlog against real databases: SQLite files and the real PostgreSQL server
+"""Tests of airloop.serving.predlog against real databases: SQLite files and the real PostgreSQL server
 (a fresh database per module, dropped afterwards). Outages are real too: a closed port, a database
 that does not exist yet, a TCP proxy that is cut and restored, a process that dies with a spool."""
 
@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from airloop import store
-from airloop.predlog import STALE_TMP_S, PredictionLogCollector, PredictionLogger
+from airloop.core import store
+from airloop.serving.predlog import STALE_TMP_S, PredictionLogCollector, PredictionLogger
 from tests.pg import PG_ADMIN, admin_sql, drop_database, fresh_database
 from tests.pg import pg_uri as pg_uri_of
 
@@ -74,7 +74,7 @@ def _ids(uri: str) -> list[str]:
     return sorted(r["request_id"] for r in _db_rows(uri))
 
 
-def _utc(value: datetime) -> datetime:
+def to_utc(value: datetime) -> datetime:
     """A stored timestamp as aware UTC (SQLite returns naive UTC)."""
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
@@ -138,7 +138,7 @@ def test_rows_reach_the_database_in_batches(db_uri: str, tmp_path: Path) -> None
     rows = {r["request_id"]: r for r in _db_rows(db_uri)}
     assert sorted(rows) == [r["request_id"] for r in expected]
     stored = rows["a-00007"]
-    assert _utc(stored["ts"]) == T0 + timedelta(minutes=7)
+    assert to_utc(stored["ts"]) == T0 + timedelta(minutes=7)
     assert json.loads(stored["features"]) == {"claim_amount": 107.0, "region": "north", "police_report": None}
     assert json.loads(stored["prediction"]) == 1
     assert stored["tenant"] == "default" and stored["variant"] == "champion"  # server defaults
@@ -158,7 +158,7 @@ def test_datetimes_are_stored_as_utc(db_uri: str, tmp_path: Path) -> None:
         assert logger.flush(10)
     rows = {r["request_id"]: r for r in _db_rows(db_uri)}
     for key in ("naive", "offset", "iso"):
-        assert _utc(rows[key]["ts"]) == T0, key
+        assert to_utc(rows[key]["ts"]) == T0, key
     # RFC 3339 (msgspec): UTC as "Z"; datetime.fromisoformat and pandas read it back as the same instant
     assert json.loads(rows["feature-date"]["features"]) == {"when": "2026-01-02T00:00:00Z"}
     assert datetime.fromisoformat(json.loads(rows["feature-date"]["features"])["when"]) == datetime(2026, 1, 2, tzinfo=timezone.utc)
@@ -339,7 +339,7 @@ _CRASHING_PROCESS = """
 import os, sys
 from datetime import datetime, timezone
 from pathlib import Path
-from airloop.predlog import PredictionLogger
+from airloop.serving.predlog import PredictionLogger
 spool, uri = Path(sys.argv[1]), sys.argv[2]
 logger = PredictionLogger.for_uri(uri, spool, flush_interval_s=0.05)
 rows = [{"request_id": f"crash-{i:03d}", "ts": datetime(2026, 3, 2, tzinfo=timezone.utc), "pipeline": "p",

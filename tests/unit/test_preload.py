@@ -1,4 +1,4 @@
-"""airloop.preload: which Airflow processes pre-import the task libraries, and the real hook
+"""airloop.ops.preload: which Airflow processes pre-import the task libraries, and the real hook
 (``config/airflow_local_settings.py``) as Airflow itself loads it."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from airloop.preload import DEFAULT_MODULES, forks_tasks, modules_to_preload, preload
-
+from airloop.ops.preload import DEFAULT_MODULES, forks_tasks, modules_to_preload, preload
 from tests.conftest import ROOT
 
 
@@ -52,7 +51,7 @@ def _modules_after_importing_airflow(argv: list[str], **env: str) -> set[str]:
     """Start a Python process whose argv is ``argv``, import Airflow (which imports the local
     settings hook from $AIRFLOW_HOME/config) and report which heavy modules are loaded."""
     code = ("import sys; sys.argv = %r; import airflow.settings; "
-            "print(' '.join(m for m in ('evidently', 'mlflow', 'optuna', 'great_expectations', 'airloop.monitoring') "
+            "print(' '.join(m for m in ('evidently', 'mlflow', 'optuna', 'great_expectations', 'airloop.monitoring.interval') "
             "if m in sys.modules))" % (argv,))
     environ = {**os.environ, "AIRFLOW_HOME": str(ROOT), "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", **env}
     out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=300)
@@ -64,6 +63,6 @@ def test_airflow_loads_the_hook_and_the_scheduler_preloads():
     """The real hook as Airflow imports it: a scheduler process holds the task libraries before it
     forks anything; an api-server and an explicit ``AIRLOOP_PRELOAD=off`` scheduler hold none."""
     assert _modules_after_importing_airflow(["airflow", "scheduler"]) == {
-        "evidently", "mlflow", "optuna", "great_expectations", "airloop.monitoring"}
+        "evidently", "mlflow", "optuna", "great_expectations", "airloop.monitoring.interval"}
     assert _modules_after_importing_airflow(["airflow", "api-server"]) == set()
     assert _modules_after_importing_airflow(["airflow", "scheduler"], AIRLOOP_PRELOAD="off") == set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from airloop.promotion import evaluate_gates as _evaluate_gates
+from airloop.registry.gates import evaluate_gates as _evaluate_gates
 
 GOOD = {"roc_auc": 0.82, "latency_p95_ms": 5.0}
 # enough training rows for every environment of claims_fraud.yaml (minimum data has its own test)

@@ -1,4 +1,4 @@
-"""Tests of airloop.serving against a real SQLite MLflow registry and real sklearn models.
+"""Tests of airloop.serving.app against a real SQLite MLflow registry and real sklearn models.
 
 One module-scoped registry holds these versions of ``claims_fraud``:
 
@@ -17,10 +17,10 @@ import json
 import operator
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -43,19 +43,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from airloop import store
-from airloop.config import PipelineConfig, Settings, load_pipeline_config, load_settings
-from airloop.serving import (
-    MAX_BATCH_RECORDS,
-    MAX_FEEDBACK_ITEMS,
-    UntrustedModelError,
-    check_admin_token,
-    create_app,
-    new_request_ids,
-    skops_trusted_types,
-    vet_skops_types,
-)
-from airloop.simulator import generate_day
+from airloop.core import store
+from airloop.core.pipeline import PipelineConfig, load_pipeline_config
+from airloop.core.security import check_admin_token
+from airloop.core.settings import Settings, load_settings
+from airloop.data.simulator import generate_day
+from airloop.models.trust import UntrustedModelError, skops_trusted_types, vet_skops_types
+from airloop.serving.app import create_app
+from airloop.serving.predict import new_request_ids
+from airloop.serving.schema import MAX_BATCH_RECORDS, MAX_FEEDBACK_ITEMS
 from tests.pg import admin_sql, drop_database, fresh_database, pg_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ from datetime import date
 
 import pandas as pd
 
-from airloop.simulator import DEFAULT_EVENTS, generate_day, write_history
+from airloop.data.simulator import DEFAULT_EVENTS, generate_day, write_history
 
 
 def test_same_day_same_seed_same_data():

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from airloop.config import ConfigError, SourceConfig, load_settings, parse_pipeline_config
-from airloop.data import (ExtractError, extract_window, load_snapshot_days, read_days, read_partition, source_files,
-                          source_query, sql_engine)
-from airloop.simulator import generate_day
+from airloop.core.pipeline import SourceConfig, parse_pipeline_config
+from airloop.core.settings import ConfigError, load_settings
+from airloop.data.simulator import generate_day
+from airloop.data.snapshot import extract_window, load_snapshot_days
+from airloop.data.sources import ExtractError, read_days, read_partition, source_files, source_query, sql_engine
 
 DAYS = [date(2026, 2, 1), date(2026, 2, 2), date(2026, 2, 3)]
 
@@ -148,7 +149,7 @@ def pg_source(claims):
         url = sa.engine.make_url(uri)
         monkeypatch.setenv("AIRFLOW_CONN_CLAIMS_DB", f"postgres://{url.username}@{url.host}:{url.port}/{url.database}")
         yield uri
-        from airloop import data
+        from airloop.data import sources as data
 
         for engine in data._ENGINES.values():
             engine.dispose()
@@ -216,6 +217,6 @@ def test_sql_errors_name_the_source_field(pg_source, local, claims_config, monke
     with pytest.raises(ExtractError, match=r"source\.query via connection 'claims_db': .*label_ts"):
         read_partition(wrong_ts, DAYS[0], local)
     with pytest.raises(ConfigError, match="source.path: a sql source has no file path"):
-        from airloop.config import resolve_source_path
+        from airloop.core.pipeline import resolve_source_path
 
         resolve_source_path(missing_table, local)

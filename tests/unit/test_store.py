@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from airloop import store
+from airloop.core import store
+from airloop.registry import ledger
 from tests.pg import fresh_database
 
 
@@ -23,8 +24,8 @@ def engine(request, tmp_path):
         eng.dispose()
 
 
-def entry(key: str, action: str = "promote", to: str = "2") -> store.LedgerEntry:
-    return store.LedgerEntry(idempotency_key=key, pipeline="p", model_name="p", action=action, alias="champion",
+def entry(key: str, action: str = "promote", to: str = "2") -> ledger.LedgerEntry:
+    return ledger.LedgerEntry(idempotency_key=key, pipeline="p", model_name="p", action=action, alias="champion",
                              from_version="1", to_version=to, actor="user:test", reason="because",
                              metrics={"roc_auc": 0.8})
 
@@ -38,14 +39,14 @@ def test_migrations_apply_once(engine):
 
 def test_ledger_is_idempotent_and_ordered(engine):
     store.migrate(engine)
-    assert store.append_ledger(engine, entry("a"))
-    assert not store.append_ledger(engine, entry("a", to="9"))  # same key: ignored, not rewritten
-    assert store.append_ledger(engine, entry("b", action="refuse", to="3"))
-    rows = store.ledger_rows(engine, "p")
+    assert ledger.append_ledger(engine, entry("a"))
+    assert not ledger.append_ledger(engine, entry("a", to="9"))  # same key: ignored, not rewritten
+    assert ledger.append_ledger(engine, entry("b", action="refuse", to="3"))
+    rows = ledger.ledger_rows(engine, "p")
     assert [(r["idempotency_key"], r["to_version"]) for r in rows] == [("a", "2"), ("b", "3")]
     assert rows[0]["metrics"] == {"roc_auc": 0.8}
-    assert store.find_ledger(engine, "b")["action"] == "refuse"
-    assert store.find_ledger(engine, "zzz") is None
+    assert ledger.find_ledger(engine, "b")["action"] == "refuse"
+    assert ledger.find_ledger(engine, "zzz") is None
 
 
 def test_upsert_overwrites_own_rows_only(engine):

@@ -8,9 +8,11 @@ from datetime import date, timedelta
 import pandas as pd
 import pytest
 
-from airloop.config import load_pipeline_config, load_settings
-from airloop.data import extract_window, read_partition
-from airloop.simulator import DATASETS, TICKET_EVENTS, TICKET_QUEUES, generate_ticket_day, write_history
+from airloop.core.pipeline import load_pipeline_config
+from airloop.core.settings import load_settings
+from airloop.data.simulator import DATASETS, TICKET_EVENTS, TICKET_QUEUES, generate_ticket_day, write_history
+from airloop.data.snapshot import extract_window
+from airloop.data.sources import read_partition
 
 SHIFT = TICKET_EVENTS["covariate_shift"]
 
@@ -66,8 +68,8 @@ def test_history_is_parquet_the_pipeline_reads_through_its_glob(tmp_path):
 
 
 def test_cli_simulate_writes_the_ticket_history(tmp_path, monkeypatch, capsys):
-    from airloop import cli
-    from airloop.config import get_settings
+    from airloop.cli import main as cli
+    from airloop.core.settings import get_settings
 
     monkeypatch.setenv("AIRLOOP_DATA_DIR", str(tmp_path / "data"))
     get_settings.cache_clear()

@@ -8,11 +8,10 @@ import optuna
 import pandas as pd
 import pytest
 
-from airloop.simulator import generate_day
-from airloop.training import (
-    TrainingError,
+from airloop.data.features import TrainingError, features_and_target
+from airloop.data.simulator import generate_day
+from airloop.training.search import (
     build_model,
-    features_and_target,
     finished_trials,
     open_study,
     params_from_trial,

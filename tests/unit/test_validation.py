@@ -1,4 +1,4 @@
-"""Tests for airloop.validation: the derived GX suite, per-day validation, reports, quarantine.
+"""Tests for airloop.data.validation: the derived GX suite, per-day validation, reports, quarantine.
 
 Real Great Expectations 1.x throughout (no mocks). Validation runs that several tests inspect
 are computed once per module, since importing GX and building contexts is the slow part.
@@ -14,9 +14,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from airloop.config import ConfigError, PipelineConfig, Settings, load_pipeline_config, load_settings, parse_pipeline_config
-from airloop.simulator import generate_day
-from airloop.validation import (
+from airloop.core.pipeline import PipelineConfig, load_pipeline_config, parse_pipeline_config
+from airloop.core.settings import ConfigError, Settings, load_settings
+from airloop.data.quarantine import quarantine_partitions, quarantined_days
+from airloop.data.simulator import generate_day
+from airloop.data.validation import (
     FRESHNESS_PARAMETER,
     NUMERIC_TYPES,
     STRING_TYPES,
@@ -24,8 +26,6 @@ from airloop.validation import (
     build_suite,
     format_failures,
     load_suite,
-    quarantine_partitions,
-    quarantined_days,
     suite_path,
     validate_partitions,
     write_suite,

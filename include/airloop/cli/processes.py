@@ -1,0 +1,149 @@
+"""Starting and stopping the UIs and serving (``make up``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from airloop.cli.commands import _init_mlflow, _tracking_server, cmd_start_serving, ensure_secrets, secrets_file
+from airloop.core.settings import Settings, get_settings
+
+
+def airflow_login(settings: Settings) -> str:
+    """The generated Airflow UI login (simple auth manager), once ``airflow standalone`` made it."""
+    path = settings.state_dir / "airflow" / "simple_auth_manager_passwords.json.generated"
+    try:
+        users = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return f"(not generated yet: see {path})"
+    return ", ".join(f"{user} / {password}" for user, password in users.items())
+
+
+def _signal_tree(proc: subprocess.Popen, sig: int, group: bool) -> None:
+    """Signal a child, or its whole process group when it was started in its own session."""
+    try:
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
+def _start(name: str, argv: list[str], logs: Path, cwd: Path, env: dict[str, str] | None = None,
+           group: bool = False) -> subprocess.Popen:
+    return subprocess.Popen(argv, stdout=open(logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT, cwd=cwd,
+                            env={**os.environ, **(env or {})}, start_new_session=group)
+
+
+def _wait_http(urls: dict[str, str], procs: dict[str, subprocess.Popen], logs: Path, seconds: float = 240) -> None:
+    """Wait until every URL answers (< 500) or its process exits."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    pending = set(urls)
+    while pending and time.monotonic() < deadline:
+        for name in list(pending):
+            if procs[name].poll() is not None:
+                print(f"{name} exited ({procs[name].returncode}); see {logs}", file=sys.stderr)
+                pending.discard(name)
+                continue
+            try:
+                if httpx.get(urls[name], timeout=2).status_code < 500:
+                    pending.discard(name)
+            except httpx.HTTPError:
+                pass
+        time.sleep(1)
+
+
+def cmd_up(args) -> int:
+    """Start the MLflow UI/server, serving (background) and Airflow; Ctrl-C stops Airflow and MLflow.
+
+    Embedded profile: ``airflow standalone`` (LocalExecutor) and an MLflow UI on the SQLite
+    store. PostgreSQL profile (``make up PROFILE=postgres``): an MLflow tracking server on
+    PostgreSQL and the Airflow components one by one — API server, scheduler, DAG processor,
+    triggerer and two Celery workers (:mod:`airloop.ops.topology`).
+    """
+    from airloop.ops import topology
+
+    settings = get_settings()
+    ensure_secrets(settings)
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    mlflow_port = os.environ.get("MLFLOW_PORT", "5000")
+    airflow_port = os.environ.get("AIRFLOW_PORT", "8080")
+    bin_dir = Path(sys.executable).parent
+    procs: dict[str, subprocess.Popen] = {}
+    if _tracking_server(settings):
+        backend = os.environ.get("AIRLOOP_MLFLOW_BACKEND_STORE_URI")
+        if not backend:
+            print("MLFLOW_TRACKING_URI is a server URL: set AIRLOOP_MLFLOW_BACKEND_STORE_URI (its database)", file=sys.stderr)
+            return 1
+        server = topology.mlflow_server(backend, settings.mlflow_artifact_root, int(mlflow_port))
+        procs["mlflow"] = _start("mlflow", server.argv, logs, settings.root)
+        _wait_http({"mlflow": settings.mlflow_tracking_uri}, procs, logs)
+        _init_mlflow(settings)
+    else:
+        procs["mlflow"] = _start("mlflow", [
+            str(bin_dir / "mlflow"), "server", "--backend-store-uri", settings.mlflow_tracking_uri,
+            "--default-artifact-root", settings.mlflow_artifact_root, "--host", "127.0.0.1", "--port", mlflow_port],
+            logs, settings.root)
+    if cmd_start_serving(args) != 0:
+        _stop_all(procs)
+        return 1
+    # Airflow's components start `airflow ...` subprocesses: put this venv first on PATH
+    airflow_env = {"AIRFLOW__API__PORT": airflow_port, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                   "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{airflow_port}/execution/"}
+    if topology.uses_celery():
+        for component in topology.airflow_components(int(airflow_port)):
+            procs[component.name] = _start(component.name, component.argv, logs, settings.root,
+                                           {**airflow_env, **component.env}, group=True)
+        airflow_proc = "api-server"
+    else:
+        # its own process group: stopping it stops every component
+        procs["airflow"] = _start("airflow-standalone", [str(bin_dir / "airflow"), "standalone"], logs,
+                                  settings.root, airflow_env, group=True)
+        airflow_proc = "airflow"
+    urls = {airflow_proc: f"http://127.0.0.1:{airflow_port}", "mlflow": f"http://127.0.0.1:{mlflow_port}"}
+    _wait_http(urls, procs, logs)
+    print("\n".join([
+        "", f"airloop is up ({'CeleryExecutor: ' + ', '.join(procs) if topology.uses_celery() else 'airflow standalone'}):",
+        f"  Airflow UI   {urls[airflow_proc]}   login: {airflow_login(settings)}",
+        f"  MLflow UI    {urls['mlflow']}",
+        f"  Serving      {settings.serving_url}/docs   (admin token in {secrets_file(settings)})",
+        f"  Logs         {logs}",
+        "Unpause and trigger a DAG from the Airflow UI (Trigger -> form). Ctrl-C stops Airflow and MLflow;",
+        "`make down` stops serving.",
+    ]))
+    try:
+        while all(p.poll() is None for p in procs.values()):
+            time.sleep(2)
+        print("a component exited; stopping the others", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop_all(procs)
+    return 0
+
+
+def _stop_all(procs: dict[str, subprocess.Popen]) -> None:
+    """SIGTERM every component (Airflow ones with their process group), SIGKILL stragglers."""
+    grouped = {name for name in procs if name != "mlflow"}
+    for name, proc in procs.items():
+        if proc.poll() is None:
+            _signal_tree(proc, signal.SIGTERM, group=name in grouped)
+    for name, proc in procs.items():
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            _signal_tree(proc, signal.SIGKILL, group=name in grouped)
+    for name in grouped:  # children (task processes, standalone's components) share the group
+        try:
+            os.killpg(procs[name].pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass

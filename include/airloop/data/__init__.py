@@ -1,0 +1,1 @@
+"""Floor 2: sources, snapshots, features, validation, quarantine and the demo simulator."""

@@ -1,0 +1,189 @@
+"""Extract: materialise a data interval's training window as an immutable, fingerprinted snapshot.
+
+A snapshot is a folder of one Parquet file per day (``day=YYYY-MM-DD.parquet``) plus
+``fingerprint.json``. It is content-addressed: the folder name ends with the first characters of
+the fingerprint hash, it is written under a temporary name and renamed into place, so a reader
+never sees a partial snapshot and re-running the same interval on the same data yields the same
+folder. Days are kept apart so that validation can judge (and quarantine) each day on its own.
+
+Point-in-time correctness: a run "as of" day D reads the days ``[D - window, D)``. The snapshot
+keeps every row as the source had it (validation judges whole days); :func:`load_snapshot` then
+keeps only rows whose label was known before D (``label_timestamp`` in the pipeline config), so a
+backfill of D trains on exactly what a scheduled run on D saw.
+"""
+
+from __future__ import annotations
+
+import glob
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+
+from airloop.core.pipeline import PipelineConfig, resolve_source_path
+from airloop.core.settings import Settings
+from airloop.core.timeutil import day_start
+
+
+class ExtractError(RuntimeError):
+    """The training window cannot be materialised (missing data, unreadable file)."""
+
+
+#: Characters that make a file pattern a glob (``*``, ``?``, ``[...]``; ``**`` spans folders).
+GLOB_CHARS = frozenset("*?[")
+
+
+def source_files(config: PipelineConfig, settings: Settings, day: date | None = None) -> list[Path]:
+    """The files of a files source, sorted: those of ``day`` for a ``{date}`` pattern (``day``
+    required), else every file the pattern matches (a folder: every file of the source's format
+    below it)."""
+    source = config.source
+    pattern = str(resolve_source_path(config, settings) / source.partition) if source.partition else str(
+        resolve_source_path(config, settings))
+    if source.partitioned:
+        if day is None:
+            raise ValueError(f"{config.name}: source.partition {source.pattern!r} needs a day")
+        pattern = pattern.replace("{date}", day.isoformat())
+    elif Path(pattern).is_dir():
+        pattern = str(Path(pattern) / "**" / f"*.{source.format}")
+    if not GLOB_CHARS & set(pattern):
+        return [Path(pattern)] if Path(pattern).is_file() else []
+    return sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+
+
+def _read_files(config: PipelineConfig, files: list[Path]) -> pd.DataFrame:
+    """Concatenate ``files`` as the source typed them; timestamps parsed to UTC."""
+    reader = pd.read_csv if config.source.format == "csv" else pd.read_parquet
+    frames = []
+    for path in files:
+        try:
+            frames.append(reader(path))
+        except Exception as err:  # corrupt file: say which
+            raise ExtractError(f"{config.name}: source.path: {path}: cannot read {config.source.format} file: {err}") from err
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    return _parse_timestamps(config, frame)
+
+
+def _parse_timestamps(config: PipelineConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    for column in (config.timestamp, config.label_timestamp):
+        if column and column in frame.columns:
+            frame[column] = pd.to_datetime(frame[column], utc=True, errors="coerce")
+    return frame
+
+
+def _split_days(config: PipelineConfig, frame: pd.DataFrame, days: list[date], where: str) -> dict[date, pd.DataFrame]:
+    """One frame per day of ``days`` that has rows, selected on the timestamp column."""
+    if config.timestamp not in frame.columns:
+        raise ExtractError(f"{config.name}: {where} has no timestamp column {config.timestamp!r} "
+                           f"(columns: {list(frame.columns)[:20]})")
+    day_of = frame[config.timestamp].dt.floor("D").dt.date
+    wanted = set(days)
+    return {day: part.reset_index(drop=True) for day, part in frame.groupby(day_of, sort=True) if day in wanted}
+
+
+def read_days(config: PipelineConfig, days: list[date], settings: Settings) -> dict[date, pd.DataFrame]:
+    """Read ``days`` of the source, one frame per day that has data (days without data are left
+    out), as the source typed them with the timestamp columns parsed to UTC.
+
+    * files with a ``{date}`` pattern: each day's file(s), whole (the partition is the day);
+    * files without one: every matching file once, rows split by the timestamp column's day;
+    * sql: one query over ``[first day, last day + 1)`` with bound parameters, split by day.
+
+    Rows whose timestamp is null or outside ``days`` can only be kept by dated partitions.
+    """
+    if not days:
+        return {}
+    if config.source.kind == "sql":
+        start, end = day_start(min(days)), day_start(max(days) + timedelta(days=1))
+        return _split_days(config, read_sql_interval(config, start, end), days, "the SQL source")
+    if config.source.partitioned:
+        out = {}
+        for day in days:
+            files = source_files(config, settings, day)
+            if files:
+                out[day] = _read_files(config, files)
+        return out
+    files = source_files(config, settings)
+    if not files:
+        return {}
+    return _split_days(config, _read_files(config, files), days, f"source.path {config.source.pattern!r}")
+
+
+def read_partition(config: PipelineConfig, day: date, settings: Settings) -> pd.DataFrame | None:
+    """Read one day of the source (see :func:`read_days`); ``None`` when the day has no data."""
+    return read_days(config, [day], settings).get(day)
+
+
+def describe_source(config: PipelineConfig, settings: Settings) -> str:
+    """The source in words, for messages (never the connection's credentials)."""
+    source = config.source
+    if source.kind == "sql":
+        what = f"table {source.table}" if source.table is not None else "query"
+        return f"the SQL source ({what} via connection {source.conn_id!r}, timestamp {config.timestamp!r})"
+    root = resolve_source_path(config, settings)
+    return f"{root / source.partition if source.partition else root} ({source.format})"
+
+
+# ------------------------------------------------------------------------------- SQL sources
+def source_query(config: PipelineConfig) -> sa.Select:
+    """The SELECT of a SQL source for one interval: every column of ``source.table`` (or of
+    ``source.query`` as a subquery) with ``timestamp >= :start AND timestamp < :end``, ordered by
+    timestamp and id so that a re-read gives the same rows in the same order. Built with
+    SQLAlchemy Core: identifiers are quoted by the dialect, the interval bounds are bound
+    parameters (``start``, ``end``), never SQL text."""
+    source = config.source
+    if source.kind != "sql":
+        raise ValueError(f"{config.name}: source.kind is {source.kind!r}, not 'sql'")
+    ts, key = sa.column(config.timestamp), sa.column(config.id_column)
+    if source.table is not None:
+        schema, _, name = source.table.rpartition(".")
+        origin = sa.table(name, schema=schema or None)
+    else:
+        origin = sa.text(source.query).columns(ts, key).subquery("airloop_source")
+    bound = sa.DateTime(timezone=True)
+    return (
+        sa.select(sa.literal_column("*"))
+        .select_from(origin)
+        .where(ts >= sa.bindparam("start", type_=bound), ts < sa.bindparam("end", type_=bound))
+        .order_by(ts, key)
+    )
+
+
+def sql_engine(conn_id: str) -> sa.Engine:
+    """The SQLAlchemy engine of the Airflow connection ``conn_id``, through the connection type's
+    own hook (``PostgresHook`` for ``postgres``, any ``common.sql`` DbApiHook); cached per
+    connection URI, so a changed connection gets a new engine."""
+    from airflow.sdk import BaseHook
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception as err:  # AirflowNotFoundException and the like
+        raise ExtractError(f"source.conn_id {conn_id!r}: no such Airflow connection "
+                           f"(set AIRFLOW_CONN_{conn_id.upper()} or add it in Airflow): {err}") from err
+    key = (conn_id, conn.get_uri())
+    engine = _ENGINES.get(key)
+    if engine is None:
+        hook = conn.get_hook()
+        if not hasattr(hook, "get_sqlalchemy_engine"):
+            raise ExtractError(f"source.conn_id {conn_id!r}: a {conn.conn_type!r} connection has no SQL hook "
+                               f"({type(hook).__name__})")
+        engine = _ENGINES.setdefault(key, hook.get_sqlalchemy_engine())
+    return engine
+
+
+_ENGINES: dict[tuple[str, str], sa.Engine] = {}
+
+
+def read_sql_interval(config: PipelineConfig, start: datetime, end: datetime) -> pd.DataFrame:
+    """Rows of a SQL source with ``start <= timestamp < end`` (see :func:`source_query`)."""
+    source = config.source
+    what = f"source.table {source.table!r}" if source.table is not None else "source.query"
+    engine = sql_engine(source.conn_id)
+    try:
+        with engine.connect() as conn:
+            frame = pd.read_sql_query(source_query(config), conn, params={"start": start, "end": end})
+    except sa.exc.SQLAlchemyError as err:
+        raise ExtractError(f"{config.name}: {what} via connection {source.conn_id!r}: "
+                           f"{str(getattr(err, 'orig', None) or err).strip().splitlines()[0]}") from err
+    return _parse_timestamps(config, frame)

@@ -1,0 +1,1 @@
+"""Floor 6: A/B and shadow tests - routing, definitions, statistics, evaluation."""

@@ -1,0 +1,199 @@
+"""Monitoring: drift, performance and operations of one data interval of served predictions.
+
+The monitoring DAG calls :func:`monitor_interval` once per (tenant, interval). It reads the
+interval's rows of the ``predictions`` table (and the labels of ``ground_truth``), compares the
+served features and scores with the model version's *reference* (its training features as served
+plus its score on them, logged with every registered version as ``reference/reference.parquet``),
+and stores the outcome in ``feature_drift`` (one row per feature and interval) and
+``monitoring_runs`` (one row per interval), keyed by tenant, pipeline and interval start: a re-run
+rewrites its own rows and nothing else.
+
+Drift is judged with the methods and thresholds of ``monitoring.drift`` and Evidently's semantics
+(0.7: ``DataDriftPreset``/``ValueDrift`` and its stat tests), in two ways:
+
+* the stored verdicts (``feature_drift`` rows, drift share, prediction drift) come from the fast
+  path, :mod:`airloop.monitoring.driftstats`: Evidently's statistics recomputed with numpy on *every* row of
+  the interval against the version's reference profile (``reference/profile.npz``, logged with the
+  version; the unit tests check score and verdict against Evidently's own stat tests and report);
+* the human HTML report is Evidently's own ``Report``, drawn from a seeded sample of at most
+  :data:`HTML_MAX_ROWS` rows of each side when the interval (or the reference) is larger.
+
+The two can differ only where the HTML report works on a sample (a score near its threshold may
+land on the other side) or, for a reference with more distinct values than the profile keeps
+(``driftstats.PROFILE_MAX_POINTS``), by the profile's grid approximation (see driftstats). Only
+data of ``[start, end)`` is used: nothing here looks at the wall clock to select rows.
+
+Heavy imports (Evidently, scikit-learn, MLflow) happen inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airloop.core.pipeline import PipelineConfig
+from airloop.core.settings import Settings
+from airloop.monitoring.reference import SCORE_COLUMN
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import sqlalchemy as sa
+
+    from airloop.monitoring.driftstats import ReferenceProfile
+
+from airloop.core.metrics import _finite
+from airloop.core.timeutil import to_utc
+from airloop.monitoring.drift import drift_summary, fast_drift_rows, save_drift_report
+from airloop.monitoring.performance import LabelPolicy, operations, performance, performance_drop
+from airloop.monitoring.reference import PREDICTION_FEATURE, build_reference_profile
+from airloop.monitoring.rules import evaluate_rules
+from airloop.monitoring.traffic import load_interval, trailing_volumes
+
+log = logging.getLogger(__name__)
+
+
+def _json(value: Any) -> str | None:
+    """Deterministic JSON text (sorted keys) or None."""
+    return None if value is None else json.dumps(value, sort_keys=True, default=str)
+
+
+# ============================================================================ one interval
+def _report_path(report_dir: Path | str, config: PipelineConfig, tenant: str, start: datetime) -> Path:
+    safe_tenant = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in tenant)
+    return Path(report_dir) / config.name / safe_tenant / f"drift_{start:%Y%m%dT%H%M%SZ}.html"
+
+
+def _store_interval(engine: sa.Engine, key: dict[str, Any], drift: list[dict[str, Any]], run: dict[str, Any]) -> None:
+    """Upsert the interval's rows in one transaction; drop this interval's stale feature rows."""
+    import sqlalchemy as sa
+
+    from airloop.core.store import _dialect_insert, feature_drift, monitoring_runs
+
+    def upsert(conn, table, rows):
+        if not rows:
+            return
+        keys = [c.name for c in table.primary_key.columns]
+        stmt = _dialect_insert(conn, table)
+        stmt = stmt.on_conflict_do_update(index_elements=keys,
+                                          set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys})
+        conn.execute(stmt, rows)
+
+    fd = feature_drift
+    with engine.begin() as conn:
+        stale = sa.delete(fd).where(fd.c.tenant == key["tenant"], fd.c.pipeline == key["pipeline"],
+                                    fd.c.interval_start == key["interval_start"])
+        if drift:
+            stale = stale.where(fd.c.feature.not_in([r["feature"] for r in drift]))
+        conn.execute(stale)
+        upsert(conn, fd, [key | r for r in drift])
+        upsert(conn, monitoring_runs, [key | run])
+
+
+def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, start: datetime, end: datetime,
+                     model_version: str | int | None, reference: pd.DataFrame, report_dir: Path | str, *,
+                     reference_metrics: dict[str, float] | None = None, engine: sa.Engine | None = None,
+                     labels: LabelPolicy = "arrived", profile: ReferenceProfile | None = None) -> dict:
+    """Monitor one interval ``[start, end)`` of ``tenant``'s traffic and store the outcome.
+
+    1. :func:`load_interval` (labelled rows restricted to ``model_version``).
+    2. Drift of the ``ok`` rows when there are at least ``drift.min_rows`` of them: the verdicts
+       by the fast path (:func:`fast_drift_rows`, every row) against ``profile`` (the version's
+       stored profile, :func:`load_profile`; built from ``reference`` when not given), the HTML
+       report by Evidently under ``report_dir`` (:func:`save_drift_report`: a seeded sample of
+       each side above :data:`HTML_MAX_ROWS` rows); otherwise drift is recorded as not judged
+       (``drift_share``/``drifted_features``/``report_uri`` NULL).
+    3. :func:`performance` when at least ``monitoring.min_labelled_rows`` labelled rows, and
+       :func:`performance_drop` of the study metric vs ``reference_metrics`` (the version's
+       holdout metrics, :func:`load_reference_metrics`) when given.
+    4. :func:`operations` against :func:`trailing_volumes` (``volume_baseline_days``).
+    5. :func:`evaluate_rules`; the reasons of fired ``retrain`` rules go to ``retrain_reason``
+       (whether a retrain is requested — cool-down — is decided by the caller).
+    6. Upsert ``feature_drift`` rows and the ``monitoring_runs`` row keyed by (tenant, pipeline,
+       interval_start) in one transaction: a re-run overwrites its own rows (and removes feature
+       rows it no longer produces) and changes nothing else. Same store contents and reference →
+       identical stored rows.
+
+    Returns a JSON-serialisable summary (no frames): the rule metrics at the top level
+    (``drift_share``, ``prediction_drift``, ``performance_drop``, ``volume_ratio``, ``error_rate``,
+    ``latency_p95_ms``), the fired ``alerts`` and the stored values.
+    """
+    from airloop.core import store
+
+    start, end = to_utc(start), to_utc(end)
+    if end <= start:
+        raise ValueError(f"empty interval: start {start} >= end {end}")
+    mon = config.monitoring
+    engine = engine or store.get_engine(settings.monitoring_db_uri)
+    version = None if model_version is None else str(model_version)
+
+    frame, labelled = load_interval(engine, config, tenant, start, end, labels=labels, labelled_version=version,
+                                    label_window=timedelta(days=config.monitoring.performance_window_days))
+    ok = frame[frame["status"] == "ok"]
+    current = ok[[*config.features, SCORE_COLUMN]].reset_index(drop=True)
+
+    # -- drift
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    report_uri = None
+    if len(current) >= mon.drift.min_rows:
+        rows, skipped = fast_drift_rows(config, profile or build_reference_profile(config, reference), current)
+        written = save_drift_report(config, reference, current, _report_path(report_dir, config, tenant, start),
+                                    timestamp=end) if rows else None
+        report_uri = str(written) if written else None
+        drift = drift_summary(config, rows) | {"drift_judged": bool(rows), "drift_reason": None if rows else
+                                               "no column has values on both sides"}
+    else:
+        drift = {"drift_share": None, "dataset_drift": None, "drifted_features": None, "prediction_drift": None,
+                 "prediction_drifted": None, "drift_judged": False,
+                 "drift_reason": f"{len(current)} ok rows < drift.min_rows {mon.drift.min_rows}: drift not judged"}
+
+    # -- performance
+    metric = config.training.metric
+    perf = None
+    drop = None
+    if len(labelled) >= mon.min_labelled_rows:
+        perf = performance(config, labelled)
+        if perf.get("rows", 0) < mon.min_labelled_rows:
+            perf = None
+    ref_perf = {k: _finite(v) for k, v in sorted((reference_metrics or {}).items())} or None
+    if perf is not None and ref_perf is not None and perf.get(metric) is not None and ref_perf.get(metric) is not None:
+        drop = _finite(performance_drop(metric, perf[metric], ref_perf[metric]))
+
+    # -- operations
+    ops = operations(frame, trailing_volumes(engine, config, tenant, start, mon.volume_baseline_days, end - start))
+
+    summary: dict[str, Any] = {
+        "tenant": tenant, "pipeline": config.name, "interval_start": start.isoformat(),
+        "interval_end": end.isoformat(), "model_version": version, "rows": int(len(frame)), "ok_rows": int(len(ok)),
+        **drift, "unjudged_features": [PREDICTION_FEATURE if c == SCORE_COLUMN else c for c in skipped],
+        "labelled_rows": int(len(labelled)), "performance_judged": perf is not None,
+        "performance": perf, "reference_performance": ref_perf, "metric": metric, "performance_drop": drop,
+        **{k: _finite(v) if isinstance(v, float) else v for k, v in ops.items()},
+        "report_uri": report_uri,
+    }
+    alerts = evaluate_rules(config, summary)
+    retrain = [a["message"] for a in alerts if a["retrain"]]
+    summary |= {"alerts": alerts, "retrain": bool(retrain), "retrain_reason": "; ".join(retrain) or None}
+
+    key = {"tenant": tenant, "pipeline": config.name, "interval_start": start}
+    drift_db = [r | {"interval_end": end, "model_version": version} for r in rows]
+    run_db = {
+        "interval_end": end, "model_version": version, "rows": summary["rows"],
+        "drift_share": _finite(summary["drift_share"]),
+        "drifted_features": _json(summary["drifted_features"]),
+        "prediction_drift": _finite(summary["prediction_drift"]),
+        "labelled_rows": summary["labelled_rows"], "performance": _json(perf),
+        "reference_performance": _json(ref_perf), "volume_ratio": summary["volume_ratio"],
+        "error_rate": summary["error_rate"], "latency_p50_ms": summary["latency_p50_ms"],
+        "latency_p95_ms": summary["latency_p95_ms"], "report_uri": report_uri,
+        "retrain_reason": summary["retrain_reason"],
+    }
+    _store_interval(engine, key, drift_db, run_db)
+    log.info("monitored %s/%s [%s, %s): %s rows, drift %s, %s labelled, %s alerts", config.name, tenant,
+             start.isoformat(), end.isoformat(), summary["rows"],
+             summary["drifted_features"] if drift["drift_judged"] else "not judged", summary["labelled_rows"],
+             len(alerts))
+    return summary

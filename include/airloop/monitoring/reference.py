@@ -1,0 +1,176 @@
+"""The monitoring reference of a model version: its layout, builder, loader and cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airloop.core.pipeline import PipelineConfig
+from airloop.core.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from airloop.monitoring.driftstats import ReferenceProfile
+
+from airloop.data.features import coerce_features
+from airloop.models.scoring import model_scores
+
+log = logging.getLogger(__name__)
+
+
+#: ``feature`` value of the prediction-drift row (drift of the served score).
+PREDICTION_FEATURE = "__prediction__"
+
+
+def _drift_columns(config: PipelineConfig) -> tuple[list[str], list[str]]:
+    """``(numeric, categorical)`` drift columns: numeric features plus :data:`SCORE_COLUMN`,
+    categorical features (the column types Evidently is given, see :func:`_datasets`)."""
+    numeric = [c for c, spec in config.features.items() if spec.type != "category"] + [SCORE_COLUMN]
+    categorical = [c for c, spec in config.features.items() if spec.type == "category"]
+    return numeric, categorical
+
+
+def build_reference_profile(config: PipelineConfig, reference: pd.DataFrame) -> ReferenceProfile:
+    """The drift profile (:class:`airloop.monitoring.driftstats.ReferenceProfile`) of a reference frame:
+    every feature and :data:`SCORE_COLUMN`, typed as Evidently types them here."""
+    from airloop.monitoring import driftstats
+
+    numeric, categorical = _drift_columns(config)
+    frame = reference if all(c in reference.columns for c in [*numeric, *categorical]) else \
+        reference.reindex(columns=[*numeric, *categorical])
+    return driftstats.build_profile(frame, numeric, categorical)
+
+
+# ============================================================================ reference
+def reference_cache_path(settings: Settings, config: PipelineConfig, version: str | int) -> Path:
+    """Local copy of a version's reference: ``<state_dir>/references/<pipeline>/<version>/reference.parquet``."""
+    return Path(settings.state_dir) / "references" / config.name / str(version) / REFERENCE_FILE
+
+
+def _version_artifact(client_or_settings: Any, config: PipelineConfig, version: str | int, cache: Path,
+                      name: str) -> bool:
+    """Make sure ``cache`` holds the file ``name`` of the version's reference folder (the folder
+    of its ``airloop.reference_artifact`` tag, default ``reference/``), downloading it once from
+    the version's MLflow run (atomic: a concurrent reader sees the whole file or none).
+
+    ``cache`` is resolved by the caller from ``settings``. Returns False when the run has no such
+    artifact (only asked when ``name`` is not the reference itself, which must exist)."""
+    if cache.is_file():
+        return True
+    if isinstance(client_or_settings, Settings):
+        from airloop.registry import client as registry
+
+        client = registry.get_client(client_or_settings)
+    else:
+        client = client_or_settings
+    mv = client.get_model_version(config.model_name, str(version))
+    if not getattr(mv, "run_id", None):
+        raise LookupError(f"{config.model_name} v{version} has no MLflow run: no drift reference")
+    reference = (getattr(mv, "tags", None) or {}).get("airloop.reference_artifact") or f"{REFERENCE_DIR}/{REFERENCE_FILE}"
+    folder = reference.rpartition("/")[0]
+    artifact = reference if name == REFERENCE_FILE else (f"{folder}/{name}" if folder else name)
+    if artifact != reference and artifact not in {a.path for a in client.list_artifacts(mv.run_id, folder or None)}:
+        return False
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache.parent, prefix=".download-") as tmp:
+        os.replace(client.download_artifacts(mv.run_id, artifact, tmp), cache)
+    log.info("%s of %s v%s cached at %s", name, config.model_name, version, cache)
+    return True
+
+
+def _settings_of(client_or_settings: Any, settings: Settings | None) -> Settings:
+    from airloop.core.settings import get_settings
+
+    return client_or_settings if isinstance(client_or_settings, Settings) else settings or get_settings()
+
+
+def load_reference(client_or_settings: Any, config: PipelineConfig, version: str | int,
+                   settings: Settings | None = None) -> pd.DataFrame:
+    """The drift reference of model ``version``: features typed as served plus :data:`SCORE_COLUMN`.
+
+    Downloaded once from the version's MLflow run (``run_id`` of the model version; artifact
+    ``reference/reference.parquet``, or the path in its ``airloop.reference_artifact`` tag) and
+    cached on local disk under ``settings.state_dir/references/<pipeline>/<version>/`` — a
+    version's reference is immutable, so a cached copy is used without asking MLflow. Pass
+    :class:`Settings` (a client is made from it) or an ``MlflowClient`` (then ``settings`` gives
+    the cache folder; default :func:`airloop.core.settings.get_settings`).
+    """
+    import pandas as pd
+
+    cache = reference_cache_path(_settings_of(client_or_settings, settings), config, version)
+    _version_artifact(client_or_settings, config, version, cache, REFERENCE_FILE)
+    frame = pd.read_parquet(cache)
+    missing = [c for c in [*config.features, SCORE_COLUMN] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"reference of {config.model_name} v{version} ({cache}) lacks columns {missing}")
+    out = coerce_features(config, frame, fill_missing=True)
+    out[SCORE_COLUMN] = pd.to_numeric(frame[SCORE_COLUMN], errors="coerce").astype("float64")
+    return out
+
+
+def profile_cache_path(settings: Settings, config: PipelineConfig, version: str | int) -> Path:
+    """Local copy of a version's drift profile, next to its cached reference."""
+    return reference_cache_path(settings, config, version).with_name(PROFILE_FILE)
+
+
+def load_profile(client_or_settings: Any, config: PipelineConfig, version: str | int,
+                 settings: Settings | None = None) -> ReferenceProfile:
+    """The drift profile of model ``version`` (:class:`airloop.monitoring.driftstats.ReferenceProfile`).
+
+    Downloaded once from the version's MLflow run (``profile.npz`` next to the reference
+    artifact) and cached under ``settings.state_dir/references/<pipeline>/<version>/`` like
+    :func:`load_reference`. A version logged before profiles existed has none: its profile is
+    then built from its reference (:func:`load_reference`) and cached the same way. Arguments
+    as :func:`load_reference`.
+    """
+    from airloop.monitoring import driftstats
+
+    cache = profile_cache_path(_settings_of(client_or_settings, settings), config, version)
+    if not _version_artifact(client_or_settings, config, version, cache, PROFILE_FILE):
+        reference = load_reference(client_or_settings, config, version, settings=settings)
+        build_reference_profile(config, reference).save(cache)
+        log.info("%s v%s has no logged drift profile: built from its reference, cached at %s",
+                 config.model_name, version, cache)
+    return driftstats.ReferenceProfile.load(cache)
+
+
+def load_reference_metrics(client_or_settings: Any, config: PipelineConfig, version: str | int) -> dict[str, float]:
+    """The version's holdout metrics (its run's ``holdout_<name>`` metrics, as ``{name: value}``)."""
+    from airloop.registry import client as registry
+
+    client = registry.get_client(client_or_settings) if isinstance(client_or_settings, Settings) else client_or_settings
+    mv = client.get_model_version(config.model_name, str(version))
+    metrics = client.get_run(mv.run_id).data.metrics
+    return {k.removeprefix("holdout_"): float(v) for k, v in sorted(metrics.items()) if k.startswith("holdout_")}
+
+
+REFERENCE_DIR = "reference"
+
+
+REFERENCE_FILE = "reference.parquet"
+
+
+#: The reference's drift profile (airloop.monitoring.driftstats), logged next to it.
+PROFILE_FILE = "profile.npz"
+
+
+REFERENCE_MAX_ROWS = 20_000
+
+
+SCORE_COLUMN = "__score__"
+
+
+def reference_frame(config: PipelineConfig, model, train):
+    """The drift reference of a model version: its training features (typed as served) plus its
+    score on them (positive-class probability, or the predicted value), at most 20k rows, seeded."""
+    from airloop.data.features import features_and_target
+
+    sample = train.sample(n=min(len(train), REFERENCE_MAX_ROWS), random_state=config.training.seed)
+    X, _ = features_and_target(config, sample.sort_values(config.timestamp))
+    out = X.reset_index(drop=True)
+    out[SCORE_COLUMN] = model_scores(config, model, X)
+    return out

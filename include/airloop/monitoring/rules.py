@@ -1,0 +1,57 @@
+"""Alert rules evaluated on one interval's monitoring summary."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+from airloop.core.metrics import _finite
+from airloop.core.pipeline import PipelineConfig
+
+#: Metrics the alert rules can test (``AlertRule.metric``), all top-level keys of the summary.
+RULE_METRICS = ("drift_share", "prediction_drift", "performance_drop", "volume_ratio", "error_rate", "latency_p95_ms")
+
+
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+
+# ============================================================================ rules
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def evaluate_rules(config: PipelineConfig, summary: dict) -> list[dict]:
+    """Apply ``monitoring.alerts`` to an interval summary; return the rules that fire.
+
+    A rule ``metric op value`` fires when ``summary[metric]`` is a finite number satisfying it.
+    A metric absent from the summary or None (drift not judged, too few labels, no baseline)
+    never fires. Each alert: ``rule``, ``metric``, ``op``, ``threshold``, ``observed``,
+    ``severity``, ``retrain`` and a ``message`` naming the metric, the observed value and the
+    threshold — and, for drift rules, the drifted features (``drifted_features`` of the summary)
+    or the prediction's drift method.
+    """
+    fired = []
+    for rule in config.monitoring.alerts:
+        observed = _finite(summary.get(rule.metric))
+        if observed is None or not _OPS[rule.op](observed, rule.value):
+            continue
+        message = f"{rule.name}: {rule.metric} = {_fmt(observed)} {rule.op} {_fmt(rule.value)}"
+        details: dict[str, Any] = {}
+        if rule.metric == "drift_share":
+            drifted = list(summary.get("drifted_features") or [])
+            details["drifted_features"] = drifted
+            message += f"; drifted features: {', '.join(drifted) if drifted else 'none'}"
+        elif rule.metric == "prediction_drift":
+            prediction = config.monitoring.drift.prediction
+            details["method"] = prediction.method
+            message += f"; prediction score drift ({prediction.method}, drift threshold {_fmt(prediction.threshold)})"
+        elif rule.metric == "performance_drop":
+            metric = summary.get("metric") or config.training.metric
+            details |= {"metric": metric, "current": (summary.get("performance") or {}).get(metric),
+                        "reference": (summary.get("reference_performance") or {}).get(metric)}
+            if details["current"] is not None and details["reference"] is not None:
+                message += f"; {metric} {_fmt(details['current'])} vs holdout {_fmt(details['reference'])}"
+        fired.append({"rule": rule.name, "metric": rule.metric, "op": rule.op, "threshold": rule.value,
+                      "observed": observed, "severity": rule.severity, "retrain": rule.retrain,
+                      "message": message, "details": details})
+    return fired

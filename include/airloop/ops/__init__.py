@@ -1,0 +1,1 @@
+"""Process-level operations (preload, topology, sandbox); uses core only."""

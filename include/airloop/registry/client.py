@@ -1,0 +1,172 @@
+"""MLflow tracking and registry: experiments, runs keyed by data interval, versions and aliases.
+
+Lifecycle state is kept with registry **aliases** (``challenger``, ``champion``) and **tags**,
+never the deprecated stages. Idempotency: every artefact of a training run carries the tag
+``airloop.interval_key`` (pipeline + as-of date), and lookups by that tag make retried or
+re-run intervals reuse their parent run and model version instead of creating new ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airloop.core.pipeline import PipelineConfig
+from airloop.core.settings import Settings
+from airloop.registry.tags import KEY_TAG
+
+log = logging.getLogger(__name__)
+
+
+def _alias_version(client: Any, config: PipelineConfig, alias: str) -> str | None:
+
+    found = alias_version(client, config.model_name, alias)
+    return str(found.version) if found is not None else None
+
+
+def interval_key(config: PipelineConfig, as_of: str) -> str:
+    """Stable identity of one training interval of one pipeline."""
+    return f"{config.name}@{as_of}"
+
+
+def configure_mlflow(settings: Settings) -> None:
+    """Point the process-wide MLflow fluent API at our tracking and registry stores."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    if settings.mlflow_registry_uri:
+        mlflow.set_registry_uri(settings.mlflow_registry_uri)
+
+
+def get_client(settings: Settings):
+    """An MlflowClient bound explicitly to the configured stores.
+
+    The fluent API is pointed there too: MLflow resolves ``models:/m-…`` sources of new model
+    versions through the global tracking URI, whatever the client says.
+    """
+    from mlflow import MlflowClient
+
+    configure_mlflow(settings)
+    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_registry_uri)
+
+
+def ensure_experiment(client, config: PipelineConfig, settings: Settings) -> str:
+    """Id of the pipeline's experiment, created with an artifact location in our store."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(config.experiment_name)
+    if found is not None:
+        return found.experiment_id
+    location: str | None = settings.mlflow_artifact_root
+    if settings.mlflow_tracking_uri.startswith(("http://", "https://")):
+        location = None  # a tracking server stores (and proxies) artifacts itself: clients need no shared disk
+    elif "://" not in location:
+        location = f"{location.rstrip('/')}/{config.name}"
+    try:
+        return client.create_experiment(config.experiment_name, artifact_location=location,
+                                        tags={"airloop.pipeline": config.name, "airloop.tenant": config.tenant})
+    except MlflowException:  # created concurrently by another worker
+        return client.get_experiment_by_name(config.experiment_name).experiment_id
+
+
+def _quote(value: str) -> str:
+    if "'" in value:
+        raise ValueError(f"quote not allowed in MLflow filter value: {value!r}")
+    return f"'{value}'"
+
+
+def get_or_create_parent_run(client, experiment_id: str, key: str, run_name: str, tags: dict[str, str]) -> str:
+    """The training run of interval ``key`` (resumed on re-runs), its tags refreshed."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{KEY_TAG}` = {_quote(key)} and tags.`airloop.kind` = 'training'",
+        max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
+    if runs:
+        run_id = runs[0].info.run_id
+    else:
+        run = client.create_run(experiment_id, run_name=run_name, tags={KEY_TAG: key, "airloop.kind": "training"})
+        run_id = run.info.run_id
+    for k, v in tags.items():
+        client.set_tag(run_id, k, str(v))
+    return run_id
+
+
+def log_trial_run(client, experiment_id: str, parent_run_id: str, key: str, number: int, family: str,
+                  params: dict[str, Any], scores: list[float], state: str, seconds: float) -> str:
+    """One MLflow child run per Optuna trial, written in one batched call (no per-metric trips)."""
+    import time
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    run = client.create_run(
+        experiment_id,
+        run_name=f"trial-{number:03d}-{family}",
+        tags={"mlflow.parentRunId": parent_run_id, KEY_TAG: key, "airloop.kind": "trial"},
+    )
+    now = int(time.time() * 1000)
+    metrics = [Metric("cv_score_fold", float(s), now, step) for step, s in enumerate(scores)]
+    if scores:
+        metrics.append(Metric("cv_score", float(sum(scores) / len(scores)), now, 0))
+    metrics.append(Metric("trial_seconds", float(seconds), now, 0))
+    client.log_batch(
+        run.info.run_id,
+        metrics=metrics,
+        params=[Param("estimator", family), Param("trial_number", str(number))]
+        + [Param(k, str(v)) for k, v in params.items()],
+        tags=[RunTag("optuna.trial_state", state)],
+    )
+    client.set_terminated(run.info.run_id, status="FINISHED" if state != "FAIL" else "FAILED")
+    return run.info.run_id
+
+
+def find_version(client, model_name: str, key: str):
+    """The registered version built for interval ``key``, or None."""
+    versions = client.search_model_versions(
+        f"name = {_quote(model_name)} and tags.`{KEY_TAG}` = {_quote(key)}"
+    )
+    return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def register_version(client, model_name: str, model_uri: str, run_id: str, key: str, tags: dict[str, str]):
+    """Register ``model_uri`` for interval ``key`` once; a re-run returns the existing version."""
+    existing = find_version(client, model_name, key)
+    if existing is not None:
+        log.info("interval %s already registered as %s v%s; not creating another", key, model_name, existing.version)
+        return existing
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(model_name, tags={"airloop.pipeline": tags.get("airloop.pipeline", "")})
+    except MlflowException:
+        pass  # exists
+    # a logged model's URI (models:/m-<id>) names its LoggedModel; a tracking server requires the id
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    version = client.create_model_version(model_name, model_uri, run_id=run_id, tags={**tags, KEY_TAG: key},
+                                          model_id=model_id)
+    return version
+
+
+def alias_version(client, model_name: str, alias: str):
+    """The version an alias points at, or None when the alias (or model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+
+
+def load_sklearn_model(settings: Settings, model_name: str, version: str):
+    """Load a registered scikit-learn model the way serving does: skops only, vetted types only
+    (``mlflow.sklearn.load_model`` would trust the type list the model file declares itself)."""
+    from airloop.models.artifact import read_model_version
+
+    estimator, _, _ = read_model_version(get_client(settings), settings, model_name, version)
+    return estimator
+
+
+def run_metrics(client, run_id: str) -> dict[str, float]:
+    """Latest metrics of a run."""
+    return dict(client.get_run(run_id).data.metrics)

@@ -1,0 +1,115 @@
+"""Promote: gate a challenger against thresholds and the champion, move aliases, keep a ledger.
+
+A refused promotion is a recorded decision, not a crash. Every decision is appended to the
+promotion ledger once per interval (idempotency key), so retries and re-runs never move an
+alias twice or rewrite history: a re-run of an already decided interval returns the recorded
+decision and touches nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from airloop.core.metrics import LOWER_IS_BETTER
+from airloop.core.pipeline import EnvironmentConfig, PipelineConfig
+from airloop.training.evaluation import compare_to_champion
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One gate and its verdict."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of all gates for one challenger."""
+
+    promote: bool
+    forced: bool
+    checks: list[GateCheck] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        """Human-readable summary: failed gates first, or all passed."""
+        failed = [c for c in self.checks if not c.passed]
+        if self.forced:
+            return "forced by operator; gates: " + "; ".join(f"{c.name}: {c.detail}" for c in self.checks)
+        if failed:
+            return "refused: " + "; ".join(f"{c.name}: {c.detail}" for c in failed)
+        return "all gates passed: " + "; ".join(f"{c.name}: {c.detail}" for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (XCom, ledger)."""
+        return {"promote": self.promote, "forced": self.forced, "reason": self.reason,
+                "checks": [asdict(c) for c in self.checks]}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def evaluate_gates(
+    config: PipelineConfig,
+    challenger: dict[str, float],
+    champion: dict[str, float] | None,
+    champion_error: str | None = None,
+    force: bool = False,
+    environment: EnvironmentConfig | None = None,
+    train_rows: int | None = None,
+) -> Decision:
+    """Apply ``environment``'s gates (default: the serving environment's) to a candidate's
+    holdout metrics.
+
+    * absolute thresholds (floors, or ceilings for error metrics),
+    * latency budget (``latency_p95_ms`` against ``latency_budget_ms``),
+    * minimum data (``train_rows`` against ``min_training_rows``, when that is above 0),
+    * "beats the incumbent by ``min_improvement``" on the training metric, both scored on the
+      same holdout (``champion``: the environment's current version's metrics; skipped when the
+      environment sets no ``min_improvement``). No incumbent yet passes; an incumbent that cannot
+      score the holdout passes too (it is broken on current data), and the reason says so.
+    ``force`` promotes whatever the gates say; the checks are still recorded.
+    """
+    gates = environment or config.promotion.serving_environment
+    checks: list[GateCheck] = []
+    for metric, bound in sorted(gates.thresholds.items()):
+        value = challenger.get(metric)
+        if not _finite(value):
+            checks.append(GateCheck(f"threshold:{metric}", False, f"metric {metric!r} not available"))
+            continue
+        lower = metric in LOWER_IS_BETTER
+        ok = value <= bound if lower else value >= bound
+        checks.append(GateCheck(f"threshold:{metric}", ok, f"{value:.4f} {'<=' if lower else '>='} {bound} required"))
+    latency = challenger.get("latency_p95_ms")
+    if _finite(latency):
+        checks.append(GateCheck("latency", latency <= gates.latency_budget_ms,
+                                f"p95 {latency:.2f} ms, budget {gates.latency_budget_ms} ms"))
+    if gates.min_training_rows:
+        if train_rows is None:
+            checks.append(GateCheck("min_training_rows", False, "number of training rows unknown"))
+        else:
+            checks.append(GateCheck("min_training_rows", train_rows >= gates.min_training_rows,
+                                    f"{train_rows} rows, {gates.min_training_rows} required"))
+    metric = config.training.metric
+    if gates.min_improvement is None:
+        pass  # this environment does not compare with its incumbent
+    elif champion_error:
+        checks.append(GateCheck("beats_champion", True, f"champion could not score the holdout ({champion_error})"))
+    elif not champion:
+        checks.append(GateCheck("beats_champion", True, "no champion yet"))
+    else:
+        delta = compare_to_champion(metric, challenger, champion)
+        if delta is None:
+            checks.append(GateCheck("beats_champion", False, f"{metric} missing for challenger or champion"))
+        else:
+            ok = delta >= gates.min_improvement
+            checks.append(GateCheck("beats_champion", ok,
+                                    f"{metric} {challenger[metric]:.4f} vs champion {champion[metric]:.4f} "
+                                    f"(delta {delta:+.4f}, margin {gates.min_improvement})"))
+    passed = all(c.passed for c in checks)
+    return Decision(promote=passed or force, forced=force and not passed, checks=checks)

@@ -1,0 +1,1 @@
+"""Floor 7: the prediction server (MLServer-style split) and its HTTP client."""

@@ -1,0 +1,88 @@
+"""Serving authentication: tenant tokens and the admin-token dependency."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter
+
+from airloop.core.pipeline import PipelineConfig
+from airloop.core.security import _bearer, check_admin_token
+from airloop.core.settings import Settings
+from airloop.serving.protocol import SMOKE_TENANT, tenant_route
+from airloop.serving.responses import _json
+
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1").strip()
+    return None
+
+
+async def _deny(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"detail": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class TenantGuard:
+    """ASGI middleware of one pipeline's app: strips its ``/t/<tenant>/<pipeline>`` prefix (so the
+    app answers at the root and at its tenant route) and enforces the tenant's token and tenant."""
+
+    def __init__(self, app: Any, config: PipelineConfig, token: str | None, admin_token: str | None) -> None:
+        self.app, self.config = app, config
+        self.prefix = tenant_route(config)
+        self.allowed = [t.encode() for t in (token, admin_token) if t]
+        self.protected = token is not None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == self.prefix or path.startswith(self.prefix + "/"):
+            scope = dict(scope, path=path[len(self.prefix):] or "/",
+                         root_path=scope.get("root_path", "") + self.prefix)
+            path = scope["path"]
+        headers = scope.get("headers", [])
+        if path not in OPEN_PATHS and path != "/reload" and self.protected:
+            token = _bearer(headers)
+            if token is None:
+                await _deny(send, 401, f"tenant {self.config.tenant}: bearer token required")
+                return
+            if not any(secrets.compare_digest(token.encode(), allowed) for allowed in self.allowed):
+                await _deny(send, 403, f"this token is not valid for tenant {self.config.tenant}")
+                return
+        claimed = _header(headers, b"x-tenant")
+        if self.config.tenant != "default" and claimed and claimed not in (self.config.tenant, SMOKE_TENANT):
+            await _deny(send, 403, f"X-Tenant {claimed[:100]!r} does not match this route's tenant "
+                                   f"{self.config.tenant!r}")
+            return
+        await self.app(scope, receive, send)
+
+
+def add_tenant_guard(app: Any, config: PipelineConfig, settings: Settings) -> None:
+    """Install :class:`TenantGuard` on one pipeline's serving app (done by ``create_app``)."""
+    app.add_middleware(TenantGuard, config=config, token=settings.tenant_tokens.get(config.tenant),
+                       admin_token=settings.admin_token)
+
+
+def _admin_denied(request: Request, admin_token: str | None, action: str, outcomes: Counter) -> JSONResponse | None:
+    """The 401/403 answer when ``request`` lacks the admin token (see :func:`check_admin_token`),
+    counted in ``outcomes`` as ``unauthorized`` / ``forbidden``; None when the token is right."""
+    denied = check_admin_token(request.headers.get("authorization"), admin_token)
+    if denied is None:
+        return None
+    outcomes.labels("forbidden" if denied == 403 else "unauthorized").inc()
+    message = f"{action} is disabled: no admin token configured" if denied == 403 else "invalid or missing bearer token"
+    return _json({"detail": message}, denied, {"WWW-Authenticate": "Bearer"} if denied == 401 else None)

@@ -1,0 +1,87 @@
+"""Deploy: tell the serving process to hot-reload an alias, smoke-test it, roll back on failure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from airloop.serving.protocol import SMOKE_TENANT
+
+
+class DeployError(RuntimeError):
+    """The serving process did not end up healthy on the expected version."""
+
+
+@dataclass(frozen=True)
+class ServingEndpoint:
+    """Base URL of a serving process and its admin token (from a connection or the env)."""
+
+    url: str
+    token: str | None
+
+    def headers(self) -> dict[str, str]:
+        """Admin authorisation header (``/reload``; also accepted by every tenant's routes)."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def for_pipeline(self, config: Any) -> "ServingEndpoint":
+        """The pipeline's own routes in the serving process: ``<url>/t/<tenant>/<pipeline>``."""
+        from airloop.serving.protocol import tenant_route
+
+        route = tenant_route(config)
+        return self if self.url.endswith(route) else ServingEndpoint(f"{self.url.rstrip('/')}{route}", self.token)
+
+
+def reload_alias(endpoint: ServingEndpoint, alias: str, timeout: float = 120.0) -> dict[str, Any]:
+    """Ask serving to load ``alias`` beside the current model and swap; raise on refusal."""
+    import httpx
+
+    try:
+        response = httpx.post(f"{endpoint.url}/reload", json={"alias": alias}, headers=endpoint.headers(), timeout=timeout)
+    except httpx.HTTPError as err:
+        raise DeployError(f"serving at {endpoint.url} unreachable for /reload: {err}") from err
+    if response.status_code != 200:
+        raise DeployError(f"serving refused /reload of {alias!r}: HTTP {response.status_code} {response.text[:500]}")
+    return response.json()
+
+
+def refresh_abtest(endpoint: ServingEndpoint, timeout: float = 120.0) -> dict[str, Any]:
+    """Ask serving to re-read the running A/B and shadow tests (after one was started, concluded
+    or stopped) and load their challengers; return ``{"tests": [...], "errors": {}}``.
+
+    Raises :class:`DeployError` when serving is unreachable or refuses (a challenger that cannot
+    be loaded answers 409 with the test's error; the champion keeps serving either way).
+    """
+    import httpx
+
+    try:
+        response = httpx.post(f"{endpoint.url}/abtest/refresh", headers=endpoint.headers(), timeout=timeout)
+    except httpx.HTTPError as err:
+        raise DeployError(f"serving at {endpoint.url} unreachable for /abtest/refresh: {err}") from err
+    if response.status_code != 200:
+        raise DeployError(f"serving refused /abtest/refresh: HTTP {response.status_code} {response.text[:500]}")
+    return response.json()
+
+
+def smoke_test(endpoint: ServingEndpoint, expected_version: str, records: list[dict[str, Any]], timeout: float = 30.0) -> dict[str, Any]:
+    """Check serving reports ``expected_version``, is ready, and predicts ``records`` correctly."""
+    import httpx
+
+    try:
+        info = httpx.get(f"{endpoint.url}/model", timeout=timeout, headers=endpoint.headers())
+        ready = httpx.get(f"{endpoint.url}/ready", timeout=timeout)
+        # Own tenant: smoke traffic is logged but never mixed into the monitored traffic.
+        pred = httpx.post(f"{endpoint.url}/predict", json={"records": records}, timeout=timeout,
+                          headers={"X-Tenant": SMOKE_TENANT, **endpoint.headers()})
+    except httpx.HTTPError as err:
+        raise DeployError(f"smoke test: serving at {endpoint.url} unreachable: {err}") from err
+    if ready.status_code != 200:
+        raise DeployError(f"smoke test: /ready answered {ready.status_code}: {ready.text[:300]}")
+    version = str(info.json().get("version")) if info.status_code == 200 else None
+    if version != str(expected_version):
+        raise DeployError(f"smoke test: serving reports version {version}, expected {expected_version}")
+    if pred.status_code != 200:
+        raise DeployError(f"smoke test: /predict answered {pred.status_code}: {pred.text[:500]}")
+    predictions = pred.json().get("predictions", [])
+    if len(predictions) != len(records) or any(p.get("prediction") is None for p in predictions):
+        raise DeployError(f"smoke test: {len(records)} records gave {len(predictions)} usable predictions")
+    return {"version": version, "records": len(records)}

@@ -1,0 +1,56 @@
+"""Multi-tenant serving: every pipeline under ``/t/<tenant>/<pipeline>/…``, each tenant with its
+own token.
+
+One serving process hosts every valid pipeline file (:func:`create_gateway`, what
+``python -m airloop.cli serve`` runs): each pipeline's app (:func:`airloop.serving.app.create_app`)
+is mounted at its tenant route, and the default pipeline also answers at the root (``/predict``)
+as before. Tenant isolation:
+
+* **tokens** — ``AIRLOOP_TENANT_TOKENS`` (``tenant=token,…``; ``make init`` generates one per
+  tenant of the pipeline files into ``.airloop/secrets.env``). A pipeline whose tenant has a
+  token answers ``/predict``, ``/feedback``, ``/model`` and ``/abtest`` only with
+  ``Authorization: Bearer <that tenant's token>`` (or the admin token, which the deploy step
+  uses); another tenant's token gets 403, none 401. ``/health``, ``/ready`` and ``/metrics`` stay
+  open for probes and Prometheus; ``/reload`` keeps needing the admin token.
+* **rows** — a pipeline's predictions and labels are logged under its tenant; a request may not
+  claim another tenant with ``X-Tenant`` (403), only the deploy smoke test's own segment.
+* **models and experiments** — non-default tenants' registered models and MLflow experiments are
+  named after the tenant (:attr:`airloop.core.pipeline.PipelineConfig.model_name`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from airloop.core.pipeline import load_all_pipelines
+from airloop.core.settings import Settings, get_settings
+from airloop.serving.protocol import tenant_route
+
+
+def create_gateway(settings: Settings | None = None, log_predictions: bool = True) -> Any:
+    """The serving process of every valid pipeline file (see the module docstring)."""
+    from fastapi import FastAPI
+    from starlette.routing import Mount
+
+    from airloop.serving.app import create_app
+
+    settings = settings or get_settings()
+    configs, errors = load_all_pipelines(settings)
+    apps = {c.name: create_app(settings, c.name, log_predictions=log_predictions) for c in configs}
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:  # start (load the champion of) every pipeline
+            for app in apps.values():
+                await stack.enter_async_context(app.router.lifespan_context(app))
+            yield
+
+    routes = [Mount(tenant_route(c), app=apps[c.name]) for c in configs]
+    if settings.default_pipeline in apps:
+        routes.append(Mount("/", app=apps[settings.default_pipeline]))
+    gateway = FastAPI(title="airloop serving", routes=routes, lifespan=lifespan, docs_url=None, redoc_url=None)
+    gateway.state.apps = apps
+    gateway.state.config_errors = errors
+    return gateway

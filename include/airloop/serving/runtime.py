@@ -1,0 +1,149 @@
+"""A loaded model version ready to predict, and the active A/B tests."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import (
+    BaseModel,
+)
+
+from airloop.core import names
+from airloop.experiments import definition, routing
+from airloop.models.artifact import _example_records
+from airloop.models.schema import RecordSchema, RecordValidationError
+from airloop.models.trust import ModelLoadError
+
+#: The registry alias served by default.
+DEFAULT_ALIAS = "champion"
+
+
+#: The variant recorded with every prediction outside an A/B test (and of the champion in one).
+DEFAULT_VARIANT = names.CHAMPION
+
+
+# --------------------------------------------------------------------------------------------
+# The loaded model
+# --------------------------------------------------------------------------------------------
+
+
+class Predictor:
+    """Runs a fitted sklearn estimator or Pipeline; transforms the input once for label + proba."""
+
+    def __init__(self, estimator: Any) -> None:
+        """Split a Pipeline into its transform steps and final estimator (shared objects)."""
+        from sklearn.pipeline import Pipeline
+
+        if not hasattr(estimator, "predict"):
+            raise ModelLoadError(f"the model ({type(estimator).__name__}) has no predict()")
+        self.estimator = estimator
+        self._pre: Any = None
+        self._final: Any = estimator
+        if isinstance(estimator, Pipeline) and len(estimator.steps) > 1:
+            final = estimator.steps[-1][1]
+            if final not in (None, "passthrough") and hasattr(final, "predict"):
+                self._pre, self._final = estimator[:-1], final
+        self.is_classifier = hasattr(self._final, "predict_proba") and hasattr(self._final, "classes_")
+        self.class_keys: list[str] = [str(c) for c in self._final.classes_] if self.is_classifier else []
+
+    def predict(self, frame: pd.DataFrame) -> list[dict[str, Any]]:
+        """``[{"prediction": ..., "probabilities": {class: p}}]`` (probabilities for classifiers)."""
+        features = self._pre.transform(frame) if self._pre is not None else frame
+        labels = np.asarray(self._final.predict(features)).tolist()
+        if not self.is_classifier:
+            return [{"prediction": label} for label in labels]
+        keys = self.class_keys
+        proba = np.asarray(self._final.predict_proba(features)).tolist()
+        return [{"prediction": label, "probabilities": dict(zip(keys, row))} for label, row in zip(labels, proba)]
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """One registered model version loaded in memory, with its request schema."""
+
+    name: str
+    version: str
+    alias: str | None
+    aliases: tuple[str, ...]
+    run_id: str | None
+    source: str
+    loaded_at: datetime
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    schema: RecordSchema
+    predictor: Predictor
+    input_example: pd.DataFrame = field(repr=False)
+    #: Recorded with every logged prediction: champion, or challenger / shadow in a test.
+    variant: str = DEFAULT_VARIANT
+
+    def ref(self) -> dict[str, Any]:
+        """``{"name", "version", "alias"}`` as returned with every prediction."""
+        return {"name": self.name, "version": self.version, "alias": self.alias}
+
+    def describe(self) -> dict[str, Any]:
+        """Everything ``GET /model`` reports."""
+        return {
+            **self.ref(),
+            "aliases": list(self.aliases),
+            "run_id": self.run_id,
+            "source": self.source,
+            "loaded_at": self.loaded_at.isoformat(),
+            "metrics": self.metrics,
+            "tags": self.tags,
+            "task": "classification" if self.predictor.is_classifier else "regression",
+            "classes": self.predictor.class_keys or None,
+            "inputs": self.schema.describe(),
+        }
+
+    def predict_records(self, records: list[Any]) -> list[dict[str, Any]]:
+        """Validate ``records`` and predict them (the whole request path, minus HTTP)."""
+        return self.predict_validated(records)[1]
+
+    def predict_validated(self, records: list[Any]) -> tuple[list[BaseModel], list[dict[str, Any]]]:
+        """Like :meth:`predict_records`, also returning the validated rows."""
+        rows = self.schema.validate(records)
+        return rows, self.predictor.predict(self.schema.to_frame(rows))
+
+
+def smoke_test(model: ServedModel) -> None:
+    """Predict the model's stored input example through the request path; raise on any problem."""
+    records = _example_records(model.input_example)
+    try:
+        predictions = model.predict_records(records)
+    except RecordValidationError as err:
+        raise ModelLoadError(f"smoke test: the input example does not match the signature: {err.errors[:3]}") from None
+    except Exception as err:
+        raise ModelLoadError(f"smoke test: predicting the input example failed: {type(err).__name__}: {err}") from err
+    if len(predictions) != len(records):
+        raise ModelLoadError(f"smoke test: {len(predictions)} predictions for {len(records)} records")
+    for item in predictions:
+        values = list(item.get("probabilities", {}).values())
+        if isinstance(item["prediction"], float):
+            values.append(item["prediction"])
+        if not all(math.isfinite(v) for v in values):
+            raise ModelLoadError(f"smoke test: non-finite output {item}")
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveTest:
+    """A running A/B or shadow test as serving applies it: the definition and the loaded
+    challenger (its ``variant`` is ``challenger`` in A/B mode, ``shadow`` in shadow mode)."""
+
+    test: definition.ABTest
+    challenger: ServedModel
+
+    def describe(self) -> dict[str, Any]:
+        """The definition plus the loaded challenger's reference."""
+        return {**self.test.describe(), "challenger_model": self.challenger.ref()}
+
+    def route(self, records: Sequence[Any], request_ids: Sequence[str], header_key: str | None) -> list[str]:
+        """The variant of each record (``champion`` / ``challenger``), sticky by request key."""
+        test = self.test
+        keys = routing.request_keys(test.key_field, records, request_ids, header_key)
+        return [routing.assign_variant(key, test.test_id, test.traffic_pct) for key in keys]

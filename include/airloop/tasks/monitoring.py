@@ -1,0 +1,74 @@
+"""The monitoring DAG's task functions."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from airloop.core import store
+from airloop.core.pipeline import PipelineConfig
+from airloop.core.settings import Settings
+from airloop.core.timeutil import to_utc
+from airloop.registry.audit import champion_at
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------ monitoring
+def monitor(config: PipelineConfig, settings: Settings, start: datetime, end: datetime,
+            tenant: str | None = None) -> dict[str, Any]:
+    """Monitor one interval against the reference of the version that was champion then.
+
+    Stores per-feature drift rows and the interval summary (upserts), saves the Evidently HTML
+    report and logs it to the model version's MLflow run (``monitoring/<tenant>/<day>/``).
+    """
+    tenant = tenant or config.tenant  # the pipeline's own tenant by default
+    from airloop.monitoring import interval
+    from airloop.monitoring import reference as monitoring_reference
+    from airloop.registry import client as registry
+
+    start, end = to_utc(start), to_utc(end)
+    engine = store.get_engine(settings.monitoring_db_uri)
+    version = champion_at(engine, config.name, start)
+    if version is None:
+        log.warning("%s: no champion at %s; nothing to monitor against", config.name, start)
+        return {"skipped": "no champion at the interval start", "interval_start": start.isoformat()}
+    client = registry.get_client(settings)
+    reference = monitoring_reference.load_reference(client, config, version, settings=settings)
+    profile = monitoring_reference.load_profile(client, config, version, settings=settings)
+    reference_metrics = monitoring_reference.load_reference_metrics(client, config, version)
+    summary = interval.monitor_interval(
+        config, settings, tenant, start, end, version, reference, settings.state_dir / "reports",
+        reference_metrics=reference_metrics, engine=engine, profile=profile)
+    report = summary.get("report_uri")
+    if report and Path(report).is_file():
+        run_id = client.get_model_version(config.model_name, version).run_id
+        client.log_artifact(run_id, report, artifact_path=f"monitoring/{tenant}/{start:%Y-%m-%d}")
+    summary["model_version"] = version
+    return summary
+
+
+def ingest(config: PipelineConfig, settings: Settings, start: datetime, end: datetime) -> dict[str, Any]:
+    """The ``ingest_labels`` task: the labels that became known in ``[start, end)``."""
+    from airloop.monitoring.labels import ingest_labels
+
+    return ingest_labels(config, settings, start, end)
+
+
+def alert(config: PipelineConfig, settings: Settings, start: datetime, summary: dict[str, Any],
+          senders: list[Any]) -> dict[str, Any]:
+    """The ``alerts`` task: record the interval's alerts (deduplicated), then deliver the pending ones."""
+    from airloop.monitoring.alerts import deliver_alerts, record_alerts
+
+    record_alerts(config, settings, start, summary)
+    return deliver_alerts(config, settings, start, senders)
+
+
+def retrain_decision(config: PipelineConfig, settings: Settings, start: datetime, end: datetime,
+                     summary: dict[str, Any]) -> dict[str, Any]:
+    """The ``request_retrain`` task's decision (rules, cool-down, no concurrent training)."""
+    from airloop.monitoring.retrain import decide_retrain
+
+    return decide_retrain(config, settings, start, end, summary)

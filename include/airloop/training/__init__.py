@@ -1,0 +1,1 @@
+"""Floor 3: the Optuna search and the holdout evaluation."""

@@ -1,0 +1,139 @@
+"""Evaluate: holdout metrics, prediction latency and diagnostic plots for a fitted model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from airloop.core.metrics import LOWER_IS_BETTER
+from airloop.core.pipeline import PipelineConfig
+from airloop.data.features import features_and_target
+
+
+def holdout_metrics(config: PipelineConfig, model, holdout: pd.DataFrame) -> dict[str, float]:
+    """Quality metrics of ``model`` on the holdout, by task type, plus the study's CV metric."""
+    from sklearn import metrics as m
+
+    X, y = features_and_target(config, holdout)
+    out: dict[str, float] = {"rows": float(len(holdout))}
+    if config.task == "regression":
+        pred = model.predict(X)
+        out |= {
+            "rmse": float(np.sqrt(m.mean_squared_error(y, pred))),
+            "mae": float(m.mean_absolute_error(y, pred)),
+            "r2": float(m.r2_score(y, pred)),
+        }
+    else:
+        proba = model.predict_proba(X)
+        pred = model.predict(X)
+        out |= {
+            "accuracy": float(m.accuracy_score(y, pred)),
+            "f1_macro": float(m.f1_score(y, pred, average="macro", zero_division=0)),
+        }
+        if config.task == "binary_classification":
+            positive = proba[:, list(model.classes_).index(config.classes[-1])]
+            both = len(np.unique(y)) == 2
+            out |= {
+                "roc_auc": float(m.roc_auc_score(y, positive)) if both else float("nan"),
+                "pr_auc": float(m.average_precision_score(y, positive, pos_label=config.classes[-1])) if both else float("nan"),
+                "f1": float(m.f1_score(y, pred, pos_label=config.classes[-1], zero_division=0)),
+                "precision": float(m.precision_score(y, pred, pos_label=config.classes[-1], zero_division=0)),
+                "recall": float(m.recall_score(y, pred, pos_label=config.classes[-1], zero_division=0)),
+                "log_loss": float(m.log_loss(y, proba, labels=model.classes_)),
+                "brier": float(m.brier_score_loss(y, positive, pos_label=config.classes[-1])),
+            }
+        else:
+            out["roc_auc_ovr"] = float(m.roc_auc_score(y, proba, multi_class="ovr", labels=model.classes_))
+            out["log_loss"] = float(m.log_loss(y, proba, labels=model.classes_))
+    out[config.training.metric] = float(m.get_scorer(config.training.metric)(model, X, y))
+    return out
+
+
+def predict_latency_ms(config: PipelineConfig, model, frame: pd.DataFrame, n: int = 200) -> dict[str, float]:
+    """p50/p95 of single-record prediction latency (ms), as a served request would see it."""
+    X, _ = features_and_target(config, frame.head(n))
+    predict = model.predict_proba if config.task != "regression" else model.predict
+    predict(X.iloc[[0]])  # warm-up
+    timings = []
+    for i in range(len(X)):
+        start = time.perf_counter()
+        predict(X.iloc[[i]])
+        timings.append((time.perf_counter() - start) * 1000)
+    return {"latency_p50_ms": float(np.percentile(timings, 50)), "latency_p95_ms": float(np.percentile(timings, 95))}
+
+
+def write_plots(config: PipelineConfig, model, holdout: pd.DataFrame, history: pd.DataFrame | None, out_dir: Path) -> list[Path]:
+    """Diagnostic PNGs: confusion matrix, ROC and PR (classification) or residuals (regression),
+    permutation importances and the Optuna optimisation history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.inspection import permutation_importance
+    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    X, y = features_and_target(config, holdout)
+    written: list[Path] = []
+
+    def save(fig, name: str) -> None:
+        path = out_dir / name
+        fig.savefig(path, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+
+    if config.task == "regression":
+        fig, ax = plt.subplots(figsize=(5, 4))
+        pred = model.predict(X)
+        ax.scatter(pred, y - pred, s=4, alpha=0.4)
+        ax.axhline(0, color="k", lw=1)
+        ax.set(xlabel="prediction", ylabel="residual", title="Residuals (holdout)")
+        save(fig, "residuals.png")
+    else:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ConfusionMatrixDisplay.from_estimator(model, X, y, ax=ax, colorbar=False)
+        ax.set_title("Confusion matrix (holdout)")
+        save(fig, "confusion_matrix.png")
+        if config.task == "binary_classification" and y.nunique() == 2:
+            for display, name in ((RocCurveDisplay, "roc_curve.png"), (PrecisionRecallDisplay, "pr_curve.png")):
+                fig, ax = plt.subplots(figsize=(5, 4))
+                display.from_estimator(model, X, y, ax=ax, pos_label=config.classes[-1])
+                save(fig, name)
+
+    sample = min(len(X), 2000)
+    imp = permutation_importance(
+        model, X.head(sample), y.head(sample), n_repeats=3, random_state=config.training.seed,
+        scoring=config.training.metric,
+    )
+    order = np.argsort(imp.importances_mean)
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(order) + 1))
+    ax.barh(np.array(X.columns)[order], imp.importances_mean[order], xerr=imp.importances_std[order])
+    ax.set_title(f"Permutation importance ({config.training.metric}, holdout)")
+    save(fig, "feature_importance.png")
+
+    if history is not None and not history.empty and "value" in history:
+        done = history.dropna(subset=["value"])
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.scatter(done["number"], done["value"], s=12, label="trial")
+        ax.plot(done["number"], done["value"].cummax(), color="C1", label="best so far")
+        ax.set(xlabel="trial", ylabel=config.training.metric, title="Optuna optimisation history")
+        ax.legend()
+        save(fig, "optuna_history.png")
+    return written
+
+
+def compare_to_champion(metric: str, challenger: dict[str, float], champion: dict[str, float] | None) -> float | None:
+    """Improvement of the challenger over the champion on ``metric`` (positive = better)."""
+    if not champion or metric not in champion or metric not in challenger:
+        return None
+    delta = challenger[metric] - champion[metric]
+    return -delta if metric in LOWER_IS_BETTER else delta
+
+
+def json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Replace NaN/inf by None so metrics survive JSON (XCom, ledger)."""
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()}
