@@ -156,10 +156,10 @@ def create_api_app() -> FastAPI:
     @app.post(f"{API_PREFIX}/pipelines/{{pipeline}}/rollback")
     def rollback(pipeline: str, body: RollbackBody) -> dict[str, Any]:
         """One step back (or to a version that served before); serving reloads."""
-        from airloop.registry import lifecycle
+        from airloop.tasks import lifecycle
 
         config, settings, _ = _context(pipeline)
-        return _call(lifecycle.rollback, config, settings, body.environment, body.target,
+        return _call(lifecycle.rollback_and_reload, config, settings, body.environment, body.target,
                      actor=_actor(body.requested_by), reason=body.reason, endpoint=_endpoint())
 
     return app

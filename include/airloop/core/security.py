@@ -1,16 +1,30 @@
-"""Bearer-token parsing and the admin-token check (serving and the plugin API)."""
+"""Bearer tokens: the one parser of ``Authorization: Bearer <token>`` and the admin-token check,
+used by serving (tenant guard, admin routes) and by the plugin's lifecycle API."""
 
 from __future__ import annotations
 
 import secrets
 
 
-def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
+def bearer_token(authorization: str | bytes | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value, else ``None`` (other scheme, empty)."""
+    if isinstance(authorization, bytes):
+        authorization = authorization.decode("latin-1")
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def header_bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The bearer token of raw ASGI ``headers`` (the first ``authorization`` header), else ``None``."""
     for key, value in headers:
         if key == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+            return bearer_token(value)
     return None
+
+
+def token_matches(token: str | None, expected: str) -> bool:
+    """Constant-time comparison of a presented token with the configured one."""
+    return token is not None and secrets.compare_digest(token.encode(), expected.encode())
 
 
 def check_admin_token(authorization: str | None, admin_token: str | None) -> int | None:
@@ -21,9 +35,6 @@ def check_admin_token(authorization: str | None, admin_token: str | None) -> int
     """
     if not admin_token:
         return 403
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return 401
-    if not secrets.compare_digest(token.strip().encode(), admin_token.encode()):
+    if not token_matches(bearer_token(authorization), admin_token):
         return 401
     return None

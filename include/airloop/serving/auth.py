@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any
 
 from fastapi import Request
@@ -11,7 +10,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 
 from airloop.core.pipeline import PipelineConfig
-from airloop.core.security import _bearer, check_admin_token
+from airloop.core.security import check_admin_token, header_bearer, token_matches
 from airloop.core.settings import Settings
 from airloop.serving.protocol import SMOKE_TENANT, tenant_route
 from airloop.serving.responses import _json
@@ -42,7 +41,7 @@ class TenantGuard:
     def __init__(self, app: Any, config: PipelineConfig, token: str | None, admin_token: str | None) -> None:
         self.app, self.config = app, config
         self.prefix = tenant_route(config)
-        self.allowed = [t.encode() for t in (token, admin_token) if t]
+        self.allowed = [t for t in (token, admin_token) if t]
         self.protected = token is not None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -56,11 +55,11 @@ class TenantGuard:
             path = scope["path"]
         headers = scope.get("headers", [])
         if path not in OPEN_PATHS and path != "/reload" and self.protected:
-            token = _bearer(headers)
+            token = header_bearer(headers)
             if token is None:
                 await _deny(send, 401, f"tenant {self.config.tenant}: bearer token required")
                 return
-            if not any(secrets.compare_digest(token.encode(), allowed) for allowed in self.allowed):
+            if not any(token_matches(token, allowed) for allowed in self.allowed):
                 await _deny(send, 403, f"this token is not valid for tenant {self.config.tenant}")
                 return
         claimed = _header(headers, b"x-tenant")
