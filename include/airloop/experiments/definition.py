@@ -74,7 +74,6 @@ from airloop.core.settings import Settings
 if TYPE_CHECKING:  # pragma: no cover
     import sqlalchemy as sa
 
-from airloop.core.metrics import HIGHER_IS_BETTER
 from airloop.core.timeutil import to_utc
 from airloop.experiments.routing import KEY_HEADER, KEY_REQUEST_ID
 
@@ -96,6 +95,8 @@ KEEP = "keep_champion"
 STOPPED = "stopped"
 
 
+#: Every success metric an A/B test can use (orientation: :func:`airloop.core.metrics.higher_is_better`).
+SUCCESS_METRICS = frozenset({"accuracy", "conversion", "roc_auc", "log_loss", "brier", "mae", "rmse"})
 METRICS_BY_TASK: dict[str, frozenset[str]] = {
     "binary_classification": frozenset({"accuracy", "roc_auc", "log_loss", "brier", "conversion"}),
     "multiclass_classification": frozenset({"accuracy"}),
@@ -153,8 +154,8 @@ class ABTest(BaseModel):
     def _consistent(self) -> "ABTest":
         if self.champion_version == self.challenger_version:
             raise ValueError(f"champion and challenger are the same version ({self.champion_version})")
-        if self.success_metric not in HIGHER_IS_BETTER:
-            raise ValueError(f"success_metric must be one of {sorted(HIGHER_IS_BETTER)}, not {self.success_metric!r}")
+        if self.success_metric not in SUCCESS_METRICS:
+            raise ValueError(f"success_metric must be one of {sorted(SUCCESS_METRICS)}, not {self.success_metric!r}")
         if self.mode == "shadow" and self.success_metric == "conversion":
             raise ValueError("'conversion' needs A/B mode: in shadow mode the challenger's answers are never acted on")
         return self

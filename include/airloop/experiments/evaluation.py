@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import sqlalchemy as sa
 
-from airloop.core.metrics import HIGHER_IS_BETTER
+from airloop.core.metrics import higher_is_better
 from airloop.core.names import CHALLENGER, CHAMPION, SHADOW
 from airloop.core.timeutil import to_utc
 from airloop.experiments.definition import (
@@ -198,7 +198,7 @@ def evaluate_frames(config: PipelineConfig, test: ABTest, champion_rows: pd.Data
         "test_id": test.test_id, "pipeline": test.pipeline, "tenant": test.tenant, "mode": test.mode,
         "interval_start": to_utc(interval_start).isoformat(), "interval_end": to_utc(interval_end).isoformat(),
         "window": [start.isoformat(), end.isoformat()], "metric": metric,
-        "higher_is_better": HIGHER_IS_BETTER[metric], "alpha": test.alpha, "min_samples": test.min_samples,
+        "higher_is_better": higher_is_better(metric), "alpha": test.alpha, "min_samples": test.min_samples,
         "paired": paired, "champion": champion, "challenger": challenger,
         "comparison": comparison.as_dict(), "winner": significant_winner(metric, comparison, test.alpha),
         "guardrail": guardrail, "decision": decision, "reason": reason, "final": decision != CONTINUE,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-from airloop.core.metrics import HIGHER_IS_BETTER
+from airloop.core.metrics import finite_or_none, higher_is_better
 from airloop.core.names import CHALLENGER, CHAMPION
 
 
@@ -29,11 +29,7 @@ class Comparison:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (non-finite numbers become None)."""
-        return {k: (_finite(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
-
-
-def _finite(value: Any) -> float | None:
-    return float(value) if value is not None and math.isfinite(float(value)) else None
+        return {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 def _z(alpha: float) -> float:
@@ -184,5 +180,5 @@ def significant_winner(metric: str, comparison: Comparison, alpha: float) -> str
         return None
     if comparison.difference == 0:
         return None
-    challenger_better = (comparison.difference > 0) == HIGHER_IS_BETTER[metric]
+    challenger_better = (comparison.difference > 0) == higher_is_better(metric)
     return CHALLENGER if challenger_better else CHAMPION

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from airloop.monitoring.driftstats import ReferenceProfile
 
-from airloop.core.metrics import _finite
+from airloop.core.metrics import finite_or_none
 from airloop.monitoring.reference import PREDICTION_FEATURE, build_reference_profile
 
 #: Column types each configurable method accepts in Evidently 0.7 (``StatTest.allowed_feature_types``);
@@ -182,8 +182,8 @@ def drift_rows(config: PipelineConfig, snapshot, reference: pd.DataFrame, curren
         rows.append({
             "feature": PREDICTION_FEATURE if column == SCORE_COLUMN else column,
             "method": v["method"],
-            "statistic": _finite(v["score"]),
-            "p_value": _finite(v["score"]) if v["method"] in P_VALUE_METHODS else None,
+            "statistic": finite_or_none(v["score"]),
+            "p_value": finite_or_none(v["score"]) if v["method"] in P_VALUE_METHODS else None,
             "threshold": v["threshold"],
             "drifted": bool(v["drifted"]),
             "current_rows": count(current),
@@ -214,8 +214,8 @@ def fast_drift_rows(config: PipelineConfig, profile: ReferenceProfile,
         rows.append({
             "feature": PREDICTION_FEATURE if column == SCORE_COLUMN else column,
             "method": v.method,
-            "statistic": _finite(v.statistic),
-            "p_value": _finite(v.p_value),
+            "statistic": finite_or_none(v.statistic),
+            "p_value": finite_or_none(v.p_value),
             "threshold": v.threshold,
             "drifted": v.drifted,
             "current_rows": v.current_rows,

@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from airloop.monitoring.driftstats import ReferenceProfile
 
-from airloop.core.metrics import _finite
+from airloop.core.metrics import finite_or_none
 from airloop.core.timeutil import to_utc
 from airloop.monitoring.drift import drift_summary, fast_drift_rows, save_drift_report
 from airloop.monitoring.performance import LabelPolicy, operations, performance, performance_drop
@@ -158,9 +158,9 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
         perf = performance(config, labelled)
         if perf.get("rows", 0) < mon.min_labelled_rows:
             perf = None
-    ref_perf = {k: _finite(v) for k, v in sorted((reference_metrics or {}).items())} or None
+    ref_perf = {k: finite_or_none(v) for k, v in sorted((reference_metrics or {}).items())} or None
     if perf is not None and ref_perf is not None and perf.get(metric) is not None and ref_perf.get(metric) is not None:
-        drop = _finite(performance_drop(metric, perf[metric], ref_perf[metric]))
+        drop = finite_or_none(performance_drop(metric, perf[metric], ref_perf[metric]))
 
     # -- operations
     ops = operations(frame, trailing_volumes(engine, config, tenant, start, mon.volume_baseline_days, end - start))
@@ -171,7 +171,7 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
         **drift, "unjudged_features": [PREDICTION_FEATURE if c == SCORE_COLUMN else c for c in skipped],
         "labelled_rows": int(len(labelled)), "performance_judged": perf is not None,
         "performance": perf, "reference_performance": ref_perf, "metric": metric, "performance_drop": drop,
-        **{k: _finite(v) if isinstance(v, float) else v for k, v in ops.items()},
+        **{k: finite_or_none(v) if isinstance(v, float) else v for k, v in ops.items()},
         "report_uri": report_uri,
     }
     alerts = evaluate_rules(config, summary)
@@ -182,9 +182,9 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
     drift_db = [r | {"interval_end": end, "model_version": version} for r in rows]
     run_db = {
         "interval_end": end, "model_version": version, "rows": summary["rows"],
-        "drift_share": _finite(summary["drift_share"]),
+        "drift_share": finite_or_none(summary["drift_share"]),
         "drifted_features": _json(summary["drifted_features"]),
-        "prediction_drift": _finite(summary["prediction_drift"]),
+        "prediction_drift": finite_or_none(summary["prediction_drift"]),
         "labelled_rows": summary["labelled_rows"], "performance": _json(perf),
         "reference_performance": _json(ref_perf), "volume_ratio": summary["volume_ratio"],
         "error_rate": summary["error_rate"], "latency_p50_ms": summary["latency_p50_ms"],

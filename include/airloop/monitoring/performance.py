@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 
-from airloop.core.metrics import _finite
+from airloop.core.metrics import finite_or_none, higher_is_better
 
 LabelPolicy = Literal["arrived", "served"]
 
@@ -93,17 +93,16 @@ def performance(config: PipelineConfig, labelled: pd.DataFrame) -> dict:
                         "neg_brier_score": None if out["brier"] is None else -out["brier"]}
     metric = config.training.metric
     out[metric] = out.get(metric, scorers.get(metric))
-    return {k: (_finite(v) if isinstance(v, float) else v) for k, v in out.items()}
+    return {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in out.items()}
 
 
 def performance_drop(metric: str, current: float, reference: float) -> float:
     """Relative drop of ``metric`` from the version's holdout ``reference`` to ``current``:
     positive = worse, for higher-is-better metrics ``(reference - current) / |reference|`` and for
-    :data:`airloop.core.metrics.LOWER_IS_BETTER` ones ``(current - reference) / |reference|``.
+    :func:`airloop.core.metrics.higher_is_better` false ``(current - reference) / |reference|``.
     A zero reference gives 0 when unchanged, else +/-inf."""
-    from airloop.core.metrics import LOWER_IS_BETTER
 
-    worse_by = (current - reference) if metric in LOWER_IS_BETTER else (reference - current)
+    worse_by = (reference - current) if higher_is_better(metric) else (current - reference)
     if reference == 0:
         return 0.0 if worse_by == 0 else math.copysign(math.inf, worse_by)
     return float(worse_by / abs(reference))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-from airloop.core.metrics import _finite
+from airloop.core.metrics import finite_or_none
 from airloop.core.pipeline import PipelineConfig
 
 #: Metrics the alert rules can test (``AlertRule.metric``), all top-level keys of the summary.
@@ -32,7 +32,7 @@ def evaluate_rules(config: PipelineConfig, summary: dict) -> list[dict]:
     """
     fired = []
     for rule in config.monitoring.alerts:
-        observed = _finite(summary.get(rule.metric))
+        observed = finite_or_none(summary.get(rule.metric))
         if observed is None or not _OPS[rule.op](observed, rule.value):
             continue
         message = f"{rule.name}: {rule.metric} = {_fmt(observed)} {rule.op} {_fmt(rule.value)}"

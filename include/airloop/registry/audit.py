@@ -11,6 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from airloop.core import store
+from airloop.core.metrics import higher_is_better
+from airloop.core.names import CHAMPION
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
 from airloop.core.timeutil import to_utc
@@ -124,7 +126,6 @@ def compare_versions(config: PipelineConfig, settings: Settings, a: str | int, b
                      log_artifact: bool = True) -> dict[str, Any]:
     """Side by side: metrics (with ``b - a``), params and data of two versions; logged as
     ``comparisons/v<a>_vs_v<b>.{json,md}`` on ``b``'s training run when ``log_artifact``."""
-    from airloop.core.metrics import LOWER_IS_BETTER
     from airloop.registry import client as registry
 
     client = registry.get_client(settings)
@@ -135,7 +136,7 @@ def compare_versions(config: PipelineConfig, settings: Settings, a: str | int, b
         delta = y - x if x is not None and y is not None else None
         better = None
         if delta is not None and delta != 0:
-            better = right["version"] if (delta < 0) == (name in LOWER_IS_BETTER or name.startswith("latency")) else left["version"]
+            better = right["version"] if (delta < 0) == (not higher_is_better(name)) else left["version"]
         metrics[name] = {"a": x, "b": y, "delta": delta, "better": better}
     params = {name: {"a": left["params"].get(name), "b": right["params"].get(name),
                      "same": left["params"].get(name) == right["params"].get(name)}
@@ -180,8 +181,6 @@ def comparison_markdown(result: dict[str, Any]) -> str:
 def champion_at(engine: sa.Engine, pipeline: str, at: datetime) -> str | None:
     """The version that was champion at business time ``at`` (its run's as-of day), from the
     promotion ledger."""
-    from airloop.core.names import CHAMPION
-    from airloop.registry.ledger import version_at
 
     row = version_at(engine, pipeline, CHAMPION, to_utc(at), business=True)
     return row["to_version"] if row else None

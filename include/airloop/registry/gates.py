@@ -8,11 +8,10 @@ decision and touches nothing.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from airloop.core.metrics import LOWER_IS_BETTER
+from airloop.core.metrics import higher_is_better, is_finite_number
 from airloop.core.pipeline import EnvironmentConfig, PipelineConfig
 from airloop.training.evaluation import compare_to_champion
 
@@ -50,10 +49,6 @@ class Decision:
                 "checks": [asdict(c) for c in self.checks]}
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def evaluate_gates(
     config: PipelineConfig,
     challenger: dict[str, float],
@@ -79,14 +74,14 @@ def evaluate_gates(
     checks: list[GateCheck] = []
     for metric, bound in sorted(gates.thresholds.items()):
         value = challenger.get(metric)
-        if not _finite(value):
+        if not is_finite_number(value):
             checks.append(GateCheck(f"threshold:{metric}", False, f"metric {metric!r} not available"))
             continue
-        lower = metric in LOWER_IS_BETTER
+        lower = not higher_is_better(metric)
         ok = value <= bound if lower else value >= bound
         checks.append(GateCheck(f"threshold:{metric}", ok, f"{value:.4f} {'<=' if lower else '>='} {bound} required"))
     latency = challenger.get("latency_p95_ms")
-    if _finite(latency):
+    if is_finite_number(latency):
         checks.append(GateCheck("latency", latency <= gates.latency_budget_ms,
                                 f"p95 {latency:.2f} ms, budget {gates.latency_budget_ms} ms"))
     if gates.min_training_rows:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from airloop.core.metrics import LOWER_IS_BETTER
+from airloop.core.metrics import higher_is_better
 from airloop.core.pipeline import PipelineConfig
 from airloop.data.features import features_and_target
 
@@ -131,7 +131,7 @@ def compare_to_champion(metric: str, challenger: dict[str, float], champion: dic
     if not champion or metric not in champion or metric not in challenger:
         return None
     delta = challenger[metric] - champion[metric]
-    return -delta if metric in LOWER_IS_BETTER else delta
+    return delta if higher_is_better(metric) else -delta
 
 
 def json_safe(metrics: dict[str, Any]) -> dict[str, Any]:

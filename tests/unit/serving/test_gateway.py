@@ -21,7 +21,7 @@ from airloop.core import store
 from airloop.core.pipeline import load_pipeline_config
 from airloop.core.settings import load_settings
 from airloop.data.simulator import generate_day
-from tests.unit.test_serving import REPO_ROOT, _log_version, _preprocessor
+from tests.unit.serving.test_app import REPO_ROOT, _log_version, _preprocessor
 
 TOKENS = {"acme": "acme-token-7d1f", "globex": "globex-token-93ab"}
 ADMIN = "gateway-admin-token-55c2"

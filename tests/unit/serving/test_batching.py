@@ -30,8 +30,8 @@ from airloop.experiments import evaluation, routing
 from airloop.serving.app import create_app
 from airloop.serving.batching import MicroBatcher
 from airloop.serving.predict import BatchingConfig
-from tests.unit.test_abtest import START, TwoVersions, _table, two_versions  # noqa: F401 - the fixture
-from tests.unit.test_serving import AUTH, _records, _settings
+from tests.unit.experiments.test_evaluation import START, TwoVersions, _table, two_versions  # noqa: F401 - the fixture
+from tests.unit.serving.test_app import AUTH, _records, _settings
 
 # --------------------------------------------------------------------------------------------
 # MicroBatcher alone

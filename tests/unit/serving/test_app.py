@@ -54,7 +54,7 @@ from airloop.serving.predict import new_request_ids
 from airloop.serving.schema import MAX_BATCH_RECORDS, MAX_FEEDBACK_ITEMS
 from tests.pg import admin_sql, drop_database, fresh_database, pg_uri
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 PIPELINE = "claims_fraud"
 TOKEN = "test-admin-token-3f9a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

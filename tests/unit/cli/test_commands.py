@@ -15,7 +15,7 @@ def test_secrets_generated_once_unquoted(tmp_path, monkeypatch):
                  "AIRFLOW__API__SECRET_KEY", "AIRLOOP_TENANT_TOKENS"):
         monkeypatch.delenv(name, raising=False)
     settings = load_settings({"AIRLOOP_HOME": str(tmp_path), "AIRLOOP_STATE_DIR": str(tmp_path / "state"),
-                              "AIRLOOP_PIPELINES_DIR": str(Path(__file__).resolve().parents[2] / "include" / "pipelines")})
+                              "AIRLOOP_PIPELINES_DIR": str(Path(__file__).resolve().parents[3] / "include" / "pipelines")})
     first = ensure_secrets(settings)
     text = secrets_file(settings).read_text()
     assert "'" not in text and '"' not in text  # make's include keeps quotes as part of values

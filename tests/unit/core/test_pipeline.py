@@ -10,7 +10,7 @@ import yaml
 from airloop.core.pipeline import load_pipeline_config, parse_pipeline_config
 from airloop.core.settings import ConfigError, load_settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def raw_demo() -> dict:
@@ -87,7 +87,7 @@ def test_env_file_reader_agrees_with_python_dotenv(tmp_path):
 
     from airloop.core.settings import read_env_file
 
-    example = Path(__file__).resolve().parents[2] / ".env.example"
+    example = Path(__file__).resolve().parents[3] / ".env.example"
     assert read_env_file(example) == {k: v or "" for k, v in dotenv_values(example).items()}
     sample = tmp_path / ".env"
     sample.write_text("# comment\n\nA=1\nexport B = two\nC='quoted # not a comment'\nD=\"x y\"\nE=v # trailing\nF=\n")

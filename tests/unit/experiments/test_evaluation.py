@@ -46,7 +46,7 @@ from airloop.experiments.definition import ABTest, ABTestError
 from airloop.experiments.stats import Samples
 from airloop.serving.app import create_app
 from tests.pg import fresh_database
-from tests.unit.test_serving import AUTH, PIPELINE, _log_version, _preprocessor, _records, _settings
+from tests.unit.serving.test_app import AUTH, PIPELINE, _log_version, _preprocessor, _records, _settings
 
 START = datetime(2026, 3, 2, tzinfo=timezone.utc)
 REPEATS = 200
