@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
+from airloop.registry.client import get_client
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -214,12 +215,8 @@ def _require(engine: sa.Engine, config: PipelineConfig, test_id: str) -> ABTest:
 
 
 def _alias_version(config: PipelineConfig, settings: Settings, alias: str) -> str:
-    """The version the registry alias points at (an explicit client: no global MLflow state)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri,
-                          registry_uri=settings.mlflow_registry_uri or settings.mlflow_tracking_uri)
-    return str(client.get_model_version_by_alias(config.model_name, alias).version)
+    """The version the registry alias points at."""
+    return str(get_client(settings).get_model_version_by_alias(config.model_name, alias).version)
 
 
 def start_test(config: PipelineConfig, settings: Settings, started_at: datetime | str, *, mode: Mode = "ab",

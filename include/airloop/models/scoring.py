@@ -1,24 +1,57 @@
-"""The one definition of 'the score of a prediction', used by serving, reference and drift."""
+"""The one definition of "the score of a prediction".
+
+One number per prediction: the positive class's probability (``classes[-1]`` of the pipeline file)
+for binary tasks, the top class probability for multi-class, the predicted value for regression.
+Serving logs it with every prediction (:func:`score_function`), the monitoring reference stores
+it for the training window (:func:`model_scores`) and prediction drift compares the two, so both
+use :func:`positive_class` and the same rule, here and nowhere else
+(``tests/unit/models/test_scoring.py`` checks that the served score equals the reference score).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from airloop.core.pipeline import PipelineConfig
 
 
+def positive_class(config: PipelineConfig) -> Any:
+    """The positive class of a binary pipeline: the last of its ``classes``."""
+    if not config.classes:
+        raise ValueError(f"{config.name}: a binary pipeline needs `classes` (the positive one last)")
+    return config.classes[-1]
+
+
+def scores_from_probabilities(config: PipelineConfig, proba: np.ndarray, classes: Sequence[Any]) -> np.ndarray:
+    """The score of each row of a ``predict_proba`` matrix whose columns are ``classes``."""
+    proba = np.asarray(proba, dtype="float64")
+    if config.task == "binary_classification":
+        wanted = str(positive_class(config))
+        return proba[:, [str(c) for c in classes].index(wanted)]
+    return proba.max(axis=1)
+
+
+def model_scores(config: PipelineConfig, model: Any, X: Any) -> np.ndarray:
+    """The score of each row of ``X`` under a fitted model (what the reference stores)."""
+    if config.task == "regression":
+        return np.asarray(model.predict(X), dtype="float64")
+    return scores_from_probabilities(config, model.predict_proba(X), model.classes_)
+
+
 def score_function(config: PipelineConfig) -> Callable[[dict[str, Any]], float | None]:
-    """How one prediction becomes the logged ``score``: the positive class's probability
-    (``classes[-1]``) for binary tasks, the top probability for multi-class, the value for
-    regression."""
+    """How one served prediction item (``{"prediction": ..., "probabilities": {class: p}}``)
+    becomes its logged ``score``; ``None`` when the item has no usable number."""
     if config.task == "regression":
         def regression(item: dict[str, Any]) -> float | None:
             value = item.get("prediction")
             return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
         return regression
+
     if config.task == "binary_classification":
-        positive = str(config.classes[-1]) if config.classes else None
+        positive = str(positive_class(config))  # served probabilities are keyed by str(class)
 
         def binary(item: dict[str, Any]) -> float | None:
             return (item.get("probabilities") or {}).get(positive)
@@ -28,14 +61,3 @@ def score_function(config: PipelineConfig) -> Callable[[dict[str, Any]], float |
         probabilities = item.get("probabilities")
         return max(probabilities.values()) if probabilities else None
     return multiclass
-
-
-def model_scores(config: PipelineConfig, model, X):
-    """One number per row: positive-class probability (binary), max-class probability
-    (multi-class) or the predicted value (regression)."""
-    if config.task == "regression":
-        return model.predict(X)
-    proba = model.predict_proba(X)
-    if config.task == "binary_classification":
-        return proba[:, list(model.classes_).index(config.classes[-1])]
-    return proba.max(axis=1)

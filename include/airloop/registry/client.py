@@ -39,15 +39,19 @@ def configure_mlflow(settings: Settings) -> None:
 
 
 def get_client(settings: Settings):
-    """An MlflowClient bound explicitly to the configured stores.
+    """The one MlflowClient factory: a client bound explicitly to the configured tracking and
+    registry stores (the registry defaults to the tracking store).
 
-    The fluent API is pointed there too: MLflow resolves ``models:/m-…`` sources of new model
-    versions through the global tracking URI, whatever the client says.
+    One policy on global state: the fluent API is pointed at the same stores, because MLflow
+    resolves ``models:/m-…`` sources of new model versions through the global tracking URI,
+    whatever the client says. Every airloop process works against one set of stores, so serving,
+    training and monitoring all share this factory.
     """
     from mlflow import MlflowClient
 
     configure_mlflow(settings)
-    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_registry_uri)
+    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri,
+                        registry_uri=settings.mlflow_registry_uri or settings.mlflow_tracking_uri)
 
 
 def ensure_experiment(client, config: PipelineConfig, settings: Settings) -> str:

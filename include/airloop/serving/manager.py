@@ -17,6 +17,7 @@ from airloop.experiments import definition
 from airloop.models.artifact import read_model_version
 from airloop.models.schema import RecordSchema
 from airloop.models.trust import ModelLoadError
+from airloop.registry.client import get_client
 from airloop.serving.metrics import ServingMetrics
 from airloop.serving.runtime import DEFAULT_ALIAS, ActiveTest, Predictor, ServedModel, smoke_test
 
@@ -59,14 +60,9 @@ class ModelManager:
 
     @property
     def client(self) -> Any:
-        """An explicit MlflowClient for the settings' tracking and registry URIs."""
+        """The MlflowClient of the settings' stores (:func:`airloop.registry.client.get_client`)."""
         if self._client is None:
-            from mlflow import MlflowClient
-
-            self._client = MlflowClient(
-                tracking_uri=self.settings.mlflow_tracking_uri,
-                registry_uri=self.settings.mlflow_registry_uri or self.settings.mlflow_tracking_uri,
-            )
+            self._client = get_client(self.settings)
         return self._client
 
     def _resolve(self, alias: str | None, version: str | None) -> Any:

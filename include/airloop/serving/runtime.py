@@ -21,7 +21,7 @@ from airloop.models.schema import RecordSchema, RecordValidationError
 from airloop.models.trust import ModelLoadError
 
 #: The registry alias served by default.
-DEFAULT_ALIAS = "champion"
+DEFAULT_ALIAS = names.CHAMPION
 
 
 #: The variant recorded with every prediction outside an A/B test (and of the champion in one).

@@ -12,6 +12,7 @@ import pandas as pd
 from airloop.core.metrics import higher_is_better
 from airloop.core.pipeline import PipelineConfig
 from airloop.data.features import features_and_target
+from airloop.models.scoring import positive_class, scores_from_probabilities
 
 
 def holdout_metrics(config: PipelineConfig, model, holdout: pd.DataFrame) -> dict[str, float]:
@@ -35,16 +36,17 @@ def holdout_metrics(config: PipelineConfig, model, holdout: pd.DataFrame) -> dic
             "f1_macro": float(m.f1_score(y, pred, average="macro", zero_division=0)),
         }
         if config.task == "binary_classification":
-            positive = proba[:, list(model.classes_).index(config.classes[-1])]
+            label = positive_class(config)
+            positive = scores_from_probabilities(config, proba, model.classes_)  # the served score
             both = len(np.unique(y)) == 2
             out |= {
                 "roc_auc": float(m.roc_auc_score(y, positive)) if both else float("nan"),
-                "pr_auc": float(m.average_precision_score(y, positive, pos_label=config.classes[-1])) if both else float("nan"),
-                "f1": float(m.f1_score(y, pred, pos_label=config.classes[-1], zero_division=0)),
-                "precision": float(m.precision_score(y, pred, pos_label=config.classes[-1], zero_division=0)),
-                "recall": float(m.recall_score(y, pred, pos_label=config.classes[-1], zero_division=0)),
+                "pr_auc": float(m.average_precision_score(y, positive, pos_label=label)) if both else float("nan"),
+                "f1": float(m.f1_score(y, pred, pos_label=label, zero_division=0)),
+                "precision": float(m.precision_score(y, pred, pos_label=label, zero_division=0)),
+                "recall": float(m.recall_score(y, pred, pos_label=label, zero_division=0)),
                 "log_loss": float(m.log_loss(y, proba, labels=model.classes_)),
-                "brier": float(m.brier_score_loss(y, positive, pos_label=config.classes[-1])),
+                "brier": float(m.brier_score_loss(y, positive, pos_label=label)),
             }
         else:
             out["roc_auc_ovr"] = float(m.roc_auc_score(y, proba, multi_class="ovr", labels=model.classes_))
