@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from datetime import date, datetime, timezone
 
 from airloop.cli.commands import cmd_simulate, cmd_start_serving, ensure_secrets
 from airloop.core.pipeline import load_pipeline_config
-from airloop.core.settings import Settings, get_settings
+from airloop.core.settings import AIRFLOW_PORT, MLFLOW_PORT, Settings, get_settings
 
 
 # ---------------------------------------------------------------------------------- training
@@ -227,8 +226,8 @@ def print_summary(settings: Settings, pipeline: str, timeline: list[tuple[str, s
     lines += [
         "", "Where to look:",
         f"  Serving API     {settings.serving_url}/docs   (POST /predict, GET /model, /metrics)",
-        f"  MLflow UI       make up, then http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}  (experiment {config.experiment_name})",
-        f"  Airflow UI      make up, then http://127.0.0.1:{os.environ.get('AIRFLOW_PORT', '8080')}  (DAG {config.dag_id('train')})",
+        f"  MLflow UI       make up, then http://127.0.0.1:{MLFLOW_PORT.get()}  (experiment {config.experiment_name})",
+        f"  Airflow UI      make up, then http://127.0.0.1:{AIRFLOW_PORT.get()}  (DAG {config.dag_id('train')})",
         f"  Validation      {settings.validation_dir / config.name}",
         f"  Ledger          {settings.monitoring_db_uri}  (table promotion_ledger)",
         f"  Monitoring      {settings.state_dir / 'reports'}  (Evidently HTML; tables monitoring_runs,"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from airloop.cli.commands import _init_mlflow, _tracking_server, cmd_start_serving, ensure_secrets, secrets_file
-from airloop.core.settings import Settings, get_settings
+from airloop.core.settings import AIRFLOW_PORT, AIRLOOP_MLFLOW_BACKEND_STORE_URI, MLFLOW_PORT, Settings, get_settings
 
 
 def airflow_login(settings: Settings) -> str:
@@ -75,12 +75,12 @@ def cmd_up(args) -> int:
     ensure_secrets(settings)
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    mlflow_port = os.environ.get("MLFLOW_PORT", "5000")
-    airflow_port = os.environ.get("AIRFLOW_PORT", "8080")
+    mlflow_port = MLFLOW_PORT.get()
+    airflow_port = AIRFLOW_PORT.get()
     bin_dir = Path(sys.executable).parent
     procs: dict[str, subprocess.Popen] = {}
     if _tracking_server(settings):
-        backend = os.environ.get("AIRLOOP_MLFLOW_BACKEND_STORE_URI")
+        backend = AIRLOOP_MLFLOW_BACKEND_STORE_URI.get()
         if not backend:
             print("MLFLOW_TRACKING_URI is a server URL: set AIRLOOP_MLFLOW_BACKEND_STORE_URI (its database)", file=sys.stderr)
             return 1

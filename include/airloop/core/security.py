@@ -4,6 +4,7 @@ used by serving (tenant guard, admin routes) and by the plugin's lifecycle API."
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 
 def bearer_token(authorization: str | bytes | None) -> str | None:
@@ -38,3 +39,29 @@ def check_admin_token(authorization: str | None, admin_token: str | None) -> int
     if not token_matches(bearer_token(authorization), admin_token):
         return 401
     return None
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+#: The one table of generated secrets: Airflow's Fernet key, JWT and API secrets, and the admin token
+#: of serving and the lifecycle API (``make init`` writes them once; sandboxes draw fresh ones).
+SECRET_GENERATORS: dict[str, Callable[[], str]] = {
+    "AIRFLOW__CORE__FERNET_KEY": _fernet_key,
+    "AIRFLOW__API_AUTH__JWT_SECRET": lambda: secrets.token_urlsafe(48),
+    "AIRFLOW__API__SECRET_KEY": lambda: secrets.token_urlsafe(48),
+    "AIRLOOP_ADMIN_TOKEN": lambda: secrets.token_urlsafe(32),
+}
+
+
+def generate_secrets() -> dict[str, str]:
+    """A fresh value for every entry of :data:`SECRET_GENERATORS`."""
+    return {name: make() for name, make in SECRET_GENERATORS.items()}
+
+
+def tenant_token() -> str:
+    """A fresh serving token for one tenant."""
+    return secrets.token_urlsafe(32)

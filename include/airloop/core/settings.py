@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +31,63 @@ DEFAULT_ROOT = PACKAGE_ROOT.parent.parent
 class ConfigError(ValueError):
     """A pipeline file or setting is wrong; the message names the file and the field."""
 
+
+# --------------------------------------------------------------------------------------------
+# Every environment variable airloop reads: one table (in the style of mlflow/environment_variables.py)
+# --------------------------------------------------------------------------------------------
+
+
+class EnvVar:
+    """One environment variable: its name, type, default and meaning. ``get()`` reads it from the
+    process environment (or a given mapping); unset or empty means the default."""
+
+    def __init__(self, name: str, type_: type, default: Any, doc: str) -> None:
+        self.name, self.type, self.default, self.doc = name, type_, default, doc
+
+    def get(self, env: Mapping[str, str] | None = None) -> Any:
+        raw = (os.environ if env is None else env).get(self.name)
+        if raw is None or raw == "":
+            return self.default
+        return self.type(raw)
+
+    def is_set(self, env: Mapping[str, str] | None = None) -> bool:
+        return self.name in (os.environ if env is None else env)
+
+    def __repr__(self) -> str:
+        return f"EnvVar({self.name!r})"
+
+
+AIRLOOP_HOME = EnvVar("AIRLOOP_HOME", str, None, "project root (default: the checkout this package sits in)")
+AIRLOOP_STATE_DIR = EnvVar("AIRLOOP_STATE_DIR", str, ".airloop", "the one git-ignored folder of local state")
+AIRLOOP_PIPELINES_DIR = EnvVar("AIRLOOP_PIPELINES_DIR", str, "include/pipelines", "pipeline YAML files")
+AIRLOOP_PIPELINE = EnvVar("AIRLOOP_PIPELINE", str, "claims_fraud", "the default pipeline (served at /)")
+AIRLOOP_DATA_DIR = EnvVar("AIRLOOP_DATA_DIR", str, None, "root of relative file sources (default: <state>/data)")
+MLFLOW_TRACKING_URI = EnvVar("MLFLOW_TRACKING_URI", str, None, "MLflow tracking store or server URL")
+MLFLOW_REGISTRY_URI = EnvVar("MLFLOW_REGISTRY_URI", str, None, "MLflow registry (default: the tracking store)")
+AIRLOOP_MLFLOW_ARTIFACT_ROOT = EnvVar("AIRLOOP_MLFLOW_ARTIFACT_ROOT", str, None, "artifact root of a local store")
+AIRLOOP_MLFLOW_BACKEND_STORE_URI = EnvVar("AIRLOOP_MLFLOW_BACKEND_STORE_URI", str, None,
+                                          "database of the MLflow server `make up` starts (profiles)")
+AIRLOOP_MONITORING_DB_URI = EnvVar("AIRLOOP_MONITORING_DB_URI", str, None, "monitoring store URI")
+AIRLOOP_MONITORING_CONN_ID = EnvVar("AIRLOOP_MONITORING_CONN_ID", str, None,
+                                    "monitoring store as an Airflow connection id")
+AIRLOOP_OPTUNA_STORAGE = EnvVar("AIRLOOP_OPTUNA_STORAGE", str, None, "Optuna storage (journal file or RDB URL)")
+AIRLOOP_SERVING_URL = EnvVar("AIRLOOP_SERVING_URL", str, "http://127.0.0.1:8000", "where clients reach serving")
+AIRLOOP_SERVING_HOST = EnvVar("AIRLOOP_SERVING_HOST", str, "127.0.0.1", "address serving binds")
+AIRLOOP_SERVING_PORT = EnvVar("AIRLOOP_SERVING_PORT", str, "8000", "port serving binds")
+AIRLOOP_SERVING_BATCH_WAIT_MS = EnvVar("AIRLOOP_SERVING_BATCH_WAIT_MS", float, 2.0,
+                                       "longest micro-batching wait of a /predict request")
+AIRLOOP_SERVING_BATCH_MAX_RECORDS = EnvVar("AIRLOOP_SERVING_BATCH_MAX_RECORDS", int, 1024,
+                                           "most records in one micro-batched model call (1: no batching)")
+AIRLOOP_SERVING_GC_FREEZE = EnvVar("AIRLOOP_SERVING_GC_FREEZE", str, "1", "0: do not gc.freeze() after start-up")
+AIRLOOP_ADMIN_TOKEN = EnvVar("AIRLOOP_ADMIN_TOKEN", str, None, "admin token of serving and the lifecycle API (secret)")
+AIRLOOP_TENANT_TOKENS = EnvVar("AIRLOOP_TENANT_TOKENS", str, None, "tenant=token,... serving tokens (secret)")
+AIRLOOP_PRELOAD = EnvVar("AIRLOOP_PRELOAD", str, None, "auto | off | module list the scheduler/workers pre-import")
+AIRLOOP_CODE_VERSION = EnvVar("AIRLOOP_CODE_VERSION", str, None, "code version tag (default: git describe)")
+MLFLOW_PORT = EnvVar("MLFLOW_PORT", str, "5000", "MLflow UI port of `make up`")
+AIRFLOW_PORT = EnvVar("AIRFLOW_PORT", str, "8080", "Airflow UI/API port of `make up`")
+
+#: The table, by name.
+ENV_VARS: dict[str, EnvVar] = {v.name: v for v in list(globals().values()) if isinstance(v, EnvVar)}
 
 # --------------------------------------------------------------------------------------------
 # Settings (endpoints, paths, secrets) — from the environment / .env
@@ -108,8 +166,8 @@ def _resolve(root: Path, value: str) -> Path:
 def project_root(env: Mapping[str, str]) -> Path:
     """The project root: ``AIRLOOP_HOME``, else ``AIRFLOW_HOME`` when it holds ``include/airloop``,
     else the checkout this package sits in."""
-    if env.get("AIRLOOP_HOME"):
-        return Path(env["AIRLOOP_HOME"]).resolve()
+    if AIRLOOP_HOME.get(env):
+        return Path(AIRLOOP_HOME.get(env)).resolve()
     airflow_home = env.get("AIRFLOW_HOME")
     if airflow_home and (Path(airflow_home) / "include" / "airloop").is_dir():
         return Path(airflow_home).resolve()
@@ -123,31 +181,30 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     else the checkout this package sits in.
     """
     if environ is None:
-        root_guess = Path(os.environ.get("AIRLOOP_HOME") or DEFAULT_ROOT)
+        root_guess = Path(AIRLOOP_HOME.get() or DEFAULT_ROOT)
         _load_dotenv(root_guess)
         environ = dict(os.environ)
     env = environ
     root = project_root(env)
-    state = _resolve(root, env.get("AIRLOOP_STATE_DIR") or ".airloop")
-    tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state / 'mlflow' / 'mlflow.db'}"
+    state = _resolve(root, AIRLOOP_STATE_DIR.get(env))
+    tracking = MLFLOW_TRACKING_URI.get(env) or f"sqlite:///{state / 'mlflow' / 'mlflow.db'}"
+    conn_id = AIRLOOP_MONITORING_CONN_ID.get(env)
     return Settings(
         root=root,
         state_dir=state,
-        pipelines_dir=_resolve(root, env.get("AIRLOOP_PIPELINES_DIR") or "include/pipelines"),
-        default_pipeline=env.get("AIRLOOP_PIPELINE") or "claims_fraud",
-        data_dir=_resolve(root, env.get("AIRLOOP_DATA_DIR") or str(state / "data")),
+        pipelines_dir=_resolve(root, AIRLOOP_PIPELINES_DIR.get(env)),
+        default_pipeline=AIRLOOP_PIPELINE.get(env),
+        data_dir=_resolve(root, AIRLOOP_DATA_DIR.get(env) or str(state / "data")),
         mlflow_tracking_uri=tracking,
-        mlflow_registry_uri=env.get("MLFLOW_REGISTRY_URI") or None,
-        mlflow_artifact_root=env.get("AIRLOOP_MLFLOW_ARTIFACT_ROOT")
-        or str(state / "mlflow" / "artifacts"),
-        monitoring_db_uri=env.get("AIRLOOP_MONITORING_DB_URI")
-        or (f"airflow-conn://{env['AIRLOOP_MONITORING_CONN_ID']}" if env.get("AIRLOOP_MONITORING_CONN_ID") else None)
+        mlflow_registry_uri=MLFLOW_REGISTRY_URI.get(env),
+        mlflow_artifact_root=AIRLOOP_MLFLOW_ARTIFACT_ROOT.get(env) or str(state / "mlflow" / "artifacts"),
+        monitoring_db_uri=AIRLOOP_MONITORING_DB_URI.get(env)
+        or (f"airflow-conn://{conn_id}" if conn_id else None)
         or f"sqlite:///{state / 'monitoring.db'}",
-        optuna_storage=env.get("AIRLOOP_OPTUNA_STORAGE")
-        or f"journal://{state / 'optuna' / 'journal.log'}",
-        serving_url=(env.get("AIRLOOP_SERVING_URL") or "http://127.0.0.1:8000").rstrip("/"),
-        admin_token=env.get("AIRLOOP_ADMIN_TOKEN") or None,
-        tenant_tokens=parse_tenant_tokens(env.get("AIRLOOP_TENANT_TOKENS")),
+        optuna_storage=AIRLOOP_OPTUNA_STORAGE.get(env) or f"journal://{state / 'optuna' / 'journal.log'}",
+        serving_url=AIRLOOP_SERVING_URL.get(env).rstrip("/"),
+        admin_token=AIRLOOP_ADMIN_TOKEN.get(env),
+        tenant_tokens=parse_tenant_tokens(AIRLOOP_TENANT_TOKENS.get(env)),
     )
 
 

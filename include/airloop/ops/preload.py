@@ -27,6 +27,8 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
+from airloop.core.settings import AIRLOOP_PRELOAD
+
 log = logging.getLogger(__name__)
 
 
@@ -109,12 +111,12 @@ def preload(modules: Sequence[str]) -> dict[str, float]:
 
 def _setting(environ: Mapping[str, str]) -> str | None:
     """``AIRLOOP_PRELOAD`` from the environment, else from the project's ``.env``."""
-    if "AIRLOOP_PRELOAD" in environ:
-        return environ["AIRLOOP_PRELOAD"]
+    if AIRLOOP_PRELOAD.is_set(environ):
+        return environ[AIRLOOP_PRELOAD.name]
     from airloop.core.settings import project_root, read_env_file
 
     env_file = project_root(environ) / ".env"
-    return read_env_file(env_file).get("AIRLOOP_PRELOAD") if env_file.is_file() else None
+    return read_env_file(env_file).get(AIRLOOP_PRELOAD.name) if env_file.is_file() else None
 
 
 def preload_for_process(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:

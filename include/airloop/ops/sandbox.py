@@ -8,12 +8,13 @@ these variables before anything imports Airflow or airloop, and remove the folde
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import socket
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from airloop.core.security import generate_secrets
 
 #: The variables that locate airloop's own state (data, MLflow, monitoring store, Optuna).
 STATE_VARS = ("AIRLOOP_STATE_DIR", "AIRLOOP_DATA_DIR", "MLFLOW_TRACKING_URI", "AIRLOOP_MLFLOW_ARTIFACT_ROOT",
@@ -34,14 +35,7 @@ def state_environ(state: Path) -> dict[str, str]:
 
 def generated_secrets() -> dict[str, str]:
     """Fresh Airflow/serving secrets for one throwaway session (never written anywhere)."""
-    from cryptography.fernet import Fernet
-
-    return {
-        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
-        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(48),
-        "AIRLOOP_ADMIN_TOKEN": secrets.token_urlsafe(32),
-    }
+    return generate_secrets()
 
 
 def isolated_environ(root: Path, session: Path, secret_values: Mapping[str, str] | None = None) -> dict[str, str]:

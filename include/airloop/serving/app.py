@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import threading
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -70,7 +69,7 @@ from fastapi import FastAPI
 
 from airloop.core import store
 from airloop.core.pipeline import load_pipeline_config
-from airloop.core.settings import Settings, get_settings
+from airloop.core.settings import AIRLOOP_SERVING_GC_FREEZE, Settings, get_settings
 from airloop.models.trust import ModelLoadError
 from airloop.serving.manager import STARTUP_LOAD_WAIT_S, ModelManager
 from airloop.serving.metrics import ServingMetrics, _RequestCounter
@@ -82,7 +81,7 @@ log = logging.getLogger(__name__)
 
 
 #: Environment variable: "0" keeps the startup heap out of :func:`gc.freeze` (see :func:`create_app`).
-GC_FREEZE_ENV = "AIRLOOP_SERVING_GC_FREEZE"
+GC_FREEZE_ENV = AIRLOOP_SERVING_GC_FREEZE.name
 
 
 #: How long app shutdown waits for the prediction log to drain (the rest is spooled).
@@ -157,7 +156,7 @@ def create_app(
         await anyio.to_thread.run_sync(loader.join, STARTUP_LOAD_WAIT_S)
         if loader.is_alive():
             log.warning("model still loading after %.0fs; serving without a model meanwhile", STARTUP_LOAD_WAIT_S)
-        elif os.environ.get(GC_FREEZE_ENV, "1") != "0":
+        elif AIRLOOP_SERVING_GC_FREEZE.get() != "0":
             gc.collect()
             gc.freeze()  # the startup heap (libraries, the model): full collections no longer walk it
         try:

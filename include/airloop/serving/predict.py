@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from airloop.core import names as abtest
+from airloop.core.settings import AIRLOOP_SERVING_BATCH_MAX_RECORDS, AIRLOOP_SERVING_BATCH_WAIT_MS
 from airloop.serving.metrics import ServingMetrics
 from airloop.serving.runtime import ActiveTest, ServedModel
 from airloop.serving.schema import MAX_BATCH_RECORDS, PredictRequest
@@ -28,17 +29,17 @@ INLINE_BATCH_RECORDS = 256
 
 
 #: Environment variable: longest wait (ms) of a request for others to share its model call.
-BATCH_WAIT_ENV = "AIRLOOP_SERVING_BATCH_WAIT_MS"
+BATCH_WAIT_ENV = AIRLOOP_SERVING_BATCH_WAIT_MS.name
 
 
 #: Environment variable: most records in one micro-batch (1 turns micro-batching off).
-BATCH_MAX_RECORDS_ENV = "AIRLOOP_SERVING_BATCH_MAX_RECORDS"
+BATCH_MAX_RECORDS_ENV = AIRLOOP_SERVING_BATCH_MAX_RECORDS.name
 
 
-DEFAULT_BATCH_WAIT_MS = 2.0
+DEFAULT_BATCH_WAIT_MS: float = AIRLOOP_SERVING_BATCH_WAIT_MS.default
 
 
-DEFAULT_BATCH_MAX_RECORDS = 1024
+DEFAULT_BATCH_MAX_RECORDS: int = AIRLOOP_SERVING_BATCH_MAX_RECORDS.default
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +56,8 @@ class BatchingConfig:
         """Read :data:`BATCH_WAIT_ENV` and :data:`BATCH_MAX_RECORDS_ENV` (defaults when unset);
         ``ValueError`` for a negative wait, more than 1000 ms, or a size outside 1..10000."""
         env = os.environ if env is None else env
-        wait_ms = float(env.get(BATCH_WAIT_ENV) or DEFAULT_BATCH_WAIT_MS)
-        max_records = int(env.get(BATCH_MAX_RECORDS_ENV) or DEFAULT_BATCH_MAX_RECORDS)
+        wait_ms = float(AIRLOOP_SERVING_BATCH_WAIT_MS.get(env))
+        max_records = int(AIRLOOP_SERVING_BATCH_MAX_RECORDS.get(env))
         if not 0.0 <= wait_ms <= 1000.0 or not math.isfinite(wait_ms):
             raise ValueError(f"{BATCH_WAIT_ENV} must be between 0 and 1000 ms, got {wait_ms}")
         if not 1 <= max_records <= MAX_BATCH_RECORDS:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from airloop.core.pipeline import PipelineConfig
-from airloop.core.settings import Settings
+from airloop.core.settings import AIRLOOP_CODE_VERSION, Settings
 from airloop.models.schema import model_signature
 from airloop.models.trust import quiet_skops
 from airloop.monitoring.reference import PROFILE_FILE, REFERENCE_DIR, REFERENCE_FILE, reference_frame
@@ -31,10 +31,9 @@ class ValidationFailed(RuntimeError):
 
 def code_version(settings: Settings) -> str:
     """Git commit of the deployed code (``AIRLOOP_CODE_VERSION`` wins), else the package version."""
-    import os
 
-    if os.environ.get("AIRLOOP_CODE_VERSION"):
-        return os.environ["AIRLOOP_CODE_VERSION"]
+    if AIRLOOP_CODE_VERSION.get():
+        return AIRLOOP_CODE_VERSION.get()
     try:
         sha = subprocess.run(["git", "-C", str(settings.root), "rev-parse", "--short=12", "HEAD"],
                              capture_output=True, text=True, timeout=5, check=True).stdout.strip()
