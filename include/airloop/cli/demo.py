@@ -56,22 +56,11 @@ def run_monitoring(pipeline: str, day: date) -> tuple[str, dict, float]:
 
 def interval_outcome(settings: Settings, pipeline: str, day: date) -> dict:
     """What monitoring stored for ``day``: the monitoring_runs row and the fired alert rules."""
-    import sqlalchemy as sa
-
     from airloop.core import store
     from airloop.core.timeutil import day_bounds
+    from airloop.monitoring.interval import stored_interval
 
-    engine = store.get_engine(settings.monitoring_db_uri)
-    start = day_bounds(day)[0]
-    runs, alerts = store.monitoring_runs, store.alerts
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(runs).where(runs.c.pipeline == pipeline, runs.c.interval_start == start)).mappings().first()
-        rules = conn.execute(sa.select(alerts.c.rule).where(alerts.c.pipeline == pipeline, alerts.c.interval_start == start)
-                             .order_by(alerts.c.id)).scalars().all()
-    out = dict(row) if row else {}
-    out["drifted_features"] = json.loads(out["drifted_features"]) if out.get("drifted_features") else []
-    out["alerts"] = [{"rule": r} for r in rules]
-    return out
+    return stored_interval(store.get_engine(settings.monitoring_db_uri), pipeline, day_bounds(day)[0])
 
 
 def replay_traffic(settings: Settings, config, day: date) -> int:
@@ -92,17 +81,11 @@ def replay_traffic(settings: Settings, config, day: date) -> int:
 
 def pending_retrain(settings: Settings, config, day: date) -> dict | None:
     """The retrain request monitoring made for ``day`` (None when none was requested)."""
-    import sqlalchemy as sa
-
     from airloop.core import store
     from airloop.core.timeutil import day_bounds
+    from airloop.monitoring.retrain import retrain_request
 
-    engine = store.get_engine(settings.monitoring_db_uri)
-    t = store.retrain_requests
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(t).where(t.c.pipeline == config.name, t.c.requested.is_(True),
-                                              t.c.interval_start == day_bounds(day)[0])).mappings().first()
-    return dict(row) if row else None
+    return retrain_request(store.get_engine(settings.monitoring_db_uri), config.name, day_bounds(day)[0])
 
 
 def wait_for_serving_log(settings: Settings, seconds: float = 3.0) -> None:

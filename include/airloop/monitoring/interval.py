@@ -197,3 +197,36 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
              summary["drifted_features"] if drift["drift_judged"] else "not judged", summary["labelled_rows"],
              len(alerts))
     return summary
+
+
+# ------------------------------------------------------------------------------- read side
+def stored_interval(engine: sa.Engine, pipeline: str, start: datetime) -> dict[str, Any]:
+    """What monitoring stored for the interval starting at ``start``: the ``monitoring_runs`` row
+    (``drifted_features`` decoded) and the fired alert rules (``alerts``); ``{}`` parts when none."""
+    import sqlalchemy as sa
+
+    from airloop.core import store
+
+    runs, alerts = store.monitoring_runs, store.alerts
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(runs).where(runs.c.pipeline == pipeline, runs.c.interval_start == start)).mappings().first()
+        rules = conn.execute(sa.select(alerts.c.rule).where(alerts.c.pipeline == pipeline, alerts.c.interval_start == start)
+                             .order_by(alerts.c.id)).scalars().all()
+    out = dict(row) if row else {}
+    out["drifted_features"] = json.loads(out["drifted_features"]) if out.get("drifted_features") else []
+    out["alerts"] = [{"rule": r} for r in rules]
+    return out
+
+
+def monitored_intervals(engine: sa.Engine, pipeline: str, tenant: str, version: str, since: datetime,
+                        until: datetime) -> int:
+    """How many intervals starting in ``[since, until]`` monitored ``version`` of the pipeline."""
+    import sqlalchemy as sa
+
+    from airloop.core import store
+
+    runs = store.monitoring_runs
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(runs).where(
+            runs.c.pipeline == pipeline, runs.c.tenant == tenant, runs.c.model_version == str(version),
+            runs.c.interval_start >= since, runs.c.interval_start <= until)).scalar_one()

@@ -45,3 +45,12 @@ def decide_retrain(config: PipelineConfig, settings: Settings, start: datetime, 
         log.info("retrain not requested: cool-down since the request of %s", earlier)
         return {"retrain": False, "as_of": as_of, "reason": reason, "suppressed_by": to_utc(earlier).isoformat()}
     return {"retrain": True, "as_of": as_of, "reason": reason}
+
+
+def retrain_request(engine: sa.Engine, pipeline: str, start: datetime) -> dict[str, Any] | None:
+    """The retrain request monitoring made for the interval starting at ``start`` (None if none)."""
+    t = store.retrain_requests
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(t).where(t.c.pipeline == pipeline, t.c.requested.is_(True),
+                                              t.c.interval_start == start)).mappings().first()
+    return dict(row) if row else None

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi import HTTPException, Request
 from prometheus_client import Counter
 
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.security import check_admin_token, header_bearer, token_matches
 from airloop.core.settings import Settings
+from airloop.serving.deps import MetricsDep, SettingsDep
+from airloop.serving.metrics import ServingMetrics
 from airloop.serving.protocol import SMOKE_TENANT, tenant_route
-from airloop.serving.responses import _json
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
@@ -76,7 +77,7 @@ def add_tenant_guard(app: Any, config: PipelineConfig, settings: Settings) -> No
                        admin_token=settings.admin_token)
 
 
-def _admin_denied(request: Request, admin_token: str | None, action: str, outcomes: Counter) -> JSONResponse | None:
+def _admin_denial(request: Request, admin_token: str | None, action: str, outcomes: Counter) -> HTTPException | None:
     """The 401/403 answer when ``request`` lacks the admin token (see :func:`check_admin_token`),
     counted in ``outcomes`` as ``unauthorized`` / ``forbidden``; None when the token is right."""
     denied = check_admin_token(request.headers.get("authorization"), admin_token)
@@ -84,4 +85,17 @@ def _admin_denied(request: Request, admin_token: str | None, action: str, outcom
         return None
     outcomes.labels("forbidden" if denied == 403 else "unauthorized").inc()
     message = f"{action} is disabled: no admin token configured" if denied == 403 else "invalid or missing bearer token"
-    return _json({"detail": message}, denied, {"WWW-Authenticate": "Bearer"} if denied == 401 else None)
+    return HTTPException(denied, message, {"WWW-Authenticate": "Bearer"} if denied == 401 else None)
+
+
+def require_admin(action: str, outcomes: Callable[[ServingMetrics], Counter]) -> Callable[..., Awaitable[None]]:
+    """A route dependency admitting only ``Authorization: Bearer <AIRLOOP_ADMIN_TOKEN>``: else 401
+    (``WWW-Authenticate: Bearer``) or 403 when no admin token is configured, ``{"detail": ...}``
+    naming ``action``, counted in the counter ``outcomes`` picks from the app's metrics."""
+
+    async def admin_only(request: Request, settings: SettingsDep, metrics: MetricsDep) -> None:
+        denied = _admin_denial(request, settings.admin_token, action, outcomes(metrics))
+        if denied is not None:
+            raise denied
+
+    return admin_only

@@ -20,6 +20,7 @@ from airloop.serving.metrics import ServingMetrics
 from airloop.serving.predict import PredictJob
 from airloop.serving.predlog import PredictionLogger
 
+
 async def get_manager(request: Request) -> ModelManager:
     """The app's model manager (``app.state.manager``)."""
     return request.app.state.manager

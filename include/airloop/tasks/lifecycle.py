@@ -8,13 +8,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from airloop.core import store
 from airloop.core.names import CHAMPION
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
 from airloop.monitoring.guard import guard_breaches
+from airloop.monitoring.interval import monitored_intervals
 from airloop.registry.audit import version_record
 from airloop.registry.client import _alias_version
 from airloop.registry.ledger import _effective, version_at
@@ -77,12 +76,7 @@ def post_deploy_guard(config: PipelineConfig, settings: Settings, summary: dict[
     if promoted is None or promoted["to_version"] != str(version):
         return {"action": "none", "reason": f"v{version} has no promotion in the ledger"}
     since = _effective(promoted, business=True)
-    runs = store.monitoring_runs
-    with engine.connect() as conn:
-        seen = conn.execute(sa.select(sa.func.count()).select_from(runs).where(
-            runs.c.pipeline == config.name, runs.c.tenant == summary.get("tenant", "default"),
-            runs.c.model_version == str(version), runs.c.interval_start >= since,
-            runs.c.interval_start <= start)).scalar_one()
+    seen = monitored_intervals(engine, config.name, summary.get("tenant", "default"), str(version), since, start)
     if seen > guard.intervals:
         return {"action": "none", "reason": f"v{version} is past its first {guard.intervals} monitored intervals"}
     breaches = guard_breaches(config, summary)
