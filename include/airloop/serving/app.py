@@ -70,12 +70,14 @@ from fastapi import FastAPI
 from airloop.core import store
 from airloop.core.pipeline import load_pipeline_config
 from airloop.core.settings import AIRLOOP_SERVING_GC_FREEZE, Settings, get_settings
+from airloop.models.scoring import score_function
 from airloop.models.trust import ModelLoadError
+from airloop.serving.handlers import make_batcher
 from airloop.serving.manager import STARTUP_LOAD_WAIT_S, ModelManager
 from airloop.serving.metrics import ServingMetrics, _RequestCounter
 from airloop.serving.predict import BatchingConfig
 from airloop.serving.predlog import PredictionLogCollector, PredictionLogger, spool_dir_for
-from airloop.serving.routes import _add_routes
+from airloop.serving.routes import ROUTERS
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +178,14 @@ def create_app(
     app.state.manager = manager
     app.state.metrics = metrics
     app.state.settings = settings
+    app.state.config = config
     app.state.prediction_logger = prediction_logger
     app.state.shadow_logger = shadow_logger
-    _add_routes(app, manager, metrics, settings, prediction_logger, shadow_logger, ab_tests, batching)
+    app.state.ab_tests = ab_tests  # enables POST /abtest/refresh
+    app.state.score = score = score_function(config)
+    app.state.batcher = make_batcher(config.name, score, metrics, prediction_logger, batching)
+    for router in ROUTERS:  # the per-resource routers of airloop.serving.routes
+        app.include_router(router)
     app.add_middleware(_RequestCounter, metrics=metrics)
     from airloop.serving.auth import add_tenant_guard
 

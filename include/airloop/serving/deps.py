@@ -3,10 +3,12 @@
 
 Each dependency is an ``async def`` so FastAPI calls it on the event loop (a plain ``def`` would
 cost a worker-thread hop per request); the ``Annotated`` aliases are what routes declare.
+``POST /predict`` takes its whole state as one :class:`PredictContext`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -46,24 +48,29 @@ async def get_prediction_logger(request: Request) -> PredictionLogger | None:
     return request.app.state.prediction_logger
 
 
-async def get_shadow_logger(request: Request) -> PredictionLogger | None:
-    """The shadow-prediction log (``app.state.shadow_logger``; None when logging is off)."""
-    return request.app.state.shadow_logger
-
-
-async def get_batcher(request: Request) -> MicroBatcher[PredictJob]:
-    """The ``/predict`` micro-batcher (``app.state.batcher``)."""
-    return request.app.state.batcher
-
-
-async def get_score(request: Request) -> Score:
-    """The pipeline's score function (``app.state.score``)."""
-    return request.app.state.score
-
-
 async def get_ab_tests(request: Request) -> bool:
     """Whether A/B and shadow tests are enabled in this app (``app.state.ab_tests``)."""
     return request.app.state.ab_tests
+
+
+@dataclass(frozen=True, slots=True)
+class PredictContext:
+    """What ``POST /predict`` reads from ``app.state``, as one dependency: the hot path pays one
+    dependency solve instead of six (each costs some 5-10 us of event-loop time per request)."""
+
+    manager: ModelManager
+    batcher: MicroBatcher[PredictJob]
+    metrics: ServingMetrics
+    prediction_logger: PredictionLogger | None
+    shadow_logger: PredictionLogger | None
+    score: Score
+
+
+async def get_predict_context(request: Request) -> PredictContext:
+    """The ``/predict`` state of the app (read from ``app.state`` on every request)."""
+    state = request.app.state
+    return PredictContext(state.manager, state.batcher, state.metrics, state.prediction_logger, state.shadow_logger,
+                          state.score)
 
 
 ManagerDep = Annotated[ModelManager, Depends(get_manager)]
@@ -71,7 +78,5 @@ MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 ConfigDep = Annotated[PipelineConfig, Depends(get_config)]
 PredictionLogDep = Annotated[PredictionLogger | None, Depends(get_prediction_logger)]
-ShadowLogDep = Annotated[PredictionLogger | None, Depends(get_shadow_logger)]
-BatcherDep = Annotated[MicroBatcher[PredictJob], Depends(get_batcher)]
-ScoreDep = Annotated[Score, Depends(get_score)]
 AbTestsDep = Annotated[bool, Depends(get_ab_tests)]
+PredictContextDep = Annotated[PredictContext, Depends(get_predict_context)]

@@ -131,7 +131,8 @@ def predict_answer(metrics: ServingMetrics, model: ServedModel, predictions: lis
 # --------------------------------------------------------------------------------------------
 
 
-def feedback_rows(items: list[dict[str, Any]], tenant: str, pipeline: str, received_at: datetime) -> list[dict[str, Any]]:
+def feedback_rows(items: list[dict[str, Any]], tenant: str, pipeline: str,
+                  received_at: datetime) -> list[dict[str, Any]]:
     """The ``ground_truth`` rows of parsed feedback ``items`` (``label_ts`` defaults to ``received_at``)."""
     return [
         {

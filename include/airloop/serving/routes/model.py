@@ -1,0 +1,36 @@
+"""``GET /health``, ``GET /ready`` and ``GET /model``: the process and its loaded model."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from airloop.serving.deps import ManagerDep, PredictionLogDep
+from airloop.serving.handlers import health_status
+from airloop.serving.responses import _json, not_ready
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(manager: ManagerDep, prediction_logger: PredictionLogDep) -> Response:
+    """Process liveness (always 200)."""
+    return _json(health_status(manager, prediction_logger))
+
+
+@router.get("/ready")
+async def ready(manager: ManagerDep) -> Response:
+    """200 when a model is loaded, else 503."""
+    model = manager.current
+    if model is None:
+        return not_ready(manager)
+    return _json({"status": "ready", "model": model.ref()})
+
+
+@router.get("/model")
+async def model_info(manager: ManagerDep) -> Response:
+    """The loaded version: name, version, alias, run, metrics, tags, inputs."""
+    model = manager.current
+    if model is None:
+        return not_ready(manager)
+    return _json(model.describe())
