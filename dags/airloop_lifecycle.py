@@ -36,7 +36,8 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from airloop.core.pipeline import load_all_pipelines, load_pipeline_config
 from airloop.core.settings import get_settings
-from airloop_provider.operators import DeployModelOperator, run_actor, run_context
+from airloop_provider.context import run_actor, run_context
+from airloop_provider.operators import DeployModelOperator
 
 
 def _common(config, action: str) -> dict:

@@ -90,7 +90,7 @@ def monitoring_dag(pipeline: str):
         def post_deploy_guard(summary: dict, **context) -> dict:
             from airloop.tasks import lifecycle
             from airloop_provider.hooks import ServingHook
-            from airloop_provider.operators import run_actor, run_context
+            from airloop_provider.context import run_actor, run_context
 
             return lifecycle.post_deploy_guard(config, get_settings(), summary, actor=run_actor(context),
                                                run_context=run_context(context, None), endpoint=ServingHook().endpoint)

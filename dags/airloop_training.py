@@ -29,7 +29,8 @@ from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param,
 from airloop.core.pipeline import load_all_pipelines, load_pipeline_config
 from airloop.core.settings import get_settings
 from airloop_provider.assets import retrain_asset_uri
-from airloop_provider.operators import DeployModelOperator, as_of_day, run_actor, run_context
+from airloop_provider.context import as_of_day, run_actor, run_context
+from airloop_provider.operators import DeployModelOperator
 
 
 def training_dag(pipeline: str):
