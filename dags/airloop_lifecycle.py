@@ -30,24 +30,23 @@ server, admin token).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from airloop.core.pipeline import load_all_pipelines, load_pipeline_config
 from airloop.core.settings import get_settings
 from airloop_provider.context import run_actor, run_context
+from airloop_provider.dag_defaults import default_args
 from airloop_provider.operators import DeployModelOperator
 
 
 def _common(config, action: str) -> dict:
     return {
         "schedule": None,
-        "start_date": datetime.combine(config.schedule.start_date, datetime.min.time(), tzinfo=timezone.utc),
+        "start_date": config.schedule.start,
         "catchup": False,
         "doc_md": __doc__,
         "tags": ["lifecycle", action, "airloop", config.name],
-        "default_args": {"retries": 1, "retry_delay": timedelta(seconds=15), "owner": "airloop"},
+        "default_args": default_args("lifecycle"),
     }
 
 

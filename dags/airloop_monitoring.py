@@ -25,20 +25,17 @@ Backfill with `airflow backfill create --dag-id <pipeline>__monitor --from-date 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
 
 from airloop.core.pipeline import load_all_pipelines, load_pipeline_config
 from airloop.core.settings import get_settings
 from airloop_provider.assets import retrain_asset_uri
+from airloop_provider.dag_defaults import default_args
 
 
 def monitoring_dag(pipeline: str):
     """Build the monitoring DAG of ``pipeline`` (wiring only)."""
     config = load_pipeline_config(pipeline)
-    start = datetime.combine(config.schedule.start_date, datetime.min.time(), tzinfo=timezone.utc)
-    end = config.schedule.end_date and datetime.combine(config.schedule.end_date, datetime.min.time(), tzinfo=timezone.utc)
     retrain = Asset(retrain_asset_uri(config), extra={"pipeline": config.name})
 
     @dag(
@@ -47,12 +44,12 @@ def monitoring_dag(pipeline: str):
         doc_md=__doc__,
         # Data-interval timetable: each run covers [previous tick, this tick) — e.g. one day.
         schedule=CronDataIntervalTimetable(config.monitoring.schedule, timezone="UTC"),
-        start_date=start,
-        end_date=end,
+        start_date=config.schedule.start,
+        end_date=config.schedule.end,
         catchup=False,
         max_active_runs=1,
         tags=["monitoring", "airloop", config.name],
-        default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "airloop"},
+        default_args=default_args("monitoring"),
     )
     def monitor_pipeline():
         @task
@@ -89,8 +86,8 @@ def monitoring_dag(pipeline: str):
         @task
         def post_deploy_guard(summary: dict, **context) -> dict:
             from airloop.tasks import lifecycle
-            from airloop_provider.hooks import ServingHook
             from airloop_provider.context import run_actor, run_context
+            from airloop_provider.hooks import ServingHook
 
             return lifecycle.post_deploy_guard(config, get_settings(), summary, actor=run_actor(context),
                                                run_context=run_context(context, None), endpoint=ServingHook().endpoint)

@@ -22,22 +22,19 @@ All logic lives in the `airloop` library (`include/airloop/stages.py`); this fil
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from airloop.core.pipeline import load_all_pipelines, load_pipeline_config
 from airloop.core.settings import get_settings
 from airloop_provider.assets import retrain_asset_uri
 from airloop_provider.context import as_of_day, run_actor, run_context
+from airloop_provider.dag_defaults import default_args
 from airloop_provider.operators import DeployModelOperator
 
 
 def training_dag(pipeline: str):
     """Build the training DAG of ``pipeline`` (wiring only)."""
     config = load_pipeline_config(pipeline)
-    start = datetime.combine(config.schedule.start_date, datetime.min.time(), tzinfo=timezone.utc)
-    end = config.schedule.end_date and datetime.combine(config.schedule.end_date, datetime.min.time(), tzinfo=timezone.utc)
 
     @dag(
         dag_id=config.dag_id("train"),
@@ -48,12 +45,12 @@ def training_dag(pipeline: str):
             timetable=CronTriggerTimetable(config.schedule.training, timezone="UTC"),
             assets=[Asset(retrain_asset_uri(config), extra={"pipeline": config.name})],
         ),
-        start_date=start,
-        end_date=end,
+        start_date=config.schedule.start,
+        end_date=config.schedule.end,
         catchup=False,
         max_active_runs=1,
         tags=["training", "airloop", config.name],
-        default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "airloop"},
+        default_args=default_args("training"),
         params={
             "as_of": Param(None, type=["null", "string"], format="date",
                            description="Train as of this day (exclusive). Empty: the data interval end."),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from airloop.core.names import RESERVED_ALIASES
 from airloop.core.settings import ConfigError, Settings, get_settings
+from airloop.core.timeutil import day_start
 
 TaskType = Literal["binary_classification", "multiclass_classification", "regression"]
 
@@ -379,6 +380,16 @@ class ScheduleConfig(_Strict):
     start_date: date
     #: Last day to schedule (e.g. a historical dataset); manual runs and backfills still work.
     end_date: date | None = None
+
+    @property
+    def start(self) -> datetime:
+        """``start_date`` as midnight UTC: the DAGs' ``start_date``."""
+        return day_start(self.start_date)
+
+    @property
+    def end(self) -> datetime | None:
+        """``end_date`` as midnight UTC (None: no end): the scheduled DAGs' ``end_date``."""
+        return day_start(self.end_date) if self.end_date else None
 
 
 class PipelineConfig(_Strict):
