@@ -38,14 +38,20 @@ def _ever_in(engine: sa.Engine, config: PipelineConfig, env: EnvironmentConfig, 
 
 # ------------------------------------------------------------------------------- rollback
 def previous_version(engine: sa.Engine, config: PipelineConfig, env: EnvironmentConfig, current: str | None) -> str | None:
-    """The version ``env`` held before ``current``, skipping versions it was rolled back from.
+    """The version ``env`` held before ``current``, skipping versions it was rolled back from
+    (unless promoted into it again since: a fixed, re-gated version is a valid target again).
 
     Walks the environment's moves newest first; rolling back repeatedly therefore steps further
     back (v3 -> v2 -> v1) instead of toggling between two versions.
     """
     moves = ledger_rows(engine, config.name,
-                              where=lambda t: sa.and_(t.c.alias == ledger_alias(env), t.c.action.in_(MOVES)))
-    rolled_back_from = {r["from_version"] for r in moves if r["action"] == "rollback"}
+                        where=lambda t: sa.and_(t.c.alias == ledger_alias(env), t.c.action.in_(MOVES)))
+    rolled_back_from: set[str] = set()
+    for row in moves:  # oldest first: a later promotion of a version clears its rollback
+        if row["action"] == "rollback":
+            rolled_back_from.add(row["from_version"])
+        else:
+            rolled_back_from.discard(row["to_version"])
     for row in reversed(moves):
         for candidate in (row["to_version"], row["from_version"]):
             if candidate and candidate != current and candidate not in rolled_back_from:

@@ -58,7 +58,7 @@ def ingest(config: PipelineConfig, settings: Settings, start: datetime, end: dat
 
 
 def alert(config: PipelineConfig, settings: Settings, start: datetime, summary: dict[str, Any],
-          senders: list[Any]) -> dict[str, Any]:
+          senders: dict[str, Any]) -> dict[str, Any]:
     """The ``alerts`` task: record the interval's alerts (deduplicated), then deliver the pending ones."""
     from airloop.monitoring.alerts import deliver_alerts, record_alerts
 
