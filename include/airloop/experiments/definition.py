@@ -74,6 +74,9 @@ from airloop.core.settings import Settings
 if TYPE_CHECKING:  # pragma: no cover
     import sqlalchemy as sa
 
+from airloop.core import store
+from airloop.core.store import ab_test_results as r
+from airloop.core.store import ab_tests
 from airloop.core.timeutil import to_utc
 from airloop.experiments.routing import KEY_HEADER, KEY_REQUEST_ID
 
@@ -206,8 +209,6 @@ def get_test(engine: sa.Engine, test_id: str) -> ABTest | None:
     """The test with this id, or None."""
     import sqlalchemy as sa
 
-    from airloop.core.store import ab_tests
-
     with engine.connect() as conn:
         row = conn.execute(sa.select(ab_tests).where(ab_tests.c.test_id == test_id)).mappings().first()
     return _from_row(row) if row else None
@@ -216,8 +217,6 @@ def get_test(engine: sa.Engine, test_id: str) -> ABTest | None:
 def list_tests(engine: sa.Engine, pipeline: str | None = None, status: Status | None = None) -> list[ABTest]:
     """Tests (of ``pipeline``, with ``status``), oldest first."""
     import sqlalchemy as sa
-
-    from airloop.core.store import ab_tests
 
     query = sa.select(ab_tests)
     if pipeline is not None:
@@ -242,8 +241,6 @@ def create_test(engine: sa.Engine, test: ABTest) -> ABTest:
     :class:`ABTestError`.
     """
     import sqlalchemy as sa
-
-    from airloop.core.store import ab_tests
 
     if test.status != "running":
         raise ABTestError("a new test must be running")
@@ -272,8 +269,6 @@ def finish_test(engine: sa.Engine, test_id: str, status: Literal["concluded", "s
     """
     import sqlalchemy as sa
 
-    from airloop.core.store import ab_tests
-
     values = {"status": status, "decision": decision, "decided_at": to_utc(decided_at),
               "result": json.dumps(result, sort_keys=True, default=str) if result is not None else None}
     with engine.begin() as conn:
@@ -288,7 +283,6 @@ def finish_test(engine: sa.Engine, test_id: str, status: Literal["concluded", "s
 
 def save_evaluation(engine: sa.Engine, evaluation: dict[str, Any]) -> None:
     """Upsert one evaluation into ``ab_test_results`` (keyed by test id and interval end)."""
-    from airloop.core import store
 
     store.upsert(engine, store.ab_test_results, [{
         "test_id": evaluation["test_id"],
@@ -309,8 +303,6 @@ def load_evaluation(engine: sa.Engine, test_id: str, interval_end: datetime) -> 
     """The stored evaluation of ``test_id`` for the interval ending at ``interval_end``, or None."""
     import sqlalchemy as sa
 
-    from airloop.core.store import ab_test_results as r
-
     with engine.connect() as conn:
         text = conn.execute(sa.select(r.c.result).where(r.c.test_id == test_id,
                                                         r.c.interval_end == to_utc(interval_end))).scalar()
@@ -319,7 +311,6 @@ def load_evaluation(engine: sa.Engine, test_id: str, interval_end: datetime) -> 
 
 # ============================================================================ DAG-facing functions
 def _engine(settings: Settings) -> sa.Engine:
-    from airloop.core import store
 
     return store.get_engine(settings.monitoring_db_uri)
 

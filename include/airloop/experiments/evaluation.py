@@ -16,8 +16,10 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import sqlalchemy as sa
 
+from airloop.core import store
 from airloop.core.metrics import higher_is_better
 from airloop.core.names import CHALLENGER, CHAMPION, SHADOW
+from airloop.core.store import ground_truth as g
 from airloop.core.timeutil import to_utc
 from airloop.experiments.definition import (
     CONTINUE,
@@ -38,6 +40,8 @@ from airloop.experiments.definition import (
 )
 from airloop.experiments.routing import KEY_REQUEST_ID
 from airloop.experiments.stats import Comparison, Samples, compare, significant_winner, two_proportions
+from airloop.monitoring.performance import operations, performance
+from airloop.monitoring.reference import SCORE_COLUMN
 
 
 def decide(test: ABTest, comparison: Comparison, n_champion: int, n_challenger: int, interval_end: datetime,
@@ -120,8 +124,6 @@ def pair(a: Samples, b: Samples) -> tuple[Samples, Samples]:
 
 def variant_summary(config: PipelineConfig, version: str, rows: pd.DataFrame) -> dict[str, Any]:
     """Served rows, labelled rows, error rate, latency and quality panel of one variant."""
-    from airloop.monitoring.performance import operations, performance
-    from airloop.monitoring.reference import SCORE_COLUMN
 
     ops = operations(rows, [])
     labelled = rows[(rows["status"] == "ok") & rows["label"].notna()]
@@ -157,8 +159,6 @@ def load_variant(engine: sa.Engine, table: sa.Table, test: ABTest, variant: str,
     ``shadow_predictions``) with their label when known before ``labels_before`` (else None)."""
     import pandas as pd
     import sqlalchemy as sa
-
-    from airloop.core.store import ground_truth as g
 
     t = table
     joined = t.outerjoin(g, sa.and_(g.c.request_id == t.c.request_id, g.c.tenant == t.c.tenant,
@@ -257,7 +257,6 @@ def evaluate_test(config: PipelineConfig, settings: Settings, test_id: str, star
     the evaluation (``decision``: continue | promote_challenger | keep_champion); the test itself
     changes only in :func:`conclude_test`.
     """
-    from airloop.core import store
 
     engine = _engine(settings)
     test = _require(engine, config, test_id)

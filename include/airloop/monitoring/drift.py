@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from airloop.monitoring.driftstats import ReferenceProfile
 
 from airloop.core.metrics import finite_or_none
+from airloop.monitoring import driftstats
 from airloop.monitoring.reference import PREDICTION_FEATURE, build_reference_profile
 
 #: Column types each configurable method accepts in Evidently 0.7 (``StatTest.allowed_feature_types``);
@@ -200,7 +201,6 @@ def fast_drift_rows(config: PipelineConfig, profile: ReferenceProfile,
     Returns ``(rows, skipped)``: rows in :func:`drift_rows`' format (features in config order,
     then the prediction) and the columns that cannot be judged (no non-null value on one side).
     """
-    from airloop.monitoring import driftstats
 
     rows, skipped = [], []
     for column, (method, threshold) in column_drift_settings(config).items():

@@ -44,7 +44,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from airloop.monitoring.driftstats import ReferenceProfile
 
+from airloop.core import store
 from airloop.core.metrics import finite_or_none
+from airloop.core.store import _dialect_insert, feature_drift, monitoring_runs
 from airloop.core.timeutil import to_utc
 from airloop.monitoring.drift import drift_summary, fast_drift_rows, save_drift_report
 from airloop.monitoring.performance import LabelPolicy, operations, performance, performance_drop
@@ -69,8 +71,6 @@ def _report_path(report_dir: Path | str, config: PipelineConfig, tenant: str, st
 def _store_interval(engine: sa.Engine, key: dict[str, Any], drift: list[dict[str, Any]], run: dict[str, Any]) -> None:
     """Upsert the interval's rows in one transaction; drop this interval's stale feature rows."""
     import sqlalchemy as sa
-
-    from airloop.core.store import _dialect_insert, feature_drift, monitoring_runs
 
     def upsert(conn, table, rows):
         if not rows:
@@ -120,7 +120,6 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
     (``drift_share``, ``prediction_drift``, ``performance_drop``, ``volume_ratio``, ``error_rate``,
     ``latency_p95_ms``), the fired ``alerts`` and the stored values.
     """
-    from airloop.core import store
 
     start, end = to_utc(start), to_utc(end)
     if end <= start:
@@ -205,8 +204,6 @@ def stored_interval(engine: sa.Engine, pipeline: str, start: datetime) -> dict[s
     (``drifted_features`` decoded) and the fired alert rules (``alerts``); ``{}`` parts when none."""
     import sqlalchemy as sa
 
-    from airloop.core import store
-
     runs, alerts = store.monitoring_runs, store.alerts
     with engine.connect() as conn:
         row = conn.execute(sa.select(runs).where(runs.c.pipeline == pipeline, runs.c.interval_start == start)).mappings().first()
@@ -222,8 +219,6 @@ def monitored_intervals(engine: sa.Engine, pipeline: str, tenant: str, version: 
                         until: datetime) -> int:
     """How many intervals starting in ``[since, until]`` monitored ``version`` of the pipeline."""
     import sqlalchemy as sa
-
-    from airloop.core import store
 
     runs = store.monitoring_runs
     with engine.connect() as conn:

@@ -11,6 +11,7 @@ from airloop.core import store
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
 from airloop.core.timeutil import to_utc
+from airloop.data.sources import read_partition
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ def ingest_labels(config: PipelineConfig, settings: Settings, start: datetime, e
     traffic was served). ``received_at`` is the label time, so re-runs write identical rows.
     """
     tenant = tenant or config.tenant  # the pipeline's own tenant by default
-    from airloop.data.sources import read_partition
 
     if not config.label_timestamp:
         return {"labels": 0, "reason": "pipeline has no label_timestamp column"}

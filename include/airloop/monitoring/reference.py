@@ -16,8 +16,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from airloop.monitoring.driftstats import ReferenceProfile
 
-from airloop.data.features import coerce_features
+from airloop.core.settings import get_settings
+from airloop.data.features import coerce_features, features_and_target
 from airloop.models.scoring import model_scores
+from airloop.monitoring import driftstats
+from airloop.registry import client as registry
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,6 @@ def _drift_columns(config: PipelineConfig) -> tuple[list[str], list[str]]:
 def build_reference_profile(config: PipelineConfig, reference: pd.DataFrame) -> ReferenceProfile:
     """The drift profile (:class:`airloop.monitoring.driftstats.ReferenceProfile`) of a reference frame:
     every feature and :data:`SCORE_COLUMN`, typed as Evidently types them here."""
-    from airloop.monitoring import driftstats
 
     numeric, categorical = _drift_columns(config)
     frame = reference if all(c in reference.columns for c in [*numeric, *categorical]) else \
@@ -83,7 +85,6 @@ def _version_artifact(client_or_settings: Any, config: PipelineConfig, version: 
 
 
 def _settings_of(client_or_settings: Any, settings: Settings | None) -> Settings:
-    from airloop.core.settings import get_settings
 
     return client_or_settings if isinstance(client_or_settings, Settings) else settings or get_settings()
 
@@ -127,7 +128,6 @@ def load_profile(client_or_settings: Any, config: PipelineConfig, version: str |
     then built from its reference (:func:`load_reference`) and cached the same way. Arguments
     as :func:`load_reference`.
     """
-    from airloop.monitoring import driftstats
 
     cache = profile_cache_path(_settings_of(client_or_settings, settings), config, version)
     if not _version_artifact(client_or_settings, config, version, cache, PROFILE_FILE):
@@ -140,7 +140,6 @@ def load_profile(client_or_settings: Any, config: PipelineConfig, version: str |
 
 def load_reference_metrics(client_or_settings: Any, config: PipelineConfig, version: str | int) -> dict[str, float]:
     """The version's holdout metrics (its run's ``holdout_<name>`` metrics, as ``{name: value}``)."""
-    from airloop.registry import client as registry
 
     client = registry.get_client(client_or_settings) if isinstance(client_or_settings, Settings) else client_or_settings
     mv = client.get_model_version(config.model_name, str(version))
@@ -167,7 +166,6 @@ SCORE_COLUMN = "__score__"
 def reference_frame(config: PipelineConfig, model, train):
     """The drift reference of a model version: its training features (typed as served) plus its
     score on them (positive-class probability, or the predicted value), at most 20k rows, seeded."""
-    from airloop.data.features import features_and_target
 
     sample = train.sample(n=min(len(train), REFERENCE_MAX_ROWS), random_state=config.training.seed)
     X, _ = features_and_target(config, sample.sort_values(config.timestamp))

@@ -15,6 +15,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import sqlalchemy as sa
 
 
+from airloop.core.store import ground_truth, predictions
+from airloop.core.store import predictions as p
 from airloop.core.timeutil import to_utc
 from airloop.data.features import coerce_features
 from airloop.monitoring.performance import LabelPolicy
@@ -85,8 +87,6 @@ def load_interval(engine: sa.Engine, config: PipelineConfig, tenant: str, start:
     import pandas as pd
     import sqlalchemy as sa
 
-    from airloop.core.store import ground_truth, predictions
-
     start, end = to_utc(start), to_utc(end)
     p, g = predictions, ground_truth
     cols = [p.c.request_id, p.c.ts, p.c.model_version, p.c.variant, p.c.features, p.c.prediction, p.c.score,
@@ -134,8 +134,6 @@ def trailing_volumes(engine: sa.Engine, config: PipelineConfig, tenant: str, sta
     """Prediction rows (errors included) of ``tenant`` in each :func:`baseline_windows` window
     before ``start``, oldest first; windows without traffic count 0."""
     import sqlalchemy as sa
-
-    from airloop.core.store import predictions as p
 
     windows = baseline_windows(start, days, period)
     counts = []

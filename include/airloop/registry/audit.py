@@ -16,6 +16,7 @@ from airloop.core.names import CHAMPION
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
 from airloop.core.timeutil import to_utc
+from airloop.registry import client as registry
 from airloop.registry import ledger
 from airloop.registry.client import _alias_version
 from airloop.registry.ledger import ledger_alias, version_at
@@ -100,7 +101,6 @@ def lineage(config: PipelineConfig, settings: Settings, version: str | int) -> d
     """Everything known about how ``version`` came to be and where it went: data interval and
     fingerprint, validation result, study and best trial, code version, the champion it replaced,
     the DAG run, holdout metrics and params, and its ledger history."""
-    from airloop.registry import client as registry
 
     record = version_record(registry.get_client(settings), config, str(version))
     engine = store.get_engine(settings.monitoring_db_uri)
@@ -126,7 +126,6 @@ def compare_versions(config: PipelineConfig, settings: Settings, a: str | int, b
                      log_artifact: bool = True) -> dict[str, Any]:
     """Side by side: metrics (with ``b - a``), params and data of two versions; logged as
     ``comparisons/v<a>_vs_v<b>.{json,md}`` on ``b``'s training run when ``log_artifact``."""
-    from airloop.registry import client as registry
 
     client = registry.get_client(settings)
     left, right = version_record(client, config, str(a)), version_record(client, config, str(b))

@@ -13,6 +13,7 @@ from typing import Any
 
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
+from airloop.models.artifact import read_model_version
 from airloop.registry.tags import KEY_TAG
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,6 @@ def alias_version(client, model_name: str, alias: str):
 def load_sklearn_model(settings: Settings, model_name: str, version: str):
     """Load a registered scikit-learn model the way serving does: skops only, vetted types only
     (``mlflow.sklearn.load_model`` would trust the type list the model file declares itself)."""
-    from airloop.models.artifact import read_model_version
 
     estimator, _, _ = read_model_version(get_client(settings), settings, model_name, version)
     return estimator

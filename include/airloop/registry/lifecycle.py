@@ -24,10 +24,16 @@ from typing import Any
 from airloop.core import store
 from airloop.core.pipeline import EnvironmentConfig, PipelineConfig
 from airloop.core.settings import Settings
+from airloop.data.snapshot import load_snapshot
+from airloop.models.trust import quiet_skops
+from airloop.registry import client as registry
 from airloop.registry import ledger
 from airloop.registry.audit import LifecycleError, version_record
 from airloop.registry.client import _alias_version
+from airloop.registry.gates import GateCheck, evaluate_gates
 from airloop.registry.ledger import _ever_in, ledger_alias, moved_aliases, previous_version
+from airloop.training.evaluation import holdout_metrics, json_safe
+from airloop.training.search import split_holdout
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +42,6 @@ def score_on_holdout(config: PipelineConfig, settings: Settings, snapshot: dict[
                      versions: list[str]) -> dict[str, dict[str, float] | str]:
     """Score ``versions`` on the time holdout of ``snapshot`` (the candidate's own holdout):
     ``{version: metrics}``, or ``{version: "error text"}`` for a version that cannot score it."""
-    from airloop.data.snapshot import load_snapshot
-    from airloop.models.trust import quiet_skops
-    from airloop.registry import client as registry
-    from airloop.training.evaluation import holdout_metrics, json_safe
-    from airloop.training.search import split_holdout
 
     _, holdout = split_holdout(config, load_snapshot(snapshot, config), snapshot["as_of"])
     out: dict[str, dict[str, float] | str] = {}
@@ -93,8 +94,6 @@ def promote_version(config: PipelineConfig, settings: Settings, version: str | i
     With ``idempotency_key`` a decided request returns its recorded decision untouched.
     Returns ``{"promoted", "environment", "version", "previous", "reason", "checks", "replayed"}``.
     """
-    from airloop.registry import client as registry
-    from airloop.registry.gates import GateCheck, evaluate_gates
 
     version = str(version)
     env = config.promotion.environment(environment)
@@ -219,7 +218,6 @@ def rollback(config: PipelineConfig, settings: Settings, environment: str | None
     replays the recorded move. Telling serving is the caller's part
     (:func:`airloop.tasks.lifecycle.rollback_and_reload`); ``"serving"`` is ``None`` here.
     """
-    from airloop.registry import client as registry
 
     env = config.promotion.environment(environment or config.promotion.serving_environment.name)
     run_context = run_context or {}

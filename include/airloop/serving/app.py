@@ -72,6 +72,7 @@ from airloop.core.pipeline import load_pipeline_config
 from airloop.core.settings import AIRLOOP_SERVING_GC_FREEZE, Settings, get_settings
 from airloop.models.scoring import score_function
 from airloop.models.trust import ModelLoadError
+from airloop.serving.auth import add_tenant_guard
 from airloop.serving.handlers import make_batcher
 from airloop.serving.manager import STARTUP_LOAD_WAIT_S, ModelManager
 from airloop.serving.metrics import ServingMetrics, _RequestCounter
@@ -187,7 +188,6 @@ def create_app(
     for router in ROUTERS:  # the per-resource routers of airloop.serving.routes
         app.include_router(router)
     app.add_middleware(_RequestCounter, metrics=metrics)
-    from airloop.serving.auth import add_tenant_guard
 
     add_tenant_guard(app, config, settings)  # /t/<tenant>/<pipeline> routes, tenant token, tenant rows
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from airloop.serving.protocol import SMOKE_TENANT
+from airloop.serving.protocol import SMOKE_TENANT, tenant_route
 
 
 class DeployError(RuntimeError):
@@ -25,7 +25,6 @@ class ServingEndpoint:
 
     def for_pipeline(self, config: Any) -> "ServingEndpoint":
         """The pipeline's own routes in the serving process: ``<url>/t/<tenant>/<pipeline>``."""
-        from airloop.serving.protocol import tenant_route
 
         route = tenant_route(config)
         return self if self.url.endswith(route) else ServingEndpoint(f"{self.url.rstrip('/')}{route}", self.token)

@@ -26,6 +26,7 @@ from typing import Any
 
 from airloop.core.pipeline import load_all_pipelines
 from airloop.core.settings import Settings, get_settings
+from airloop.serving.app import create_app
 from airloop.serving.protocol import tenant_route
 
 
@@ -33,8 +34,6 @@ def create_gateway(settings: Settings | None = None, log_predictions: bool = Tru
     """The serving process of every valid pipeline file (see the module docstring)."""
     from fastapi import FastAPI
     from starlette.routing import Mount
-
-    from airloop.serving.app import create_app
 
     settings = settings or get_settings()
     configs, errors = load_all_pipelines(settings)

@@ -8,23 +8,30 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from airloop.core import store
+from airloop.core import names, store
 from airloop.core.names import CHAMPION
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
+from airloop.data.features import coerce_features
+from airloop.data.snapshot import load_snapshot
+from airloop.experiments import definition, evaluation
+from airloop.experiments import evaluation as abtest_evaluation
+from airloop.models.artifact import _example_records, read_model_version
 from airloop.monitoring.guard import guard_breaches
 from airloop.monitoring.interval import monitored_intervals
+from airloop.registry import client as registry
+from airloop.registry import client as registry_client
 from airloop.registry.audit import version_record
 from airloop.registry.client import _alias_version
 from airloop.registry.ledger import _effective, version_at
-from airloop.registry.lifecycle import promote_version, rollback
+from airloop.registry.lifecycle import promote_version, promotion_key, rollback, rollback_key
+from airloop.serving.client import DeployError, refresh_abtest, reload_alias, smoke_test
 
 log = logging.getLogger(__name__)
 
 
 def reload_serving(config: PipelineConfig, settings: Settings, endpoint: Any, version: str) -> dict[str, Any]:
     """Make serving load the champion and check it answers with ``version`` (smoke test)."""
-    from airloop.serving.client import reload_alias, smoke_test
 
     endpoint = endpoint.for_pipeline(config)
     reload_alias(endpoint, CHAMPION)
@@ -46,13 +53,11 @@ def smoke_inputs(config: PipelineConfig, settings: Settings, version: str,
                  snapshot: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Records to smoke-test ``version`` with: the newest rows of its training snapshot (or of
     ``snapshot``) while that is on disk, else the input example stored with the model."""
-    from airloop.registry import client as registry
 
     snapshot = snapshot or version_record(registry.get_client(settings), config, version)["snapshot"]
     if snapshot and Path(snapshot["path"]).is_dir():
 
         return smoke_records(config, snapshot)
-    from airloop.models.artifact import _example_records, read_model_version
 
     _, _, example = read_model_version(registry.get_client(settings), settings, config.model_name, version)
     return _example_records(example)
@@ -64,7 +69,6 @@ def post_deploy_guard(config: PipelineConfig, settings: Settings, summary: dict[
     intervals, the interval's monitoring ``summary`` breaks the guard's error-rate, latency or
     quality limits. Acts only when the judged version is still the champion (a backfill over old
     history never rolls back today's model); once per version (idempotency key)."""
-    from airloop.registry import client as registry
 
     guard = config.promotion.post_deploy_guard
     version = summary.get("model_version")
@@ -102,9 +106,6 @@ def run_ab_evaluations(config: PipelineConfig, settings: Settings, start: dateti
     the serving environment through the gated path (the test's significant live result stands in
     for the holdout comparison; thresholds, latency and the path still apply), serving reloads;
     any ended test makes serving re-read its tests. Idempotent per interval."""
-    from airloop.experiments import definition
-    from airloop.experiments import evaluation as abtest_evaluation
-    from airloop.serving.client import refresh_abtest
 
     outcomes = []
     engine = store.get_engine(settings.monitoring_db_uri)
@@ -133,8 +134,6 @@ def run_ab_evaluations(config: PipelineConfig, settings: Settings, start: dateti
 # ------------------------------------------------------------------------------------- deploy
 def smoke_records(config: PipelineConfig, snapshot: dict[str, Any], n: int = 20) -> list[dict[str, Any]]:
     """The newest ``n`` records of the snapshot, as JSON-ready feature dicts."""
-    from airloop.data.features import coerce_features
-    from airloop.data.snapshot import load_snapshot
 
     frame = load_snapshot(snapshot, config).tail(n)
     features = coerce_features(config, frame)
@@ -148,9 +147,6 @@ def deploy(config: PipelineConfig, promotion: dict[str, Any], snapshot: dict[str
     Returns what serving runs now. Raises :class:`airloop.serving.client.DeployError` after a rollback so
     the failure is visible in Airflow (serving keeps answering with the previous model).
     """
-    from airloop.core import names
-    from airloop.registry import client as registry_client
-    from airloop.serving.client import DeployError, reload_alias, smoke_test
 
     endpoint = endpoint.for_pipeline(config)  # /t/<tenant>/<pipeline> in the serving process
     client = registry_client.get_client(settings)
@@ -188,7 +184,6 @@ def promote(config: PipelineConfig, settings: Settings, version: str, environmen
             force: bool, run_context: dict[str, str]) -> dict[str, Any]:
     """The ``<pipeline>__promote`` DAG's task: one gated move into ``environment``, idempotent per
     DAG run (a retried task replays the recorded decision)."""
-    from airloop.registry.lifecycle import promotion_key
 
     return promote_version(config, settings, str(version), environment, actor=actor, reason=reason, force=force,
                            run_context=run_context,
@@ -199,7 +194,6 @@ def rollback_environment(config: PipelineConfig, settings: Settings, environment
                          reason: str, run_context: dict[str, str], endpoint: Any = None) -> dict[str, Any]:
     """The ``<pipeline>__rollback`` DAG's task: one step back (or to ``target``), idempotent per
     DAG run; serving reloads when the environment is the serving one."""
-    from airloop.registry.lifecycle import rollback_key
 
     env = config.promotion.environment(environment)
     return rollback_and_reload(config, settings, env.name, target, actor=actor, reason=reason, run_context=run_context,
@@ -211,8 +205,6 @@ def apply_abtest(config: PipelineConfig, settings: Settings, params: dict[str, A
                  endpoint: Any) -> dict[str, Any]:
     """The ``<pipeline>__abtest`` DAG's task: start or stop a test from the form's ``params`` at
     business time ``at``, then make serving re-read its tests."""
-    from airloop.experiments import evaluation
-    from airloop.serving.client import refresh_abtest
 
     if params["action"] == "stop":
         if not params["test_id"]:

@@ -11,6 +11,12 @@ from airloop.core import store
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
 from airloop.core.timeutil import to_utc
+from airloop.monitoring import interval
+from airloop.monitoring import reference as monitoring_reference
+from airloop.monitoring.alerts import deliver_alerts, record_alerts
+from airloop.monitoring.labels import ingest_labels
+from airloop.monitoring.retrain import decide_retrain
+from airloop.registry import client as registry
 from airloop.registry.audit import champion_at
 
 log = logging.getLogger(__name__)
@@ -25,9 +31,6 @@ def monitor(config: PipelineConfig, settings: Settings, start: datetime, end: da
     report and logs it to the model version's MLflow run (``monitoring/<tenant>/<day>/``).
     """
     tenant = tenant or config.tenant  # the pipeline's own tenant by default
-    from airloop.monitoring import interval
-    from airloop.monitoring import reference as monitoring_reference
-    from airloop.registry import client as registry
 
     start, end = to_utc(start), to_utc(end)
     engine = store.get_engine(settings.monitoring_db_uri)
@@ -52,7 +55,6 @@ def monitor(config: PipelineConfig, settings: Settings, start: datetime, end: da
 
 def ingest(config: PipelineConfig, settings: Settings, start: datetime, end: datetime) -> dict[str, Any]:
     """The ``ingest_labels`` task: the labels that became known in ``[start, end)``."""
-    from airloop.monitoring.labels import ingest_labels
 
     return ingest_labels(config, settings, start, end)
 
@@ -60,7 +62,6 @@ def ingest(config: PipelineConfig, settings: Settings, start: datetime, end: dat
 def alert(config: PipelineConfig, settings: Settings, start: datetime, summary: dict[str, Any],
           senders: dict[str, Any]) -> dict[str, Any]:
     """The ``alerts`` task: record the interval's alerts (deduplicated), then deliver the pending ones."""
-    from airloop.monitoring.alerts import deliver_alerts, record_alerts
 
     record_alerts(config, settings, start, summary)
     return deliver_alerts(config, settings, start, senders)
@@ -69,6 +70,5 @@ def alert(config: PipelineConfig, settings: Settings, start: datetime, summary: 
 def retrain_decision(config: PipelineConfig, settings: Settings, start: datetime, end: datetime,
                      summary: dict[str, Any]) -> dict[str, Any]:
     """The ``request_retrain`` task's decision (rules, cool-down, no concurrent training)."""
-    from airloop.monitoring.retrain import decide_retrain
 
     return decide_retrain(config, settings, start, end, summary)

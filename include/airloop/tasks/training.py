@@ -16,11 +16,21 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from airloop.core import names
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import AIRLOOP_CODE_VERSION, Settings
+from airloop.data.features import features_and_target
+from airloop.data.quarantine import quarantine_partitions, quarantined_days
+from airloop.data.snapshot import extract_window, load_snapshot, load_snapshot_days
+from airloop.data.validation import format_failures, validate_partitions
 from airloop.models.schema import model_signature
-from airloop.models.trust import quiet_skops
+from airloop.models.trust import quiet_skops, skops_trusted_types
 from airloop.monitoring.reference import PROFILE_FILE, REFERENCE_DIR, REFERENCE_FILE, reference_frame
+from airloop.registry import client as registry
+from airloop.registry import client as registry_client
+from airloop.registry import lifecycle
+from airloop.training.evaluation import holdout_metrics, json_safe, predict_latency_ms, write_plots
+from airloop.training.search import best_config, fit_best, open_study, run_worker, split_holdout, study_history
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +59,6 @@ def code_version(settings: Settings) -> str:
 # ------------------------------------------------------------------------------------ extract
 def extract(config: PipelineConfig, as_of: str, settings: Settings, window: int | None = None) -> dict[str, Any]:
     """Snapshot the training window ending at ``as_of`` (quarantined days excluded)."""
-    from airloop.data.quarantine import quarantined_days
-    from airloop.data.snapshot import extract_window
 
     snapshot = extract_window(config, date.fromisoformat(as_of), settings, window=window,
                               exclude=quarantined_days(config, settings))
@@ -63,10 +71,6 @@ def extract(config: PipelineConfig, as_of: str, settings: Settings, window: int 
 def validate(config: PipelineConfig, snapshot: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Run the GX suite on every day of the snapshot; quarantine and raise on failure."""
     from datetime import datetime, timezone
-
-    from airloop.data.quarantine import quarantine_partitions
-    from airloop.data.snapshot import load_snapshot_days
-    from airloop.data.validation import format_failures, validate_partitions
 
     partitions = load_snapshot_days(snapshot)
     interval_end = datetime.fromisoformat(snapshot["as_of"]).replace(tzinfo=timezone.utc)
@@ -97,8 +101,6 @@ def prepare_training(config: PipelineConfig, snapshot: dict[str, Any], validatio
                      settings: Settings, run_context: dict[str, str], n_trials: int | None = None,
                      n_workers: int | None = None, timeout_s: int | None = None) -> dict[str, Any]:
     """Create (or resume) the study and the MLflow training run; return the worker plan."""
-    from airloop.registry import client as registry
-    from airloop.training.search import open_study
 
     as_of = snapshot["as_of"]
     key = registry.interval_key(config, as_of)
@@ -136,9 +138,6 @@ def prepare_training(config: PipelineConfig, snapshot: dict[str, Any], validatio
 def train_worker(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, Any], worker: int,
                  settings: Settings) -> dict[str, Any]:
     """One mapped worker: run its share of trials on the shared study, each tracked in MLflow."""
-    from airloop.data.snapshot import load_snapshot
-    from airloop.registry import client as registry
-    from airloop.training.search import run_worker
 
     client = registry.get_client(settings)
 
@@ -160,13 +159,6 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
     """Refit the best trial, score it and the champion on the same holdout, log model + plots."""
     import mlflow
     import mlflow.sklearn
-
-    from airloop.core import names
-    from airloop.data.features import features_and_target
-    from airloop.data.snapshot import load_snapshot
-    from airloop.registry import client as registry_client
-    from airloop.training.evaluation import holdout_metrics, json_safe, predict_latency_ms, write_plots
-    from airloop.training.search import best_config, fit_best, split_holdout, study_history
 
     frame = load_snapshot(snapshot, config)
     train, holdout = split_holdout(config, frame, snapshot["as_of"])
@@ -190,7 +182,6 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
             log.warning("champion v%s could not score the holdout: %s", champion_version.version, champion_error)
 
     registry_client.configure_mlflow(settings)
-    from airloop.models.trust import skops_trusted_types
 
     X_train, _ = features_and_target(config, train)
     example = X_train.head(5)
@@ -240,8 +231,6 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
 def register(config: PipelineConfig, snapshot: dict[str, Any], validation: dict[str, Any], plan: dict[str, Any],
              evaluation: dict[str, Any], settings: Settings, run_context: dict[str, str]) -> dict[str, Any]:
     """Register the evaluated model once per interval, with lineage tags; alias it challenger."""
-    from airloop.core import names
-    from airloop.registry import client as registry_client
 
     client = registry_client.get_client(settings)
     tags = {
@@ -274,7 +263,6 @@ def promote(config: PipelineConfig, registration: dict[str, Any], evaluation: di
     Idempotent per interval: a decided interval returns its recorded decisions unchanged.
     ``promoted`` is true when the version became the champion (serving environment).
     """
-    from airloop.registry import lifecycle
 
     evidence = {"metrics": evaluation["metrics"], "champion": evaluation.get("champion"),
                 "champion_error": evaluation.get("champion_error"), "train_rows": evaluation.get("train_rows")}
