@@ -98,7 +98,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     """``KEY=VALUE`` lines of an env file (``#`` comments, blank lines, an optional ``export``
     prefix and matching quotes around a value). The subset of python-dotenv's syntax that
     ``.env.example`` uses, without its import cost (~0.25 s of regex compilation in every DAG
-    file parse); ``tests/unit/test_config.py`` checks both agree on ``.env.example``."""
+    file parse); ``tests/unit/core/test_pipeline.py`` checks both agree on ``.env.example``."""
     values: dict[str, str] = {}
     for raw in path.read_text().splitlines():
         line = raw.strip()

@@ -48,7 +48,7 @@ Evidently's up to floating-point summation order (~1e-12 relative). With a grid 
 reference column with more than ``max_points`` distinct values) the reference CDF is exact at the
 grid points and linear between them, so a reference count is off by at most the values of one
 grid step (``2 * n_ref / max_points``) and the statistics carry a small error (measured in
-``tests/unit/test_driftstats.py`` and ``benchmarks/drift.py``): a verdict can differ only for a
+``tests/unit/monitoring/test_driftstats.py`` and ``benchmarks/drift.py``): a verdict can differ only for a
 score that close to its threshold. For ``hellinger`` on a grid profile the number of distinct
 values of both sides together (which sets its bin count) is estimated.
 """

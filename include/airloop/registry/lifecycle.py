@@ -148,7 +148,7 @@ def promote_version(config: PipelineConfig, settings: Settings, version: str | i
             client.set_model_version_tag(config.model_name, version, f"airloop.replaced.{env.name}", incumbent or "")
             for alias in moved_aliases(env):
                 client.set_registered_model_alias(config.model_name, alias, version)
-        client.set_model_version_tag(config.model_name, version, f"airloop.registry.gates.{env.name}",
+        client.set_model_version_tag(config.model_name, version, f"airloop.promotion.{env.name}",
                                      "promoted" if promote else "refused")
     log.info("%s v%s -> %s: %s", config.model_name, version, env.name, why)
     return {"promoted": promote, "environment": env.name, "version": version, "previous": incumbent,

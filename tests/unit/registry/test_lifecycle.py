@@ -42,7 +42,7 @@ def test_promotion_follows_the_path_and_the_serving_environment_moves_the_champi
     assert skipped["reason"].startswith("refused: path: v1 was never in dev")
     assert [c["name"] for c in skipped["checks"] if not c["passed"]] == ["path"]
     assert pipe.alias("staging") is None
-    assert pipe.tag(v1, "airloop.registry.gates.staging") == "refused"
+    assert pipe.tag(v1, "airloop.promotion.staging") == "refused"
 
     assert promote(pipe, v1, "dev")["promoted"] and pipe.alias("dev") == v1
     staged = promote(pipe, v1, "staging")
@@ -52,7 +52,7 @@ def test_promotion_follows_the_path_and_the_serving_environment_moves_the_champi
     assert served["promoted"] and served["previous"] is None
     assert "beats_champion: no champion yet" in served["reason"]
     assert pipe.alias("prod") == pipe.alias("champion") == v1
-    assert pipe.tag(v1, "airloop.registry.gates.prod") == "promoted"
+    assert pipe.tag(v1, "airloop.promotion.prod") == "promoted"
     assert actions(pipe) == [("refuse", "staging", "1"), ("promote", "dev", "1"), ("promote", "staging", "1"),
                              ("promote", "prod", "1")]
     rows = pipe.ledger()
