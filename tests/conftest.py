@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from airloop.ops.sandbox import free_port, isolated_environ  # noqa: F401 - imports no Airflow: the environment is set first
+from airloop.ops.sandbox import drop_user_secrets, free_port, isolated_environ  # noqa: F401 - imports no Airflow: the environment is set first
 
 ROOT = Path(__file__).resolve().parent.parent
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="airloop-test-"))
 STATE = _SESSION_DIR / "state"
 
+drop_user_secrets()  # `make test` after `make demo` exports the person's own tokens: the tests never use them
 os.environ.update(isolated_environ(ROOT, _SESSION_DIR, secret_values={
     "AIRLOOP_ADMIN_TOKEN": "test-admin-token",
     "AIRFLOW__CORE__FERNET_KEY": "x7B3QbhXlrIWmZUQ0y8y5bY6Fq1TB0Z3tPj1xRkZb0c=",

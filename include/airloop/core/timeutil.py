@@ -10,16 +10,21 @@ from typing import Any
 
 
 def to_utc(value: Any) -> datetime:
-    """A datetime (or ISO string, ``Z`` accepted) as tz-aware UTC; naive values are taken as UTC."""
+    """A datetime (or ISO string, ``Z`` accepted) as a plain tz-aware UTC :class:`datetime`; naive
+    values are taken as UTC. Subclasses (Airflow's pendulum ``DateTime``) come back as a plain
+    ``datetime``: pendulum's arithmetic drops a ``timezone.utc`` tzinfo (``d - timedelta(...)``
+    turns naive), so nothing downstream may keep one."""
     if value.__class__ is datetime and value.tzinfo is timezone.utc:  # the usual case, as serving stamps rows
         return value
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if not isinstance(value, datetime):
         raise TypeError(f"not a datetime: {value!r}")
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    if value.__class__ is not datetime:
+        value = datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
+                         value.microsecond, tzinfo=timezone.utc, fold=value.fold)
+    return value
 
 
 def day_start(day: date) -> datetime:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from airloop.core.files import _atomic_write_bytes
+from airloop.core.files import atomic_write
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
 from airloop.data.validation import ValidationOutcome
@@ -75,8 +75,8 @@ def quarantine_partitions(
             "failures": [f.to_json() for f in outcome.failures if f.day == day],
             "stringified_columns": stringified,
         }
-        _atomic_write_bytes(folder / "data.parquet", data)
-        _atomic_write_bytes(folder / "reason.json", (json.dumps(reason, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write(folder / "data.parquet", data)
+        atomic_write(folder / "reason.json", (json.dumps(reason, indent=2, sort_keys=True) + "\n").encode())
         logger.warning("%s: quarantined %s (%d rows) in %s", config.name, day, len(partitions[day]), folder)
         written.append(folder / "data.parquet")
     return written

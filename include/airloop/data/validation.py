@@ -37,7 +37,7 @@ from airloop.core.settings import ConfigError, Settings
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from great_expectations.data_context import AbstractDataContext
 
-from airloop.core.files import _atomic_write_bytes
+from airloop.core.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def _suite_text(suite: dict[str, Any]) -> str:
 def write_suite(config: PipelineConfig, settings: Settings) -> Path:
     """Write :func:`build_suite` to :func:`suite_path` (sorted, stable JSON); return the path."""
     path = suite_path(config, settings)
-    _atomic_write_bytes(path, _suite_text(build_suite(config)).encode())
+    atomic_write(path, _suite_text(build_suite(config)).encode())
     logger.info("wrote expectation suite %s", path)
     return path
 
@@ -529,7 +529,7 @@ def validate_partitions(
         "statistics": statistics,
         "results": results,
     }
-    _atomic_write_bytes(result_path, (json.dumps(document, indent=2, sort_keys=True, default=str) + "\n").encode())
+    atomic_write(result_path, (json.dumps(document, indent=2, sort_keys=True, default=str) + "\n").encode())
     docs_index = _build_data_docs(context, docs_tmp, out_dir / "data_docs")
     outcome = ValidationOutcome(
         success=not failed_days,
@@ -602,7 +602,7 @@ def _write_report(config: PipelineConfig, outcome: ValidationOutcome, end: pd.Ti
         "<table><tr><th>day</th><th>result</th><th>rows</th><th>failed/evaluated</th></tr>"
         f"{rows}</table><h2>Failures</h2><ul>{items}</ul></body></html>\n"
     )
-    _atomic_write_bytes(path, page.encode())
+    atomic_write(path, page.encode())
     return path
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airloop.core.files import atomic_path
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import ConfigError
 from airloop.monitoring.driftstats import METHOD_KINDS, P_VALUE_METHODS
@@ -258,15 +257,8 @@ def drift_summary(config: PipelineConfig, rows: list[dict]) -> dict[str, Any]:
 
 def _write_html(snapshot, path: Path) -> Path:
     """Write the snapshot's HTML atomically (``save_html`` only writes when given a ``str``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         snapshot.save_html(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -57,14 +57,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from airloop.core.files import atomic_path
 
 #: Most points kept per numeric reference column (its distinct values, else a rank + value grid).
 PROFILE_MAX_POINTS = 100_000
@@ -238,14 +238,8 @@ class ReferenceProfile:
                                           "categories": list(col.categories)})
                 arrays[f"counts_{i}"] = col.counts
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, allow_pickle=False, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, allow_pickle=False, **arrays)
         return path
 
     @classmethod

@@ -33,6 +33,19 @@ def state_environ(state: Path) -> dict[str, str]:
     }
 
 
+#: Variables of a person's own install (``make init`` writes them into ``.airloop/secrets.env`` and
+#: the Makefile exports them) that a sandbox must not inherit: it sets its own or none.
+USER_SECRET_VARS = ("AIRLOOP_ADMIN_TOKEN", "AIRLOOP_TENANT_TOKENS", "AIRFLOW_CONN_AIRLOOP_SERVING",
+                    "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY")
+
+
+def drop_user_secrets(environ: dict[str, str] | None = None) -> None:
+    """Remove :data:`USER_SECRET_VARS` from ``environ`` (default: this process's environment)."""
+    environ = os.environ if environ is None else environ
+    for name in USER_SECRET_VARS:
+        environ.pop(name, None)
+
+
 def generated_secrets() -> dict[str, str]:
     """Fresh Airflow/serving secrets for one throwaway session (never written anywhere)."""
     return generate_secrets()

@@ -51,6 +51,7 @@ import msgspec
 import sqlalchemy as sa
 
 from airloop.core import store
+from airloop.core.files import atomic_write
 from airloop.core.timeutil import to_utc
 
 log = logging.getLogger(__name__)
@@ -542,13 +543,8 @@ class PredictionLogger:
         """Write ``lines`` to a new file in ``folder``: temp name, fsync, atomic rename, fsync dir."""
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / self._next_name()
-        tmp = final.with_name(final.name + ".tmp")
         data = "".join(line + "\n" for line in lines).encode()
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        atomic_write(final, data, fsync=True, tmp=final.with_name(final.name + ".tmp"))  # a stale .tmp is salvaged
         _fsync_dir(folder)
         return final
 
