@@ -12,11 +12,12 @@ from prometheus_client import Counter
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.security import check_admin_token, header_bearer, token_matches
 from airloop.core.settings import Settings
+from airloop.serving import protocol
 from airloop.serving.deps import MetricsDep, SettingsDep
 from airloop.serving.metrics import ServingMetrics
 from airloop.serving.protocol import SMOKE_TENANT, tenant_route
 
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+OPEN_PATHS = protocol.OPEN_ROUTES
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -55,7 +56,7 @@ class TenantGuard:
                          root_path=scope.get("root_path", "") + self.prefix)
             path = scope["path"]
         headers = scope.get("headers", [])
-        if path not in OPEN_PATHS and path != "/reload" and self.protected:
+        if path not in OPEN_PATHS and path != protocol.RELOAD and self.protected:
             token = header_bearer(headers)
             if token is None:
                 await _deny(send, 401, f"tenant {self.config.tenant}: bearer token required")
@@ -63,7 +64,7 @@ class TenantGuard:
             if not any(token_matches(token, allowed) for allowed in self.allowed):
                 await _deny(send, 403, f"this token is not valid for tenant {self.config.tenant}")
                 return
-        claimed = _header(headers, b"x-tenant")
+        claimed = _header(headers, protocol.TENANT_HEADER.lower().encode())
         if self.config.tenant != "default" and claimed and claimed not in (self.config.tenant, SMOKE_TENANT):
             await _deny(send, 403, f"X-Tenant {claimed[:100]!r} does not match this route's tenant "
                                    f"{self.config.tenant!r}")

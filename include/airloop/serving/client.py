@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from airloop.serving import protocol
 from airloop.serving.protocol import SMOKE_TENANT, tenant_route
 
 
@@ -35,9 +36,9 @@ def reload_alias(endpoint: ServingEndpoint, alias: str, timeout: float = 120.0) 
     import httpx
 
     try:
-        response = httpx.post(f"{endpoint.url}/reload", json={"alias": alias}, headers=endpoint.headers(), timeout=timeout)
+        response = httpx.post(f"{endpoint.url}{protocol.RELOAD}", json={"alias": alias}, headers=endpoint.headers(), timeout=timeout)
     except httpx.HTTPError as err:
-        raise DeployError(f"serving at {endpoint.url} unreachable for /reload: {err}") from err
+        raise DeployError(f"serving at {endpoint.url} unreachable for {protocol.RELOAD}: {err}") from err
     if response.status_code != 200:
         raise DeployError(f"serving refused /reload of {alias!r}: HTTP {response.status_code} {response.text[:500]}")
     return response.json()
@@ -53,9 +54,9 @@ def refresh_abtest(endpoint: ServingEndpoint, timeout: float = 120.0) -> dict[st
     import httpx
 
     try:
-        response = httpx.post(f"{endpoint.url}/abtest/refresh", headers=endpoint.headers(), timeout=timeout)
+        response = httpx.post(f"{endpoint.url}{protocol.ABTEST_REFRESH}", headers=endpoint.headers(), timeout=timeout)
     except httpx.HTTPError as err:
-        raise DeployError(f"serving at {endpoint.url} unreachable for /abtest/refresh: {err}") from err
+        raise DeployError(f"serving at {endpoint.url} unreachable for {protocol.ABTEST_REFRESH}: {err}") from err
     if response.status_code != 200:
         raise DeployError(f"serving refused /abtest/refresh: HTTP {response.status_code} {response.text[:500]}")
     return response.json()
@@ -66,11 +67,11 @@ def smoke_test(endpoint: ServingEndpoint, expected_version: str, records: list[d
     import httpx
 
     try:
-        info = httpx.get(f"{endpoint.url}/model", timeout=timeout, headers=endpoint.headers())
-        ready = httpx.get(f"{endpoint.url}/ready", timeout=timeout)
+        info = httpx.get(f"{endpoint.url}{protocol.MODEL}", timeout=timeout, headers=endpoint.headers())
+        ready = httpx.get(f"{endpoint.url}{protocol.READY}", timeout=timeout)
         # Own tenant: smoke traffic is logged but never mixed into the monitored traffic.
-        pred = httpx.post(f"{endpoint.url}/predict", json={"records": records}, timeout=timeout,
-                          headers={"X-Tenant": SMOKE_TENANT, **endpoint.headers()})
+        pred = httpx.post(f"{endpoint.url}{protocol.PREDICT}", json={"records": records}, timeout=timeout,
+                          headers={protocol.TENANT_HEADER: SMOKE_TENANT, **endpoint.headers()})
     except httpx.HTTPError as err:
         raise DeployError(f"smoke test: serving at {endpoint.url} unreachable: {err}") from err
     if ready.status_code != 200:

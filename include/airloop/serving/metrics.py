@@ -7,10 +7,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from airloop.serving import protocol
 from airloop.serving.runtime import ServedModel
 
-_ENDPOINTS = frozenset({"/predict", "/feedback", "/health", "/ready", "/model", "/reload", "/metrics", "/abtest",
-                        "/abtest/refresh"})
+_ENDPOINTS = protocol.ROUTES
 
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

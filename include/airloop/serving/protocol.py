@@ -1,13 +1,35 @@
-"""What the serving server and its client agree on: tenants, headers, routes."""
+"""What the serving server and its client agree on: routes, headers, tenants.
+
+Imported by the server (routes, auth, metrics) and by the client (:mod:`airloop.serving.client`)
+alike; the client never imports the server.
+"""
 
 from __future__ import annotations
 
 from airloop.core.pipeline import PipelineConfig
 
+# Routes of one pipeline's app (also under its tenant route, see :func:`tenant_route`).
+PREDICT = "/predict"
+FEEDBACK = "/feedback"
+HEALTH = "/health"
+READY = "/ready"
+MODEL = "/model"
+RELOAD = "/reload"
+ABTEST = "/abtest"
+ABTEST_REFRESH = "/abtest/refresh"
+METRICS = "/metrics"
+#: Every route of a pipeline's app.
+ROUTES = frozenset({PREDICT, FEEDBACK, HEALTH, READY, MODEL, RELOAD, ABTEST, ABTEST_REFRESH, METRICS})
+#: Routes open without a tenant token (probes and Prometheus).
+OPEN_ROUTES = frozenset({HEALTH, READY, METRICS})
+
+#: The HTTP header naming the tenant of a request (checked against the route's tenant).
+TENANT_HEADER = "X-Tenant"
 #: The HTTP header carrying the request key when ``key_field == "header"``.
 KEY_HEADER_NAME = "X-Request-Key"
 
 
+#: Tenant of the deploy smoke test's requests (kept apart from real traffic in the prediction log).
 SMOKE_TENANT = "airloop-smoke"
 
 

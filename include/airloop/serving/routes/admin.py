@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from airloop.models.trust import ModelLoadError
+from airloop.serving import protocol
 from airloop.serving.auth import require_admin
 from airloop.serving.deps import AbTestsDep, ManagerDep, MetricsDep
 from airloop.serving.handlers import refresh_tests, reload_model
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-@router.post("/reload", dependencies=[Depends(require_admin("reload", lambda m: m.reloads))])
+@router.post(protocol.RELOAD, dependencies=[Depends(require_admin("reload", lambda m: m.reloads))])
 async def reload(request: Request, manager: ManagerDep, metrics: MetricsDep) -> Response:
     """Load another version (admin token), smoke-test it and swap it in."""
     raw = await request.body()
@@ -42,7 +43,7 @@ async def reload(request: Request, manager: ManagerDep, metrics: MetricsDep) -> 
     return _json({"model": new.describe(), "previous_version": previous.version if previous else None})
 
 
-@router.post("/abtest/refresh",
+@router.post(protocol.ABTEST_REFRESH,
              dependencies=[Depends(require_admin("A/B test refresh", lambda m: m.abtest_refreshes))])
 async def abtest_refresh(manager: ManagerDep, metrics: MetricsDep, ab_tests: AbTestsDep) -> Response:
     """Re-read the running tests from the monitoring store (admin token) and route by them."""

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from airloop.models.schema import RecordValidationError
+from airloop.serving import protocol
 from airloop.serving.deps import ConfigDep, MetricsDep, SettingsDep
 from airloop.serving.handlers import feedback_rows, store_feedback
 from airloop.serving.responses import _json
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-@router.post("/feedback")
+@router.post(protocol.FEEDBACK)
 async def feedback(request: Request, config: ConfigDep, settings: SettingsDep, metrics: MetricsDep) -> Response:
     """Labels for earlier predictions: ``{"request_id", "label", "label_ts"?}`` or
     ``{"items": [...]}``, upserted into ``ground_truth`` (503 when the store is down)."""

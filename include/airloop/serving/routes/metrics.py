@@ -6,12 +6,13 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from airloop.serving import protocol
 from airloop.serving.deps import MetricsDep
 
 router = APIRouter()
 
 
-@router.get("/metrics")
+@router.get(protocol.METRICS)
 async def prometheus_metrics(metrics: MetricsDep) -> Response:
     """Prometheus text exposition of this app's registry."""
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

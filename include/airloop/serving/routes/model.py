@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from airloop.serving import protocol
 from airloop.serving.deps import ManagerDep, PredictionLogDep
 from airloop.serving.handlers import health_status
 from airloop.serving.responses import _json, not_ready
@@ -12,13 +13,13 @@ from airloop.serving.responses import _json, not_ready
 router = APIRouter()
 
 
-@router.get("/health")
+@router.get(protocol.HEALTH)
 async def health(manager: ManagerDep, prediction_logger: PredictionLogDep) -> Response:
     """Process liveness (always 200)."""
     return _json(health_status(manager, prediction_logger))
 
 
-@router.get("/ready")
+@router.get(protocol.READY)
 async def ready(manager: ManagerDep) -> Response:
     """200 when a model is loaded, else 503."""
     model = manager.current
@@ -27,7 +28,7 @@ async def ready(manager: ManagerDep) -> Response:
     return _json({"status": "ready", "model": model.ref()})
 
 
-@router.get("/model")
+@router.get(protocol.MODEL)
 async def model_info(manager: ManagerDep) -> Response:
     """The loaded version: name, version, alias, run, metrics, tags, inputs."""
     model = manager.current

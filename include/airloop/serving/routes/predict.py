@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from starlette.background import BackgroundTask
 
 from airloop.models.schema import RecordValidationError
+from airloop.serving import protocol
 from airloop.serving.deps import PredictContextDep
 from airloop.serving.handlers import (
     active_test,
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-@router.post("/predict")
+@router.post(protocol.PREDICT)
 async def predict(request: Request, ctx: PredictContextDep) -> Response:
     """Predict one record or ``{"records": [...], "request_ids"?: [...], "event_ts"?: [...]}``."""
     manager, batcher, metrics = ctx.manager, ctx.batcher, ctx.metrics
