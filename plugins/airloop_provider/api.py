@@ -90,11 +90,11 @@ def create_api_app() -> FastAPI:
     @app.get(f"{API_PREFIX}/pipelines/{{pipeline}}/environments")
     def environments(pipeline: str) -> dict[str, Any]:
         """Each environment's gates and the version it holds now."""
-        from airloop.registry import audit
+        from airloop.registry import audit as lifecycle
         from airloop.registry import client as registry
 
         config, settings, _ = _context(pipeline)
-        current = audit.current_versions(registry.get_client(settings), config)
+        current = lifecycle.current_versions(registry.get_client(settings), config)
         return {"pipeline": config.name, "environments": [
             env.model_dump() | {"version": current[env.name]} for env in config.promotion.path()]}
 
@@ -102,38 +102,38 @@ def create_api_app() -> FastAPI:
     def served_at(pipeline: str, environment: str, time: datetime,
                   clock: Literal["recorded", "business"] = "recorded") -> dict[str, Any]:
         """Which version served ``environment`` at ``time``, who moved it there and why."""
-        from airloop.registry import audit
+        from airloop.registry import audit as lifecycle
 
         config, _, engine = _context(pipeline)
         at = time if time.tzinfo else time.replace(tzinfo=timezone.utc)
-        return _call(audit.served_at, engine, config, environment, at, business=clock == "business")
+        return _call(lifecycle.served_at, engine, config, environment, at, business=clock == "business")
 
     @app.get(f"{API_PREFIX}/pipelines/{{pipeline}}/ledger")
     def ledger(pipeline: str, environment: str | None = None, version: str | None = None,
                limit: Annotated[int, Query(ge=1, le=10_000)] = 500) -> dict[str, Any]:
         """The promotion ledger (oldest first; the newest ``limit`` rows)."""
-        from airloop.registry import audit
+        from airloop.registry import audit as lifecycle
 
         config, _, engine = _context(pipeline)
-        rows = _call(audit.history, engine, config, environment, version)[-limit:]
-        return {"pipeline": config.name, "rows": [audit._jsonable(r) for r in rows]}
+        rows = _call(lifecycle.history, engine, config, environment, version)[-limit:]
+        return {"pipeline": config.name, "rows": [lifecycle._jsonable(r) for r in rows]}
 
     @app.get(f"{API_PREFIX}/pipelines/{{pipeline}}/versions/{{version}}/lineage")
     def lineage(pipeline: str, version: Annotated[int, PathParam(ge=1)]) -> dict[str, Any]:
         """Data interval and fingerprint, validation, study, code version, replaced champion, ledger."""
-        from airloop.registry import audit
+        from airloop.registry import audit as lifecycle
 
         config, settings, _ = _context(pipeline)
-        return _call(audit.lineage, config, settings, str(version))
+        return _call(lifecycle.lineage, config, settings, str(version))
 
     @app.get(f"{API_PREFIX}/pipelines/{{pipeline}}/compare")
     def compare(pipeline: str, a: Annotated[int, Query(ge=1)], b: Annotated[int, Query(ge=1)],
                 log_artifact: bool = True) -> dict[str, Any]:
         """Two versions side by side (also logged as an MLflow artifact on ``b``'s run)."""
-        from airloop.registry import audit
+        from airloop.registry import audit as lifecycle
 
         config, settings, _ = _context(pipeline)
-        return _call(audit.compare_versions, config, settings, a, b, log_artifact=log_artifact)
+        return _call(lifecycle.compare_versions, config, settings, a, b, log_artifact=log_artifact)
 
     @app.post(f"{API_PREFIX}/pipelines/{{pipeline}}/promote")
     def promote(pipeline: str, body: PromoteBody) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from airloop.models.artifact import _example_records, read_model_version
 from airloop.monitoring.guard import guard_breaches
 from airloop.monitoring.interval import monitored_intervals
 from airloop.registry import client as registry
+from airloop.registry import client as registry_client
 from airloop.registry.audit import version_record
 from airloop.registry.client import _alias_version
 from airloop.registry.ledger import _effective, version_at
@@ -148,8 +149,8 @@ def deploy(config: PipelineConfig, promotion: dict[str, Any], snapshot: dict[str
     """
 
     endpoint = endpoint.for_pipeline(config)  # /t/<tenant>/<pipeline> in the serving process
-    client = registry.get_client(settings)
-    champion_version = registry.alias_version(client, config.model_name, names.CHAMPION)
+    client = registry_client.get_client(settings)
+    champion_version = registry_client.alias_version(client, config.model_name, names.CHAMPION)
     if champion_version is None:
         raise DeployError(f"{config.model_name} has no champion to deploy")
     version = str(champion_version.version)

@@ -27,6 +27,7 @@ from airloop.models.schema import model_signature
 from airloop.models.trust import quiet_skops, skops_trusted_types
 from airloop.monitoring.reference import PROFILE_FILE, REFERENCE_DIR, REFERENCE_FILE, reference_frame
 from airloop.registry import client as registry
+from airloop.registry import client as registry_client
 from airloop.registry import lifecycle
 from airloop.training.evaluation import holdout_metrics, json_safe, predict_latency_ms, write_plots
 from airloop.training.search import best_config, fit_best, open_study, run_worker, split_holdout, study_history
@@ -167,20 +168,20 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
     metrics["cv_best"] = best["value"]
     train_rows = len(train)
 
-    client = registry.get_client(settings)
-    champion_version = registry.alias_version(client, config.model_name, names.CHAMPION)
+    client = registry_client.get_client(settings)
+    champion_version = registry_client.alias_version(client, config.model_name, names.CHAMPION)
     champion: dict[str, Any] | None = None
     champion_error = None
     if champion_version is not None:
         try:
             with quiet_skops():
-                champ_model = registry.load_sklearn_model(settings, config.model_name, champion_version.version)
+                champ_model = registry_client.load_sklearn_model(settings, config.model_name, champion_version.version)
             champion = {"version": str(champion_version.version), "metrics": json_safe(holdout_metrics(config, champ_model, holdout))}
         except Exception as err:  # noqa: BLE001 - a champion that cannot score is recorded, not fatal
             champion_error = f"{type(err).__name__}: {err}"
             log.warning("champion v%s could not score the holdout: %s", champion_version.version, champion_error)
 
-    registry.configure_mlflow(settings)
+    registry_client.configure_mlflow(settings)
 
     X_train, _ = features_and_target(config, train)
     example = X_train.head(5)
@@ -231,7 +232,7 @@ def register(config: PipelineConfig, snapshot: dict[str, Any], validation: dict[
              evaluation: dict[str, Any], settings: Settings, run_context: dict[str, str]) -> dict[str, Any]:
     """Register the evaluated model once per interval, with lineage tags; alias it challenger."""
 
-    client = registry.get_client(settings)
+    client = registry_client.get_client(settings)
     tags = {
         "airloop.pipeline": config.name,
         "airloop.data_interval": f"{snapshot['window_start']}/{snapshot['as_of']}",
@@ -247,7 +248,7 @@ def register(config: PipelineConfig, snapshot: dict[str, Any], validation: dict[
         "airloop.reference_artifact": f"{REFERENCE_DIR}/{REFERENCE_FILE}",
         **{f"airloop.{k}": v for k, v in run_context.items() if v},
     }
-    version = registry.register_version(client, config.model_name, evaluation["model_uri"], evaluation["run_id"],
+    version = registry_client.register_version(client, config.model_name, evaluation["model_uri"], evaluation["run_id"],
                                         plan["interval_key"], tags)
     client.set_registered_model_alias(config.model_name, names.CHALLENGER, version.version)
     return {"model_name": config.model_name, "version": str(version.version), "interval_key": plan["interval_key"]}
