@@ -25,7 +25,7 @@ endif
 -include $(STATE)/secrets.env
 export
 
-.PHONY: help install init demo up down test test-fast lint lock suite clean bench
+.PHONY: help install init demo up down shell test test-fast lint lock suite check clean bench browser
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -67,8 +67,20 @@ _up:
 down: ## stop the background serving process
 	$(PY) -m airloop.cli stop-serving
 
-test: install .env ## run the whole test suite (unit, DAG integrity, end-to-end) on real services
+shell: install .env ## open $SHELL with the project's settings (as `. bin/airloop-env`); exit leaves it
+	@echo "airloop shell: the settings of $(CURDIR) (bin/airloop-env); exit leaves it"
+	@. bin/airloop-env && exec "$${SHELL:-bash}"
+
+test: install .env browser ## run the whole test suite (unit, DAG integrity, end-to-end) on real services
 	$(PY) -m pytest -q
+
+# The browser tests drive Debian's Chromium (Playwright never downloads one): install it if missing.
+browser: ## install Debian's chromium for the browser tests (no-op when /usr/bin/chromium exists)
+	@test -x /usr/bin/chromium || { echo "installing Debian's chromium (browser tests)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
+	@test -x /usr/bin/chromium || { echo "no /usr/bin/chromium: install Debian's chromium package"; exit 1; }
 
 test-fast: install .env ## unit and DAG tests only (skip the slow end-to-end runs)
 	$(PY) -m pytest -q -m "not e2e"
@@ -86,6 +98,9 @@ bench: install ## run the benchmarks (BENCH="parse hpo" for some); JSON figures 
 
 suite: install ## regenerate the Great Expectations suites in include/gx from the pipeline files
 	$(PY) -m airloop.cli suite
+
+check: install ## check the pipeline files against their data and GX suites (PIPELINE=name: one)
+	$(PY) -m airloop.cli check $(PIPELINE)
 
 lock: install ## recompile requirements.txt from requirements.in
 	$(UV) pip compile requirements.in --python-version 3.11 -o requirements.txt --no-header -q

@@ -217,16 +217,19 @@ def start_servers(folder: Path, model: str, version: str) -> tuple[dict[str, str
 
 
 def check_answers(urls: dict[str, str], records: list[dict[str, Any]]) -> None:
-    """Both servers answer the same batch with the same labels (and ours with one item per record)."""
+    """Both servers answer the same batch with the same probabilities (and ours with one item per record)."""
     import httpx
 
     batch = records[:BATCH]
     ours = httpx.post(f"{urls['ours']}/predict", json={"records": batch}, timeout=30).raise_for_status().json()
     theirs = httpx.post(f"{urls['mlflow']}/invocations", json={"dataframe_records": batch},
                         timeout=30).raise_for_status().json()
-    labels = [p["prediction"] for p in ours["predictions"]]
-    if labels != theirs["predictions"]:
-        raise RuntimeError(f"ours and mlflow disagree: {labels[:10]} vs {theirs['predictions'][:10]}")
+    # the registered model's pyfunc answers predict_proba (the signature's outputs): compare the
+    # positive-class probability with ours
+    scores = [p["score"] for p in ours["predictions"]]
+    positive = [row[-1] for row in theirs["predictions"]]
+    if len(scores) != len(positive) or any(abs(a - b) > 1e-9 for a, b in zip(scores, positive)):
+        raise RuntimeError(f"ours and mlflow disagree: {scores[:5]} vs {positive[:5]}")
     log(f"answers agree on {len(batch)} records; ours per record: {sorted(ours['predictions'][0])}")
 
 

@@ -3,7 +3,12 @@
 
 One run per data interval (daily for the demo):
 
-`ingest_labels → monitor → alerts → request_retrain`, and `monitor → post_deploy_guard`
+`ingest_labels → traffic_quality → monitor → alerts → request_retrain`, and `monitor → post_deploy_guard`
+
+* **traffic_quality**: the pipeline's validation suite (its feature expectations: types, nulls,
+  ranges, declared values) on the interval's served features; a row in `traffic_quality`, the GX
+  result and Data Docs under `<state>/validation/<pipeline>/traffic/<day>/`. The failed count is
+  the rule metric `traffic_quality_failed` of the summary `monitor` computes.
 
 * **monitor**: the interval's served traffic against the training reference of the model version
   that was champion then (promotion ledger): Evidently drift report (HTML, also logged to the
@@ -25,12 +30,13 @@ Backfill with `airflow backfill create --dag-id <pipeline>__monitor --from-date 
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+from airflow.sdk import Asset, Param, dag, task
 
 from airloop.core.pipeline import load_all_pipelines, load_pipeline_config
 from airloop.core.settings import get_settings
 from airloop_provider.assets import retrain_asset_uri
 from airloop_provider.dag_defaults import default_args
+from airloop_provider.timetables import ScheduleUntilCronDataInterval
 
 
 def monitoring_dag(pipeline: str):
@@ -42,42 +48,66 @@ def monitoring_dag(pipeline: str):
         dag_id=config.dag_id("monitor"),
         description=f"Monitor {config.name}: drift, performance, operations, alerts, retraining",
         doc_md=__doc__,
-        # Data-interval timetable: each run covers [previous tick, this tick) — e.g. one day.
-        schedule=CronDataIntervalTimetable(config.monitoring.schedule, timezone="UTC"),
+        # Data-interval timetable: each run covers [previous tick, this tick) — e.g. one day; the
+        # schedule (and backfills) stop at schedule.end_date, manual runs always run.
+        schedule=ScheduleUntilCronDataInterval(config.monitoring.schedule, "UTC", end=config.schedule.end),
         start_date=config.schedule.start,
-        end_date=config.schedule.end,
         catchup=False,
         max_active_runs=1,
         tags=["monitoring", "airloop", config.name],
         default_args=default_args("monitoring"),
+        params={"day": Param(None, type=["null", "string"], format="date",
+                             description="Monitor this day (re-run any day from here). Empty: the run's data "
+                                         "interval; a manual run past the served traffic takes its newest day.")},
     )
     def monitor_pipeline():
         @task
-        def ingest_labels(data_interval_start=None, data_interval_end=None) -> dict:
-            from airloop.tasks import monitoring
+        def ingest_labels(**context) -> dict:
+            from airflow.exceptions import AirflowFailException
 
-            return monitoring.ingest(config, get_settings(), data_interval_start, data_interval_end)
+            from airloop.tasks import monitoring
+            from airloop.tasks.runs import NoDataForRun
+            from airloop_provider.context import monitored_interval
+
+            try:  # resolved once here; every later task works on this interval
+                interval = monitored_interval(context, config, get_settings())
+            except NoDataForRun as err:  # nothing to monitor: say what to change, do not retry
+                raise AirflowFailException(str(err)) from err
+            return {**monitoring.ingest(config, get_settings(), interval["start"], interval["end"]),
+                    "interval": interval}
 
         @task
-        def monitor(labels: dict, data_interval_start=None, data_interval_end=None) -> dict:
+        def traffic_quality(labels: dict) -> dict:
             from airloop.tasks import monitoring
 
-            return monitoring.monitor(config, get_settings(), data_interval_start, data_interval_end)
+            interval = labels["interval"]
+            return {**monitoring.traffic_quality(config, get_settings(), interval["start"], interval["end"]),
+                    "interval": interval}
 
         @task
-        def alerts(summary: dict, data_interval_start=None, **context) -> dict:
+        def monitor(labels: dict) -> dict:
+            from airloop.tasks import monitoring
+
+            interval = labels["interval"]
+            return {**monitoring.monitor(config, get_settings(), interval["start"], interval["end"]),
+                    "interval": interval}
+
+        @task
+        def alerts(summary: dict, **context) -> dict:
             from airloop.tasks import monitoring
             from airloop_provider.notifiers import alert_senders
 
-            return monitoring.alert(config, get_settings(), data_interval_start, summary, alert_senders(config, context))
+            return monitoring.alert(config, get_settings(), summary["interval"]["start"], summary,
+                                    alert_senders(config, context))
 
         @task(outlets=[retrain])
-        def request_retrain(summary: dict, data_interval_start=None, data_interval_end=None, **context) -> dict:
+        def request_retrain(summary: dict, **context) -> dict:
             from airflow.exceptions import AirflowSkipException
 
             from airloop.tasks import monitoring
 
-            decision = monitoring.retrain_decision(config, get_settings(), data_interval_start, data_interval_end, summary)
+            interval = summary["interval"]
+            decision = monitoring.retrain_decision(config, get_settings(), interval["start"], interval["end"], summary)
             if not decision["retrain"]:
                 raise AirflowSkipException(f"no retraining: {decision.get('reason') or 'no retrain rule fired'}")
             context["outlet_events"][retrain].extra = {"as_of": decision["as_of"], "reason": decision["reason"][:2000]}
@@ -92,7 +122,9 @@ def monitoring_dag(pipeline: str):
             return lifecycle.post_deploy_guard(config, get_settings(), summary, actor=run_actor(context),
                                                run_context=run_context(context, None), endpoint=ServingHook().endpoint)
 
-        summary = monitor(ingest_labels())
+        labels = ingest_labels()
+        summary = monitor(labels)
+        traffic_quality(labels) >> summary  # the summary (and its alert rules) reads the traffic check
         alerts(summary)
         request_retrain(summary)
         post_deploy_guard(summary)

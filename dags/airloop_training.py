@@ -22,7 +22,7 @@ All logic lives in the `airloop` library (`include/airloop/stages.py`); this fil
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, Param, dag, task
 
 from airloop.core.pipeline import load_all_pipelines, load_pipeline_config
 from airloop.core.settings import get_settings
@@ -30,6 +30,7 @@ from airloop_provider.assets import retrain_asset_uri
 from airloop_provider.context import as_of_day, run_actor, run_context
 from airloop_provider.dag_defaults import default_args
 from airloop_provider.operators import DeployModelOperator
+from airloop_provider.timetables import ScheduleUntilCronTrigger
 
 
 def training_dag(pipeline: str):
@@ -42,18 +43,19 @@ def training_dag(pipeline: str):
         doc_md=__doc__,
         # On its schedule OR when monitoring requests a retrain (Asset event with reason + as-of).
         schedule=AssetOrTimeSchedule(
-            timetable=CronTriggerTimetable(config.schedule.training, timezone="UTC"),
+            # the schedule (and backfills) stop at schedule.end_date; manual runs always run
+            timetable=ScheduleUntilCronTrigger(config.schedule.training, timezone="UTC", end=config.schedule.end),
             assets=[Asset(retrain_asset_uri(config), extra={"pipeline": config.name})],
         ),
         start_date=config.schedule.start,
-        end_date=config.schedule.end,
         catchup=False,
         max_active_runs=1,
         tags=["training", "airloop", config.name],
         default_args=default_args("training"),
         params={
             "as_of": Param(None, type=["null", "string"], format="date",
-                           description="Train as of this day (exclusive). Empty: the data interval end."),
+                           description="Train as of this day (exclusive). Empty: the data interval end; a manual run "
+                                       "past the data trains as of the day after the newest data."),
             "window_days": Param(config.training.window_days, type="integer", minimum=2,
                                  description="Days of history before the as-of day."),
             "n_trials": Param(config.training.n_trials, type="integer", minimum=1, maximum=1000,
@@ -68,19 +70,29 @@ def training_dag(pipeline: str):
     def train_pipeline():
         @task
         def extract(**context) -> dict:
-            from airloop.tasks import training as stages
+            from airflow.exceptions import AirflowFailException
 
-            return stages.extract(config, as_of_day(context), get_settings(), window=context["params"]["window_days"])
+            from airloop.core.pipeline import ConfigurationError
+            from airloop.tasks import training as stages
+            from airloop.tasks.runs import NoDataForRun
+
+            try:
+                as_of = as_of_day(context, config, get_settings())
+                return stages.extract(config, as_of, get_settings(), window=context["params"]["window_days"])
+            except (NoDataForRun, ConfigurationError) as err:  # nothing to train on / a wrong pipeline file:
+                raise AirflowFailException(str(err)) from err  # say what to change, in seconds, no retry
 
         @task
         def validate(snapshot: dict) -> dict:
             from airflow.exceptions import AirflowFailException
 
+            from airloop.core.pipeline import ConfigurationError
             from airloop.tasks import training as stages
 
             try:
                 return stages.validate(config, snapshot, get_settings())
-            except stages.ValidationFailed as err:  # bad data: do not retry, stop before training
+            except (stages.ValidationFailed, ConfigurationError) as err:  # bad data / a column missing from
+                # every day (a configuration error, nothing quarantined): do not retry, stop before training
                 raise AirflowFailException(str(err)) from err
 
         @task

@@ -2,8 +2,10 @@
 ``plugins/airloop_plugin.py``): audit, lineage, comparison, promotion and rollback over HTTP.
 
 Every endpoint needs ``Authorization: Bearer <AIRLOOP_ADMIN_TOKEN>`` (403 when no token is
-configured: the API is never open). Handlers are plain functions (FastAPI runs them in a worker
-thread) that call :mod:`airloop.registry.lifecycle`; nothing heavy is imported until a request comes.
+configured: the API is never open); only its documentation, ``/airloop/docs`` and
+``/airloop/openapi.json`` (:mod:`airloop.serving.docs`), answers without it. Handlers are plain
+functions (FastAPI runs them in a worker thread) that call :mod:`airloop.registry.lifecycle`;
+nothing heavy is imported until a request comes.
 """
 
 from __future__ import annotations
@@ -85,7 +87,9 @@ def _actor(requested_by: str | None) -> str:
 
 def create_api_app() -> FastAPI:
     """The FastAPI sub-application (mounted by the plugin, or served on its own in tests)."""
-    app = FastAPI(title="airloop lifecycle API", dependencies=[Depends(require_token)], docs_url="/docs")
+    from airloop.serving.docs import mount_offline_docs
+
+    app = FastAPI(title="airloop lifecycle API", dependencies=[Depends(require_token)], docs_url=None, redoc_url=None)
 
     @app.get(f"{API_PREFIX}/pipelines/{{pipeline}}/environments")
     def environments(pipeline: str) -> dict[str, Any]:
@@ -162,6 +166,8 @@ def create_api_app() -> FastAPI:
         return _call(lifecycle.rollback_and_reload, config, settings, body.environment, body.target,
                      actor=_actor(body.requested_by), reason=body.reason, endpoint=_endpoint())
 
+    # /docs (Swagger UI from swagger_ui_bundle, no CDN) and /openapi.json: open, read-only
+    mount_offline_docs(app)
     return app
 
 

@@ -11,22 +11,50 @@ def run_actor(context) -> str:
     """Who or what started this run: the triggering user, else the run type (scheduled, backfill)."""
     dag_run = context["dag_run"]
     user = getattr(dag_run, "triggering_user_name", None)
-    return f"user:{user}" if user else f"airflow:{dag_run.run_type}"
+    return f"user:{user}" if user else f"airflow:{run_type(dag_run)}"
 
 
-def as_of_day(context) -> str:
+def run_type(dag_run) -> str:
+    """The run type as Airflow names it (``manual``, ``scheduled``, ``backfill``, ``asset_triggered``)."""
+    kind = getattr(dag_run, "run_type", "")
+    return str(getattr(kind, "value", kind))
+
+
+def is_manual(context) -> bool:
+    """Whether the run was triggered by hand (the UI form, the REST API, ``airflow dags trigger``)."""
+    return run_type(context["dag_run"]) == "manual"
+
+
+def as_of_day(context, config, settings) -> str:
     """The run's as-of day: the form's ``as_of``, else the retrain request's (Asset event), else the
-    data interval end — never the wall clock."""
+    data interval end (a manual run's moved back to the day after the newest data) — never the wall
+    clock. The choice and its reason go to the task log."""
+    import logging
+
+    from airloop.tasks.runs import training_as_of
     from airloop_provider.assets import as_of_from_asset_events
 
-    chosen = context["params"].get("as_of")
-    if chosen:
-        return str(chosen)[:10]
     requested, _ = as_of_from_asset_events(context.get("triggering_asset_events"))
-    if requested:
-        return requested
-    end = context.get("data_interval_end") or context["dag_run"].run_after
-    return end.date().isoformat()
+    as_of, why = training_as_of(config, settings, chosen=context["params"].get("as_of"), requested=requested,
+                                interval_end=context.get("data_interval_end") or context["dag_run"].run_after,
+                                manual=is_manual(context))
+    logging.getLogger(__name__).info("%s: training as of %s (%s)", config.name, as_of, why)
+    return as_of
+
+
+def monitored_interval(context, config, settings) -> dict[str, str]:
+    """The interval a monitoring run covers (``start``, ``end`` ISO, ``note``): the form's ``day``,
+    else the data interval (a manual run's moved to the newest day with served traffic)."""
+    import logging
+
+    from airloop.tasks.runs import monitoring_interval
+
+    interval = monitoring_interval(config, settings, chosen_day=context["params"].get("day"),
+                                   interval_start=context["data_interval_start"],
+                                   interval_end=context["data_interval_end"], manual=is_manual(context))
+    logging.getLogger(__name__).info("%s: monitoring [%s, %s) (%s)", config.name, interval.start, interval.end,
+                                     interval.note)
+    return interval.to_dict()
 
 
 def run_context(context, as_of: str | None) -> dict[str, str]:
@@ -39,7 +67,7 @@ def run_context(context, as_of: str | None) -> dict[str, str]:
     return {
         "dag_id": dag_run.dag_id,
         "dag_run_id": dag_run.run_id,
-        "run_type": str(dag_run.run_type),
+        "run_type": run_type(dag_run),
         "as_of": as_of or "",
         "trigger_reason": str(conf.get("reason") or requested_reason or ""),
     }

@@ -14,6 +14,12 @@ from airloop_provider.context import run_actor, run_context
 class DeployModelOperator(BaseOperator):
     """Hot-reload the pipeline's ``champion`` in serving, smoke-test it, roll back on failure.
 
+    A pipeline serving has not seen yet (its file added after serving started) is picked up by
+    that reload. When serving cannot load the version (or does not know the pipeline, or the
+    smoke test fails) the champion and the serving environment's alias go back to the previous
+    version (a first model: they are removed), a ledger row records it, and the task fails with
+    the pipeline, the version and serving's answer (:func:`airloop.tasks.lifecycle.deploy`).
+
     :param pipeline: pipeline name (``include/pipelines/<name>.yaml``).
     :param promotion: the promote task's output (XComArg or dict); skipped unless it moved the
         serving environment (the champion).
@@ -54,7 +60,8 @@ class DeployModelOperator(BaseOperator):
         environment = self.promotion.get("environment")
         if environment and not config.promotion.environment(environment).serving:
             raise AirflowSkipException(f"{environment} is not served by this serving process; nothing to reload")
-        self.log.info("deploying %s champion to %s", config.model_name, self.hook.endpoint.url)
+        self.log.info("deploying %s champion (v%s) to %s", config.model_name, self.promotion.get("version"),
+                      self.hook.endpoint.for_pipeline(config).url)
         return stages.deploy(config, self.promotion, self.snapshot, self.hook.endpoint, settings,
                              actor=run_actor(context),
                              run_context=run_context(context, (self.snapshot or {}).get("as_of")))

@@ -50,7 +50,9 @@ def ensure_secrets(settings: Settings) -> dict[str, str]:
     from airloop.core.pipeline import load_all_pipelines
     from airloop.core.settings import parse_tenant_tokens
 
-    tokens = parse_tenant_tokens(values.get(AIRLOOP_TENANT_TOKENS.name) or AIRLOOP_TENANT_TOKENS.get())
+    # the file's tokens, and the environment's (containers) over them for the tenants it names
+    tokens = {**parse_tenant_tokens(values.get(AIRLOOP_TENANT_TOKENS.name) or ""),
+              **parse_tenant_tokens(AIRLOOP_TENANT_TOKENS.get() or "")}
     named = {c.tenant for c in load_all_pipelines(settings)[0] if c.tenant != "default"}
     for tenant in sorted(named - set(tokens)):
         tokens[tenant] = tenant_token()
@@ -66,6 +68,8 @@ def ensure_secrets(settings: Settings) -> dict[str, str]:
         path.chmod(0o600)
     for key, value in values.items():
         os.environ.setdefault(key, value)
+    # a shell sourced before a tenant was added holds a stale list: serving must know every tenant
+    os.environ[AIRLOOP_TENANT_TOKENS.name] = values["AIRLOOP_TENANT_TOKENS"]
     return values
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from datetime import date, datetime, timezone
 
@@ -12,71 +11,115 @@ from airloop.core.pipeline import load_pipeline_config
 from airloop.core.settings import AIRFLOW_PORT, MLFLOW_PORT, Settings, get_settings
 
 
-# ---------------------------------------------------------------------------------- training
-def run_training(pipeline: str, as_of: str, conf: dict | None = None) -> tuple[str, float]:
-    """Run ``<pipeline>__train`` for ``as_of`` through Airflow's ``dag.test``; return (state, seconds).
+# ------------------------------------------------------------------------- Airflow, for real
+class DemoAirflow:
+    """The Airflow the demo drives: ``airflow standalone`` (or the Celery components) on the
+    project's own metadata DB, started for the demo and stopped after it, so that every run it
+    leaves is a real one — made by the scheduler, with task logs, wall-clock times and the
+    business day as its data interval — and ``make up`` shows them afterwards."""
 
-    ``dag.test`` runs every task of a real DAG run in this process, one after the other (the
-    mapped Optuna workers too); under the scheduler (``make up``) they run in parallel.
-    """
-    from airflow.dag_processing.dagbag import DagBag
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.procs: dict = {}
+        self.api = None
 
-    settings = get_settings()
-    bag = DagBag(dag_folder=str(settings.root / "dags" / "airloop_training.py"))
-    if bag.import_errors:
-        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    dag = bag.get_dag(load_pipeline_config(pipeline, settings).dag_id("train"))
-    logical = datetime.fromisoformat(as_of).replace(tzinfo=timezone.utc)
+    def __enter__(self) -> "DemoAirflow":
+        from airloop.cli.processes import airflow_api, start_airflow
+
+        logs = self.settings.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        port = AIRFLOW_PORT.get()
+        try:
+            self.procs, _ = start_airflow(self.settings, logs, port, triggerer=False)
+            self.api = airflow_api(self.settings, port)
+            self.api.wait_healthy(alive=self.alive)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        print(f"Airflow is up at {self.api.base_url} (logs in {logs}); the demo's runs go through its scheduler")
+        return self
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs.values())
+
+    def __exit__(self, *exc) -> None:
+        from airloop.cli.processes import _stop_all
+
+        _stop_all(self.procs)
+
+
+def _existing_runs(api, dag_id: str, first: date, last: date) -> list[dict]:
+    return sorted(api.runs(dag_id, logical_date_gte=f"{first}T00:00:00Z", logical_date_lte=f"{last}T00:00:00Z"),
+                  key=lambda r: r["logical_date"] or "")
+
+
+def backfill_days(airflow: DemoAirflow, dag_id: str, first: date, last: date) -> tuple[list[dict], float, bool]:
+    """Backfill ``dag_id`` over ``[first, last]`` (what the UI's Backfill dialog does) and wait;
+    return the runs, the seconds and whether they are new. Days that already have a run (a second
+    ``make demo``) are not run again: their runs are returned as they are."""
+    from airloop.ops.airflow_api import AirflowApiError
+
     started = time.perf_counter()
-    run = dag.test(logical_date=logical, run_conf={"as_of": as_of, **(conf or {})})
-    return str(getattr(run, "state", "unknown")), time.perf_counter() - started
+    try:
+        backfill = airflow.api.backfill(dag_id, first, last)
+    except AirflowApiError as err:
+        if "HTTP 409" not in str(err):  # 409: no run to create, every day of the range has one
+            raise
+        runs = _existing_runs(airflow.api, dag_id, first, last)
+        for run in runs:
+            if run["state"] not in ("success", "failed"):
+                run.update(airflow.api.wait_run(dag_id, run["dag_run_id"], alive=airflow.alive))
+        return runs, time.perf_counter() - started, False
+    runs = airflow.api.wait_backfill(backfill, alive=airflow.alive)
+    return runs or _existing_runs(airflow.api, dag_id, first, last), time.perf_counter() - started, True
 
 
-def _load_dag(file: str, dag_id: str):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(get_settings().root / "dags" / file))
-    if bag.import_errors:
-        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    return bag.get_dag(dag_id)
-
-
-def run_monitoring(pipeline: str, day: date) -> tuple[str, dict, float]:
-    """Run ``<pipeline>__monitor`` for ``[day, day + 1)`` through ``dag.test``; return (state,
-    the monitor task's summary, seconds)."""
-    from datetime import timedelta
-
-    dag = _load_dag("airloop_monitoring.py", load_pipeline_config(pipeline).dag_id("monitor"))
-    started = time.perf_counter()
-    # dag.test infers a manual run's interval as the last complete one before its logical date
-    logical = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=timezone.utc)
-    run = dag.test(logical_date=logical)
-    return str(run.state), interval_outcome(get_settings(), pipeline, day), time.perf_counter() - started
+def run_training(airflow: DemoAirflow, pipeline: str, as_of: str) -> tuple[str, float]:
+    """The training DAG's scheduled run of ``as_of`` (a schedule tick), as a backfill."""
+    day = date.fromisoformat(as_of)
+    runs, seconds, _ = backfill_days(airflow, load_pipeline_config(pipeline).dag_id("train"), day, day)
+    if not runs:
+        raise RuntimeError(f"{pipeline}: {as_of} is not a tick of the training schedule: no run to backfill")
+    return runs[-1]["state"], seconds
 
 
-def interval_outcome(settings: Settings, pipeline: str, day: date) -> dict:
+def run_monitoring(airflow: DemoAirflow, config, day: date) -> tuple[str, dict, float, bool]:
+    """The monitoring DAG's run of ``[day, day + 1)``, as a backfill; return (state, what the
+    monitor stored for the day, seconds, whether the run is new)."""
+    runs, seconds, new = backfill_days(airflow, config.dag_id("monitor"), day, day)
+    state = runs[-1]["state"] if runs else "no run"
+    return state, interval_outcome(get_settings(), config.name, day, config.tenant), seconds, new
+
+
+def wait_for_retraining(airflow: DemoAirflow, pipeline: str, known: set[str]) -> list[dict]:
+    """The training runs the retrain request's Asset event made the scheduler start (not in
+    ``known``), once finished."""
+    dag_id = load_pipeline_config(pipeline).dag_id("train")
+    deadline = time.monotonic() + 120
+    while True:
+        new = [r for r in airflow.api.runs(dag_id, run_type=["asset_triggered"]) if r["dag_run_id"] not in known]
+        if new or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    return [airflow.api.wait_run(dag_id, r["dag_run_id"], alive=airflow.alive) for r in new]
+
+
+def interval_outcome(settings: Settings, pipeline: str, day: date, tenant: str | None = None) -> dict:
     """What monitoring stored for ``day``: the monitoring_runs row and the fired alert rules."""
     from airloop.core import store
     from airloop.core.timeutil import day_bounds
     from airloop.monitoring.interval import stored_interval
 
-    return stored_interval(store.get_engine(settings.monitoring_db_uri), pipeline, day_bounds(day)[0])
+    return stored_interval(store.get_engine(settings.monitoring_db_uri), pipeline, day_bounds(day)[0], tenant)
 
 
 def replay_traffic(settings: Settings, config, day: date) -> int:
-    """Send ``day``'s claims through the serving API as the business would have: each record
-    with its claim id as request id and its claim time as event time; return the records sent."""
-    import httpx
+    """Send ``day``'s claims through the serving API as the business would have (``airloop
+    replay``: each source row with its claim id as request id and its claim time as event
+    time); return the records serving accepted."""
+    from airloop.serving.replay import replay_day
 
-    from airloop.data.simulator import generate_day
-
-    frame = generate_day(day)
-    records = json.loads(frame[list(config.features)].to_json(orient="records"))
-    answer = httpx.post(f"{settings.serving_url}/predict", timeout=120, json={
-        "records": records, "request_ids": frame[config.id_column].astype(str).tolist(),
-        "event_ts": [ts.isoformat() for ts in frame[config.timestamp]]})
-    answer.raise_for_status()
-    return len(records)
+    return replay_day(settings, config, day).accepted
 
 
 def pending_retrain(settings: Settings, config, day: date) -> dict | None:
@@ -85,68 +128,104 @@ def pending_retrain(settings: Settings, config, day: date) -> dict | None:
     from airloop.core.timeutil import day_bounds
     from airloop.monitoring.retrain import retrain_request
 
-    return retrain_request(store.get_engine(settings.monitoring_db_uri), config.name, day_bounds(day)[0])
+    return retrain_request(store.get_engine(settings.monitoring_db_uri), config.name, day_bounds(day)[0], config.tenant)
 
 
-def wait_for_serving_log(settings: Settings, seconds: float = 3.0) -> None:
-    """Give serving's batched prediction writer time to flush (it writes every 0.5 s)."""
-    time.sleep(seconds)
+def wait_for_serving_log(settings: Settings, config, day: date, sent: int, seconds: float = 30.0) -> int:
+    """Wait until serving's batched prediction writer has logged the ``sent`` requests of ``day``
+    (it writes every 0.5 s); return the rows logged."""
+    import sqlalchemy as sa
+
+    from airloop.core import store
+    from airloop.core.timeutil import day_bounds
+
+    start, end = day_bounds(day)
+    table = store.predictions
+    query = sa.select(sa.func.count()).select_from(table).where(
+        table.c.pipeline == config.name, table.c.tenant == config.tenant, table.c.ts >= start, table.c.ts < end)
+    engine = store.get_engine(settings.monitoring_db_uri)
+    deadline = time.monotonic() + seconds
+    while True:
+        with engine.connect() as conn:
+            logged = conn.execute(query).scalar() or 0
+        if logged >= sent or time.monotonic() > deadline:
+            return logged
+        time.sleep(0.25)
 
 
 def cmd_train(args) -> int:
-    """Train one interval through Airflow."""
-    ensure_secrets(get_settings())
-    state, seconds = run_training(args.pipeline, args.as_of)
-    print(f"{args.pipeline}__train as of {args.as_of}: {state} in {seconds:.0f} s")
+    """Train one interval through Airflow's ``dag.test`` (in this process: no scheduler needed)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    settings = get_settings()
+    ensure_secrets(settings)
+    bag = DagBag(dag_folder=str(settings.root / "dags" / "airloop_training.py"))
+    if bag.import_errors:
+        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+    dag_id = load_pipeline_config(args.pipeline, settings).dag_id("train")
+    dag = bag.get_dag(dag_id)
+    started = time.perf_counter()
+    run = dag.test(logical_date=datetime.fromisoformat(args.as_of).replace(tzinfo=timezone.utc),
+                   run_conf={"as_of": args.as_of})
+    state, seconds = str(getattr(run, "state", "unknown")), time.perf_counter() - started
+    print(f"{dag_id} as of {args.as_of}: {state} in {seconds:.0f} s")
     return 0 if state == "success" else 1
 
 
 # ------------------------------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
-    """The demo: history, serving, a training run to a champion, the bad-data day, a summary."""
+    """The demo: history, serving, a training run to a champion, the bad-data day, the closed
+    loop over three weeks of traffic, a summary. Every run goes through Airflow's scheduler."""
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per REST call is noise here
     settings = get_settings()
     ensure_secrets(settings)
     t0 = time.perf_counter()
     cmd_simulate(argparse.Namespace(pipeline=args.pipeline, days=args.days, seed=7))
     if cmd_start_serving(args) != 0:
         return 1
-    timeline = []
-    state, seconds = run_training(args.pipeline, args.as_of)
-    timeline.append((f"train as of {args.as_of}", state, seconds))
-    print(f"training as of {args.as_of}: {state} ({seconds:.0f} s)")
-    bad_as_of = "2026-03-11"
-    bad_day = "2026-03-10"
     config = load_pipeline_config(args.pipeline, settings)
     from airloop.data.quarantine import quarantined_days
 
-    already = date.fromisoformat(bad_day) in quarantined_days(config, settings)
-    state_bad, seconds_bad = run_training(args.pipeline, bad_as_of)
-    if already:
-        what = f"train as of {bad_as_of} ({bad_day} was quarantined by an earlier run: excluded from the window)"
-    else:
-        what = f"train as of {bad_as_of} (window holds the bad-data day {bad_day}: expected to stop at validation)"
-    timeline.append((what, state_bad, seconds_bad))
-    print(f"{what}: {state_bad} ({seconds_bad:.0f} s)")
-    loop_events = run_loop(settings, config, timeline, date.fromisoformat(args.loop_from), args.loop_days)
+    bad_as_of, bad_day = "2026-03-15", "2026-03-10"  # a weekly tick whose window holds the bad-data day
+    timeline = []
+    with DemoAirflow(settings) as airflow:
+        airflow.api.wait_dags([config.dag_id("train"), config.dag_id("monitor")])
+        for dag_id in (config.dag_id("train"), config.dag_id("monitor")):
+            airflow.api.unpause(dag_id)  # their schedules end with the history: nothing else starts
+        state, seconds = run_training(airflow, args.pipeline, args.as_of)
+        timeline.append((f"train as of {args.as_of} (backfill)", state, seconds))
+        print(f"training as of {args.as_of}: {state} ({seconds:.0f} s)")
+        already = date.fromisoformat(bad_day) in quarantined_days(config, settings)
+        state_bad, seconds_bad = run_training(airflow, args.pipeline, bad_as_of)
+        what = (f"train as of {bad_as_of} (backfill; its window holds the bad-data day {bad_day}: "
+                "expected to stop at validate — read its log in the Airflow UI)")
+        timeline.append((what, state_bad, seconds_bad))
+        print(f"{what}: {state_bad} ({seconds_bad:.0f} s)")
+        loop_events = run_loop(airflow, settings, config, timeline, date.fromisoformat(args.loop_from), args.loop_days)
     print_summary(settings, args.pipeline, timeline, time.perf_counter() - t0, loop_events)
     quarantined = date.fromisoformat(bad_day) in quarantined_days(config, settings)
-    stopped_or_excluded = state_bad == "failed" if not already else state_bad == "success"
-    return 0 if state == "success" and quarantined and stopped_or_excluded else 1
+    # a second `make demo` finds every run made: the bad-data run stays the failed run it was
+    stopped = state_bad == "failed" or (already and state_bad == "success")
+    return 0 if state == "success" and quarantined and stopped else 1
 
 
-def run_loop(settings: Settings, config, timeline: list, first: date, days: int) -> list[str]:
-    """The closed loop, day by day: replay the day's traffic through serving, monitor the day,
-    and when monitoring requests a retrain, run the training DAG as the Asset event asks (the
-    scheduler does this under `make up`; here the demo plays the scheduler)."""
+def run_loop(airflow: DemoAirflow, settings: Settings, config, timeline: list, first: date, days: int) -> list[str]:
+    """The closed loop, day by day: replay the day's traffic through serving, run the day's
+    monitoring (a backfill), and when monitoring requests a retrain, wait for the training run
+    that its Asset event makes the scheduler start."""
     from datetime import timedelta
 
     events: list[str] = []
     previous_alerts: list[str] = []
+    train_dag = config.dag_id("train")
+    known = {r["dag_run_id"] for r in airflow.api.runs(train_dag, run_type=["asset_triggered"])}
     for offset in range(days):
         day = first + timedelta(days=offset)
         sent = replay_traffic(settings, config, day)
-        wait_for_serving_log(settings)
-        state, summary, seconds = run_monitoring(config.name, day)
+        wait_for_serving_log(settings, config, day, sent)
+        state, summary, seconds, new = run_monitoring(airflow, config, day)
         alerts = [a["rule"] for a in summary.get("alerts", [])]
         drifted = summary.get("drifted_features") or []
         line = (f"{day}: {sent} requests served by v{summary.get('model_version')}, monitoring {state} "
@@ -156,11 +235,16 @@ def run_loop(settings: Settings, config, timeline: list, first: date, days: int)
             events.append(f"{day}: alerts {alerts or 'none'}" + (f" (drifted: {', '.join(drifted)})" if drifted else ""))
         previous_alerts = alerts
         request = pending_retrain(settings, config, day)
-        if request:
+        if request and not new:  # a second `make demo`: that retraining ran the first time
+            events.append(f"{day}: retraining requested as of {request['as_of']} (run by an earlier demo)")
+        elif request:
             events.append(f"{day}: retraining requested as of {request['as_of']}: {request['reason'][:160]}")
-            state_t, seconds_t = run_training(config.name, request["as_of"], conf={"reason": request["reason"][:500]})
-            timeline.append((f"retrain as of {request['as_of']} (requested by monitoring)", state_t, seconds_t))
-            events.append(f"{request['as_of']}: retraining run {state_t} ({seconds_t:.0f} s)")
+            started = time.perf_counter()
+            for run in wait_for_retraining(airflow, config.name, known):
+                known.add(run["dag_run_id"])
+                seconds_t = time.perf_counter() - started
+                timeline.append((f"retrain as of {request['as_of']} (Asset event from monitoring)", run["state"], seconds_t))
+                events.append(f"{request['as_of']}: retraining run {run['dag_run_id']} {run['state']} ({seconds_t:.0f} s)")
     return events
 
 
@@ -192,9 +276,9 @@ def print_summary(settings: Settings, pipeline: str, timeline: list[tuple[str, s
     if loop_events:
         lines.append("  closed loop:")
         lines += [f"    {e}" for e in loop_events]
-    for row in ledger.ledger_rows(engine, config.name)[-5:]:
-        lines.append(f"  ledger: {row['action']} v{row['from_version']} -> v{row['to_version']} by {row['actor']}: "
-                     f"{row['reason'][:110]}")
+    for row in ledger.ledger_rows(engine, config.name)[-9:]:  # a training run writes one row per environment
+        lines.append(f"  ledger [{row.get('environment') or row.get('alias')}]: {row['action']} "
+                     f"v{row['from_version'] or '-'} -> v{row['to_version']} by {row['actor']}: {row['reason'][:90]}")
     for day in sorted(quarantined_days(config, settings)):
         lines.append(f"  quarantined: {day} -> {settings.quarantine_dir / config.name / day.isoformat()}")
     try:
@@ -209,7 +293,7 @@ def print_summary(settings: Settings, pipeline: str, timeline: list[tuple[str, s
     lines += [
         "", "Where to look:",
         f"  Serving API     {settings.serving_url}/docs   (POST /predict, GET /model, /metrics)",
-        f"  MLflow UI       make up, then http://127.0.0.1:{MLFLOW_PORT.get()}  (experiment {config.experiment_name})",
+        f"  MLflow UI       make up, then {_experiment_url(settings, client, config)}  (experiment {config.experiment_name})",
         f"  Airflow UI      make up, then http://127.0.0.1:{AIRFLOW_PORT.get()}  (DAG {config.dag_id('train')})",
         f"  Validation      {settings.validation_dir / config.name}",
         f"  Ledger          {settings.monitoring_db_uri}  (table promotion_ledger)",
@@ -220,6 +304,16 @@ def print_summary(settings: Settings, pipeline: str, timeline: list[tuple[str, s
     if total_s is not None:
         lines.append(f"\nDemo finished in {total_s / 60:.1f} min.")
     print("\n".join(lines))
+
+
+def _experiment_url(settings: Settings, client, config) -> str:
+    """The experiment in MLflow's model-training view (``make up``'s MLflow UI for a local store)."""
+    from airloop.registry import client as registry_client
+
+    experiment = client.get_experiment_by_name(config.experiment_name)
+    if experiment is None:
+        return f"http://127.0.0.1:{MLFLOW_PORT.get()}"
+    return registry_client.ui_url(settings, experiment.experiment_id)
 
 
 def cmd_summary(args) -> int:

@@ -14,9 +14,19 @@ from airloop.cli.commands import _init_mlflow, _tracking_server, cmd_start_servi
 from airloop.core.settings import AIRFLOW_PORT, AIRLOOP_MLFLOW_BACKEND_STORE_URI, MLFLOW_PORT, Settings, get_settings
 
 
+def passwords_file(settings: Settings) -> Path:
+    """Where the simple auth manager keeps the generated UI logins (airflow.cfg, or its variable)."""
+    configured = os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
+    if configured:
+        return Path(configured)
+    # airflow.cfg: $AIRFLOW_HOME/.airloop/airflow/... (Airflow's files follow AIRFLOW_HOME, not AIRLOOP_STATE_DIR)
+    home = Path(os.environ.get("AIRFLOW_HOME") or settings.root)
+    return home / ".airloop" / "airflow" / "simple_auth_manager_passwords.json.generated"
+
+
 def airflow_login(settings: Settings) -> str:
     """The generated Airflow UI login (simple auth manager), once ``airflow standalone`` made it."""
-    path = settings.state_dir / "airflow" / "simple_auth_manager_passwords.json.generated"
+    path = passwords_file(settings)
     try:
         users = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -61,6 +71,48 @@ def _wait_http(urls: dict[str, str], procs: dict[str, subprocess.Popen], logs: P
         time.sleep(1)
 
 
+def start_airflow(settings: Settings, logs: Path, port: str, triggerer: bool = True
+                  ) -> tuple[dict[str, subprocess.Popen], str]:
+    """Start Airflow in the background, each component in its own process group; return the
+    processes and the name of the one serving the API (and the UI).
+
+    Embedded profile: ``airflow standalone`` (API server, scheduler, DAG processor, triggerer on
+    SQLite + LocalExecutor; it writes the UI login). Celery profile: the components one by one
+    (:mod:`airloop.ops.topology`). ``make up`` and ``make demo`` both start Airflow here.
+    """
+    from airloop.ops import topology
+
+    bin_dir = Path(sys.executable).parent
+    # Airflow's components start `airflow ...` subprocesses: put this venv first on PATH
+    env = {**topology.airflow_port_env({"AIRFLOW_PORT": port}),
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    procs: dict[str, subprocess.Popen] = {}
+    if topology.uses_celery():
+        for component in topology.airflow_components(int(port)):
+            if component.name == "triggerer" and not triggerer:
+                continue
+            procs[component.name] = _start(component.name, component.argv, logs, settings.root,
+                                           {**env, **component.env}, group=True)
+        return procs, "api-server"
+    # its own process group: stopping it stops every component
+    procs["airflow"] = _start("airflow-standalone", [str(bin_dir / "airflow"), "standalone"], logs,
+                              settings.root, env, group=True)
+    return procs, "airflow"
+
+
+def airflow_api(settings: Settings, port: str | None = None):
+    """A REST client of the local Airflow API server, logged in as the generated admin user."""
+    from airloop.ops.airflow_api import AirflowApi, simple_auth_password
+
+    passwords = passwords_file(settings)
+    deadline = time.monotonic() + 240
+    while (password := simple_auth_password(passwords)) is None:  # standalone writes it on start
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no Airflow admin password in {passwords}")
+        time.sleep(1)
+    return AirflowApi(f"http://127.0.0.1:{port or AIRFLOW_PORT.get()}", "admin", password)
+
+
 def cmd_up(args) -> int:
     """Start the MLflow UI/server, serving (background) and Airflow; Ctrl-C stops Airflow and MLflow.
 
@@ -96,19 +148,8 @@ def cmd_up(args) -> int:
     if cmd_start_serving(args) != 0:
         _stop_all(procs)
         return 1
-    # Airflow's components start `airflow ...` subprocesses: put this venv first on PATH
-    airflow_env = {"AIRFLOW__API__PORT": airflow_port, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-                   "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{airflow_port}/execution/"}
-    if topology.uses_celery():
-        for component in topology.airflow_components(int(airflow_port)):
-            procs[component.name] = _start(component.name, component.argv, logs, settings.root,
-                                           {**airflow_env, **component.env}, group=True)
-        airflow_proc = "api-server"
-    else:
-        # its own process group: stopping it stops every component
-        procs["airflow"] = _start("airflow-standalone", [str(bin_dir / "airflow"), "standalone"], logs,
-                                  settings.root, airflow_env, group=True)
-        airflow_proc = "airflow"
+    airflow_procs, airflow_proc = start_airflow(settings, logs, airflow_port)
+    procs.update(airflow_procs)
     urls = {airflow_proc: f"http://127.0.0.1:{airflow_port}", "mlflow": f"http://127.0.0.1:{mlflow_port}"}
     _wait_http(urls, procs, logs)
     print("\n".join([

@@ -9,6 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: Path, *, fsync: bool = False, tmp: Path | None = None) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; on a clean exit it is renamed over ``path``
@@ -25,6 +31,7 @@ def atomic_path(path: Path, *, fsync: bool = False, tmp: Path | None = None) -> 
         if fsync:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600: give the file the mode open() would
         os.replace(tmp, path)
     finally:
         if tmp.exists():

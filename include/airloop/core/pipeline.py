@@ -9,13 +9,97 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from airloop.core.names import RESERVED_ALIASES
 from airloop.core.settings import ConfigError, Settings, get_settings
 from airloop.core.timeutil import day_start
 
 TaskType = Literal["binary_classification", "multiclass_classification", "regression"]
+
+
+class ConfigurationError(ConfigError):
+    """The pipeline file does not fit its data or is out of step with its stored suite (a
+    misspelled column, a declared type no value has, a stale suite): a person must fix the file,
+    so a retry cannot help. The DAG files map it to ``AirflowFailException``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Names the configuration is checked against (the one definition; training imports them)
+# --------------------------------------------------------------------------------------------
+
+#: estimator family -> task kind ("classification" | "regression") -> import path.
+ESTIMATORS: dict[str, dict[str, str]] = {
+    "logistic_regression": {"classification": "sklearn.linear_model:LogisticRegression"},
+    "ridge": {"regression": "sklearn.linear_model:Ridge"},
+    "random_forest": {
+        "classification": "sklearn.ensemble:RandomForestClassifier",
+        "regression": "sklearn.ensemble:RandomForestRegressor",
+    },
+    "extra_trees": {
+        "classification": "sklearn.ensemble:ExtraTreesClassifier",
+        "regression": "sklearn.ensemble:ExtraTreesRegressor",
+    },
+    "hist_gradient_boosting": {
+        "classification": "sklearn.ensemble:HistGradientBoostingClassifier",
+        "regression": "sklearn.ensemble:HistGradientBoostingRegressor",
+    },
+}
+
+#: ``training.metric`` is a scikit-learn scorer name (``sklearn.metrics.get_scorer``); these are
+#: the ones airloop supports, by the task they fit (tests check each is a real scorer).
+REGRESSION_METRICS = frozenset({
+    "r2", "explained_variance", "neg_root_mean_squared_error", "neg_mean_squared_error",
+    "neg_mean_absolute_error", "neg_median_absolute_error", "neg_mean_absolute_percentage_error",
+    "neg_max_error", "neg_root_mean_squared_log_error", "neg_mean_squared_log_error",
+    "neg_mean_poisson_deviance", "neg_mean_gamma_deviance", "d2_absolute_error_score",
+})  # fmt: skip
+#: Classification scorers that work for binary and multi-class targets with any labels.
+CLASSIFICATION_METRICS = frozenset({
+    "accuracy", "balanced_accuracy", "matthews_corrcoef", "neg_log_loss",
+    "f1_macro", "f1_micro", "f1_weighted", "precision_macro", "precision_micro", "precision_weighted",
+    "recall_macro", "recall_micro", "recall_weighted", "jaccard_macro", "jaccard_micro", "jaccard_weighted",
+    "roc_auc_ovr", "roc_auc_ovo", "roc_auc_ovr_weighted", "roc_auc_ovo_weighted",
+})  # fmt: skip
+#: Binary-only scorers (``roc_auc`` ranks the second class's probability; works with any labels).
+BINARY_METRICS = frozenset({"roc_auc"})
+#: Binary-only scorers of the label ``1`` (scikit-learn's default ``pos_label``): the classes must
+#: be ``[0, 1]`` (or ``[false, true]``) so that the positive class, listed last, is that label.
+POSITIVE_LABEL_METRICS = frozenset({"f1", "precision", "recall", "jaccard", "average_precision", "neg_brier_score"})
+#: Every supported ``training.metric``.
+STUDY_METRICS = REGRESSION_METRICS | CLASSIFICATION_METRICS | BINARY_METRICS | POSITIVE_LABEL_METRICS
+#: Common names that are not scorer names -> the scorer meant (sklearn's are higher-is-better).
+METRIC_ALIASES = {
+    "rmse": "neg_root_mean_squared_error", "mse": "neg_mean_squared_error", "mae": "neg_mean_absolute_error",
+    "mape": "neg_mean_absolute_percentage_error", "median_absolute_error": "neg_median_absolute_error",
+    "auc": "roc_auc", "roc_auc_score": "roc_auc", "pr_auc": "average_precision", "log_loss": "neg_log_loss",
+    "logloss": "neg_log_loss", "brier": "neg_brier_score", "f1_score": "f1", "mcc": "matthews_corrcoef",
+}  # fmt: skip
+
+
+def task_kind(task: str) -> str:
+    """``classification`` or ``regression`` (the key of :data:`ESTIMATORS`)."""
+    return "regression" if task == "regression" else "classification"
+
+
+def metrics_for_task(task: str, classes: list[Any] | None = None) -> frozenset[str]:
+    """The ``training.metric`` names that fit ``task`` (and, for binary tasks, its classes)."""
+    if task == "regression":
+        return REGRESSION_METRICS
+    if task == "multiclass_classification":
+        return CLASSIFICATION_METRICS
+    positive_one = bool(classes) and classes[-1] in (1, True) and classes[0] in (0, False)
+    return CLASSIFICATION_METRICS | BINARY_METRICS | (POSITIVE_LABEL_METRICS if positive_one or not classes else frozenset())
+
+
+def did_you_mean(word: str, options: Any, cutoff: float = 0.6) -> str:
+    """`` — did you mean 'x'?`` for the option closest to ``word`` (case-insensitive first), else ``""``."""
+    import difflib
+
+    options = [str(o) for o in options]
+    exact = [o for o in options if o.lower() == str(word).lower()]
+    close = exact or difflib.get_close_matches(str(word), options, n=1, cutoff=cutoff)
+    return f" — did you mean {close[0]!r}?" if close else ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -27,25 +111,53 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: Default ``max_categories`` of a category column: the most frequent values of the training
+#: window the model encodes one by one; the others share one "other" bucket.
+DEFAULT_MAX_CATEGORIES = 200
+
+
 class ColumnSpec(_Strict):
-    """One feature column: its type and the constraints the validation suite derives."""
+    """One feature column: its type and the constraints the validation suite derives.
+
+    A ``category`` column may declare its ``values`` (the validation suite then requires them,
+    serving flags or rejects any other value); without ``values`` its vocabulary is learned
+    from each training window: the ``max_categories`` most frequent values are encoded one by
+    one, the rest (and values never seen in training) share an "other" bucket, and the
+    vocabulary is stored with the model version (its fitted encoder)."""
 
     type: Literal["float", "int", "category", "bool"]
     min: float | None = None
     max: float | None = None
+    #: The allowed categories (None: learned from the training window).
     values: list[str] | None = None
+    #: Category columns: most categories encoded one by one (the most frequent of the training
+    #: window; None: :data:`DEFAULT_MAX_CATEGORIES`, see :attr:`category_cap`).
+    max_categories: int | None = Field(default=None, ge=1, le=100_000)
     #: Largest share of nulls tolerated in one partition (0 = never null).
     max_null_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _check(self) -> "ColumnSpec":
-        if self.type == "category" and not self.values:
-            raise ValueError("a category column needs 'values' (the allowed categories)")
+        if self.type == "category" and self.values is not None and not self.values:
+            raise ValueError("'values' is empty: list the allowed categories, or leave 'values' out to learn "
+                             "them from the training window")
         if self.type != "category" and self.values:
             raise ValueError("'values' is only for category columns")
+        if self.type != "category" and self.max_categories is not None:
+            raise ValueError("'max_categories' is only for category columns")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         return self
+
+    @property
+    def learned(self) -> bool:
+        """A category column whose vocabulary is learned from the training window (no ``values``)."""
+        return self.type == "category" and self.values is None
+
+    @property
+    def category_cap(self) -> int:
+        """Most categories the model encodes one by one (``max_categories``, default 200)."""
+        return self.max_categories or DEFAULT_MAX_CATEGORIES
 
 
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_$]*"
@@ -170,8 +282,28 @@ class TrainingConfig(_Strict):
     timeout_s: int = Field(default=900, gt=0)
     seed: int = 42
     metric: str = "roc_auc"
-    #: estimator family -> parameter name -> spec; families: see airloop.training.search.ESTIMATORS.
+    #: estimator family -> parameter name -> spec; families: :data:`ESTIMATORS`.
     search_space: dict[str, dict[str, ParamSpec]]
+
+    @field_validator("metric")
+    @classmethod
+    def _check_metric(cls, metric: str) -> str:
+        if metric in STUDY_METRICS:
+            return metric
+        if metric in METRIC_ALIASES:
+            raise ValueError(f"{metric!r} is not a scikit-learn scorer name: use {METRIC_ALIASES[metric]!r} "
+                             "(scorers are higher-is-better, errors are negated)")
+        raise ValueError(f"unknown metric {metric!r}{did_you_mean(metric, sorted(STUDY_METRICS))} "
+                         f"(a scikit-learn scorer name: {', '.join(sorted(STUDY_METRICS))})")
+
+    @field_validator("search_space")
+    @classmethod
+    def _check_families(cls, space: dict[str, Any]) -> dict[str, Any]:
+        for family in space:
+            if family not in ESTIMATORS:
+                raise ValueError(f"unknown estimator family {family!r}{did_you_mean(family, ESTIMATORS)} "
+                                 f"(families: {', '.join(ESTIMATORS)})")
+        return space
 
     @model_validator(mode="after")
     def _check(self) -> "TrainingConfig":
@@ -307,18 +439,61 @@ class PromotionConfig(GateConfig):
 DriftMethod = Literal["ks", "psi", "wasserstein", "jensenshannon", "chisquare", "z", "kl_div", "hellinger"]
 
 
+class AutoThreshold(str):
+    """The ``auto`` of ``threshold: auto``: a ``str`` that prints as ``auto`` under any format
+    spec, so messages formatting thresholds as numbers (``f"{t:.4g}"``) keep working."""
+
+    def __format__(self, spec: str) -> str:
+        return "auto"
+
+
 class ColumnDrift(_Strict):
-    """Drift method and threshold of one column (Evidently stattest names)."""
+    """Drift method and threshold of one column (Evidently stattest names).
+
+    ``threshold: auto`` learns the threshold from the training window's own day-to-day variation
+    when a version is trained (``DriftConfig.calibration``; :mod:`airloop.monitoring.calibration`)."""
 
     method: DriftMethod
-    threshold: float = Field(gt=0)
+    threshold: float | Literal["auto"]
+
+    @field_validator("threshold")
+    @classmethod
+    def _check_threshold(cls, value: float | str) -> float | str:
+        if isinstance(value, str):
+            return AutoThreshold(value)
+        if not value > 0:
+            raise ValueError(f"threshold must be greater than 0, or 'auto' (got {value})")
+        return value
+
+    @property
+    def auto(self) -> bool:
+        """Whether the threshold is learned (``auto``) rather than given."""
+        return isinstance(self.threshold, str)
+
+
+class DriftCalibration(_Strict):
+    """How ``threshold: auto`` is learned (:mod:`airloop.monitoring.calibration`): one drift
+    statistic per training day (that day against the rest of the reference), the threshold at the
+    ``1 - false_alarm_rate`` normal prediction bound of those statistics (log distances, normal
+    scores of p-values), never below a tenth of Evidently's default distance threshold (never
+    above its default p-value)."""
+
+    #: Expected share of stable feature-days flagged as drifted.
+    false_alarm_rate: float = Field(default=0.01, gt=0, lt=0.5)
+    #: Features with a weekly pattern: judged against the nearest weekday of the reference.
+    seasonal: list[str] = Field(default_factory=list)
+    #: Fewer usable training days than this: Evidently's default threshold (recorded as a fallback).
+    min_days: int = Field(default=7, ge=3)
+    #: Rows per training day used at most (a seeded sample above it).
+    max_day_rows: int = Field(default=50_000, ge=100)
 
 
 class DriftConfig(_Strict):
     """How input and prediction drift are judged per column (Evidently's DataDriftPreset methods).
 
     For p-value tests (ks, chisquare, z) a column drifts when p < threshold; for distances (psi,
-    wasserstein, jensenshannon, kl_div, hellinger) when the distance >= threshold.
+    wasserstein, jensenshannon, kl_div, hellinger) when the distance >= threshold. A threshold
+    may be ``auto`` (see :class:`DriftCalibration`).
     """
 
     numeric: ColumnDrift = ColumnDrift(method="wasserstein", threshold=0.1)
@@ -329,6 +504,8 @@ class DriftConfig(_Strict):
     drift_share: float = Field(default=0.3, gt=0, le=1)
     #: Fewer rows than this in an interval: drift is not judged (recorded as such).
     min_rows: int = Field(default=100, ge=1)
+    #: How ``threshold: auto`` columns are calibrated.
+    calibration: DriftCalibration = DriftCalibration()
 
 
 Severity = Literal["critical", "high", "medium", "low"]
@@ -338,12 +515,16 @@ class AlertRule(_Strict):
     """A monitoring rule: ``metric op value`` raises an alert of ``severity``.
 
     Metrics: drift_share, prediction_drift, performance_drop (relative drop of the study metric
-    on labelled rows vs the version's holdout), volume_ratio, error_rate, latency_p95_ms.
+    on labelled rows vs the version's holdout), volume_ratio, error_rate, latency_p95_ms,
+    out_of_domain_share (share of served rows with an input outside its declared range, declared
+    values or learned vocabulary), unseen_category_share (share of served rows with a category
+    outside its declared values or learned vocabulary), traffic_quality_failed (expectations of
+    the pipeline's suite the interval's served features failed).
     """
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     metric: Literal["drift_share", "prediction_drift", "performance_drop", "volume_ratio", "error_rate",
-                    "latency_p95_ms"]
+                    "latency_p95_ms", "out_of_domain_share", "unseen_category_share", "traffic_quality_failed"]
     op: Literal[">", ">=", "<", "<="]
     value: float
     severity: Severity
@@ -371,6 +552,18 @@ class MonitoringConfig(_Strict):
     #: Airflow connection id of the alert webhook (HTTP), and e-mail recipients (SMTP provider).
     webhook_conn_id: str | None = None
     email_to: list[str] = Field(default_factory=list)
+
+
+class ServingConfig(_Strict):
+    """How serving treats a request record.
+
+    ``out_of_domain``: what happens to a record with an input outside the model's domain (a
+    number outside its feature's ``min``/``max``, a category outside its ``values`` or the
+    vocabulary its model version learned): ``flag`` (default) answers it and logs the features in
+    the prediction's ``out_of_domain`` column; ``reject`` refuses the request with a 422 naming
+    the record, the feature, the value and what is allowed."""
+
+    out_of_domain: Literal["flag", "reject"] = "flag"
 
 
 class ScheduleConfig(_Strict):
@@ -415,6 +608,7 @@ class PipelineConfig(_Strict):
     validation: ValidationConfig = ValidationConfig()
     promotion: PromotionConfig = PromotionConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    serving: ServingConfig = ServingConfig()
     schedule: ScheduleConfig
 
     @model_validator(mode="after")
@@ -427,7 +621,48 @@ class PipelineConfig(_Strict):
             raise ValueError("classification pipelines need 'classes'")
         if self.task == "binary_classification" and self.classes and len(self.classes) != 2:
             raise ValueError("binary_classification needs exactly two classes")
+        if self.task == "regression" and self.classes:
+            raise ValueError("'classes' is only for classification tasks (this pipeline has task 'regression')")
+        if self.classes and len({repr(c) for c in self.classes}) != len(self.classes):
+            raise ValueError(f"classes must be distinct: {self.classes}")
         return self
+
+    @field_validator("training")
+    @classmethod
+    def _check_task_fit(cls, training: TrainingConfig, info: ValidationInfo) -> TrainingConfig:
+        """The study metric and the estimator families fit the task (and a binary task's classes)."""
+        task, classes = info.data.get("task"), info.data.get("classes")
+        if task is None:
+            return training  # the task itself is invalid: reported on its own
+        kind, problems = task_kind(task), []
+        metric, fitting = training.metric, metrics_for_task(task, classes)
+        if metric not in fitting:
+            if metric in REGRESSION_METRICS:
+                why = "is a regression metric"
+            elif metric in POSITIVE_LABEL_METRICS and task == "binary_classification":
+                why = (f"scores the label 1 (scikit-learn's pos_label), but the classes are {classes}: "
+                       "use classes [0, 1] or a metric such as 'roc_auc' or 'f1_macro'")
+            elif metric in BINARY_METRICS | POSITIVE_LABEL_METRICS:
+                why = "is a binary classification metric"
+                why += " (multi-class: 'roc_auc_ovr')" if metric == "roc_auc" and kind == "classification" else ""
+            else:
+                why = "is a classification metric"
+            default = "" if "metric" in training.model_fields_set else " (the default)"
+            problems.append(f"metric {metric!r}{default} {why}; a {task} pipeline needs one of "
+                            f"{', '.join(sorted(fitting))}")
+        unfit = [f for f in training.search_space if kind not in ESTIMATORS[f]]
+        if unfit:
+            options = [f for f, kinds in ESTIMATORS.items() if kind in kinds]
+            problems.append(f"search_space: {', '.join(map(repr, unfit))} cannot do {kind} (task {task}); "
+                            f"{kind} families: {', '.join(options)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return training
+
+    @property
+    def task_kind(self) -> str:
+        """``classification`` or ``regression``."""
+        return task_kind(self.task)
 
     @property
     def qualified_name(self) -> str:
@@ -464,7 +699,7 @@ def _format_errors(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid pipeline configuration"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  - {where}: {e['msg']}")
+        lines.append(f"  - {where}: {e['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

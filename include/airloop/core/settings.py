@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # include/airloop (this file is core/settings.py)
 
 
 #: Repository root when airloop runs from a checkout (include/airloop/ -> repo root).

@@ -55,11 +55,17 @@ promotion_ledger = sa.Table(
 
 
 # ------------------------------------------------------------------ closed loop (migration 2)
+#: The key of every row about one request or entity (``predictions``, ``shadow_predictions``,
+#: ``ground_truth``): request ids are scoped by tenant and pipeline, so two pipelines over the same
+#: entities (same ``id_column``), or two tenants whose ids overlap, never collide (migration 6).
+REQUEST_KEY = ("tenant", "pipeline", "request_id")
+
+
 #: Every prediction served (written in batches by serving, off the request path).
 predictions = sa.Table(
     "predictions",
     metadata,
-    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
     sa.Column("tenant", sa.String(100), nullable=False, server_default="default"),
     sa.Column("pipeline", sa.String(100), nullable=False, index=True),
@@ -72,19 +78,23 @@ predictions = sa.Table(
     sa.Column("latency_ms", sa.Float),
     sa.Column("status", sa.String(20), nullable=False),  # ok | error
     sa.Column("error", sa.Text),
+    # migration 7: JSON list of the features outside the model's domain (NULL: none, or not checked)
+    sa.Column("out_of_domain", sa.Text),
+    sa.PrimaryKeyConstraint(*REQUEST_KEY),
 )
 
 
-#: Labels arriving later, joined to predictions by request id.
+#: Labels arriving later, joined to predictions by (tenant, pipeline, request id).
 ground_truth = sa.Table(
     "ground_truth",
     metadata,
-    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
     sa.Column("tenant", sa.String(100), nullable=False, server_default="default"),
     sa.Column("pipeline", sa.String(100), nullable=False, index=True),
     sa.Column("label", sa.Text, nullable=False),  # JSON
     sa.Column("label_ts", sa.DateTime(timezone=True), nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint(*REQUEST_KEY),
 )
 
 
@@ -130,6 +140,10 @@ monitoring_runs = sa.Table(
     sa.Column("latency_p95_ms", sa.Float),
     sa.Column("report_uri", sa.Text),  # the Evidently HTML report
     sa.Column("retrain_reason", sa.Text),
+    # migration 7: served inputs outside the model's domain (shares of the interval's ok rows)
+    sa.Column("out_of_domain_share", sa.Float),
+    sa.Column("unseen_category_share", sa.Float),
+    sa.Column("out_of_domain_features", sa.Text),  # JSON {feature: share of rows}
 )
 
 
@@ -236,10 +250,91 @@ ab_test_results = sa.Table(
 
 
 #: The challenger's answers in shadow mode (same request ids as the served ``predictions`` rows,
-#: hence a table of their own; variant "shadow"). Same columns as ``predictions``.
+#: hence a table of their own; variant "shadow"). Same columns and key as ``predictions``.
 shadow_predictions = sa.Table(
-    "shadow_predictions", metadata, *(column._copy() for column in predictions.columns)
+    "shadow_predictions", metadata, *(column._copy() for column in predictions.columns),
+    sa.PrimaryKeyConstraint(*REQUEST_KEY),
 )
+
+
+#: Per data interval: the pipeline's validation suite run on the served features (migration 7).
+traffic_quality = sa.Table(
+    "traffic_quality",
+    metadata,
+    sa.Column("tenant", sa.String(100), primary_key=True),
+    sa.Column("pipeline", sa.String(100), primary_key=True),
+    sa.Column("interval_start", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("interval_end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),  # ok rows validated
+    sa.Column("success", sa.Boolean),  # NULL: not validated (no traffic, or the suite could not be read)
+    sa.Column("evaluated_expectations", sa.Integer),
+    sa.Column("failed_expectations", sa.Integer),
+    sa.Column("failures", sa.Text),  # JSON list of {expectation, column, observed, details, message}
+    sa.Column("skipped", sa.Text),  # JSON list of the suite's expectations not applicable to traffic
+    sa.Column("result_uri", sa.Text),  # the GX result JSON
+    sa.Column("data_docs_uri", sa.Text),
+    sa.Column("error", sa.Text),  # why it was not validated
+    sa.Column("duration_s", sa.Float),
+)
+
+
+def _add_out_of_domain_columns(conn: sa.Connection) -> None:
+    _add_missing_columns(conn, predictions, ["out_of_domain"])
+    _add_missing_columns(conn, shadow_predictions, ["out_of_domain"])
+    _add_missing_columns(conn, monitoring_runs, ["out_of_domain_share", "unseen_category_share",
+                                                 "out_of_domain_features"])
+
+
+def _rekey(conn: sa.Connection, table: sa.Table) -> None:
+    """Give ``table`` the primary key of its definition here, keeping every row (idempotent).
+
+    A table whose key is already right is left alone (a new store creates it so). PostgreSQL:
+    ``ALTER TABLE … DROP CONSTRAINT <old pkey>, ADD PRIMARY KEY (…)``. SQLite cannot alter a
+    primary key: the table is rebuilt — a new table with the right key, every row copied (the
+    counts must match), the old table dropped, the new one renamed, its indexes re-created.
+    Runs inside the migration's transaction (DDL is transactional on both dialects).
+    """
+    inspector = sa.inspect(conn)
+    if not inspector.has_table(table.name):
+        table.create(conn)
+        return
+    want = [c.name for c in table.primary_key.columns]
+    current = inspector.get_pk_constraint(table.name)
+    if list(current.get("constrained_columns") or []) == want:
+        return
+    quote = conn.dialect.identifier_preparer.quote
+    name, key = quote(table.name), ", ".join(quote(c) for c in want)
+    if conn.dialect.name == "postgresql":
+        if current.get("name"):
+            conn.exec_driver_sql(f"ALTER TABLE {name} DROP CONSTRAINT {quote(current['name'])}")
+        conn.exec_driver_sql(f"ALTER TABLE {name} ADD CONSTRAINT {quote(table.name + '_pkey')} PRIMARY KEY ({key})")
+    else:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        new = sa.Table(
+            f"_airloop_rekey_{table.name}", sa.MetaData(),
+            *(sa.Column(c.name, c.type, nullable=c.nullable,
+                        server_default=c.server_default.arg if c.server_default is not None else None)
+              for c in table.columns),
+            sa.PrimaryKeyConstraint(*want),
+        )
+        new.drop(conn, checkfirst=True)
+        new.create(conn)
+        columns = ", ".join(quote(c.name) for c in table.columns if c.name in present)
+        conn.exec_driver_sql(f"INSERT INTO {quote(new.name)} ({columns}) SELECT {columns} FROM {name}")
+        before = conn.execute(sa.select(sa.func.count()).select_from(sa.table(table.name))).scalar_one()
+        after = conn.execute(sa.select(sa.func.count()).select_from(sa.table(new.name))).scalar_one()
+        if before != after:  # cannot happen (the old key was stricter); never drop rows silently
+            raise RuntimeError(f"re-keying {table.name}: copied {after} of {before} rows; nothing changed")
+        conn.exec_driver_sql(f"DROP TABLE {name}")
+        conn.exec_driver_sql(f"ALTER TABLE {quote(new.name)} RENAME TO {name}")
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+    log.info("monitoring store: %s re-keyed from %s to %s", table.name, current.get("constrained_columns"), want)
+
+
+def _rekey_request_tables(conn: sa.Connection) -> None:
+    for table in (predictions, shadow_predictions, ground_truth):
+        _rekey(conn, table)
 
 
 #: Ordered schema versions: (version, description, tables created by it[, extra step]).
@@ -251,6 +346,10 @@ MIGRATIONS: list[tuple] = [
     (4, "lifecycle: environments in the ledger, promotion lock", [lifecycle_locks],
      lambda conn: _add_missing_columns(conn, promotion_ledger, ["environment"])),
     (5, "ab tests", [ab_tests, ab_test_results, shadow_predictions]),
+    (6, "request ids scoped by tenant and pipeline: (tenant, pipeline, request_id) keys", [],
+     _rekey_request_tables),
+    (7, "out-of-domain flags of predictions, their shares per interval, traffic quality", [traffic_quality],
+     _add_out_of_domain_columns),
 ]
 
 
@@ -288,27 +387,56 @@ def get_engine(uri: str) -> sa.Engine:
     return engine
 
 
-def migrate(engine: sa.Engine) -> list[int]:
-    """Apply pending migrations; return the versions applied (empty when up to date)."""
-    schema_migrations.create(engine, checkfirst=True)
+#: ``pg_advisory_xact_lock`` key serialising migrations of one PostgreSQL database ("airloop").
+_PG_MIGRATION_LOCK = 0x6169726C6F6F70
+
+
+def _applied_versions(engine: sa.Engine) -> set[int]:
     with engine.connect() as conn:
-        done = set(conn.execute(sa.select(schema_migrations.c.version)).scalars())
+        if not sa.inspect(conn).has_table(schema_migrations.name):
+            return set()
+        return set(conn.execute(sa.select(schema_migrations.c.version)).scalars())
+
+
+def _lock_migrations(conn: sa.Connection) -> None:
+    """Serialise migrating processes for the rest of ``conn``'s transaction: PostgreSQL's
+    transaction-scoped advisory lock, SQLite's write lock (``BEGIN IMMEDIATE``)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+    elif conn.dialect.name == "sqlite" and not conn.connection.dbapi_connection.in_transaction:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def migrate(engine: sa.Engine) -> list[int]:
+    """Apply pending migrations; return the versions applied (empty when up to date).
+
+    Each migration runs in one transaction that first takes the migration lock and re-reads the
+    applied versions, so two processes migrating at once apply each step exactly once (the
+    second finds it done and skips it). Up to date, nothing is locked.
+    """
+    if {version for version, *_ in MIGRATIONS} <= _applied_versions(engine):
+        return []
     applied = []
     for version, description, tables, *step in MIGRATIONS:
-        if version in done:
-            continue
         with engine.begin() as conn:
+            _lock_migrations(conn)
+            schema_migrations.create(conn, checkfirst=True)
+            done = conn.execute(sa.select(schema_migrations.c.version)
+                                .where(schema_migrations.c.version == version)).first()
+            if done is not None:  # applied earlier, or by another process while we waited
+                continue
             for table in tables:
                 table.create(conn, checkfirst=True)
             for extra in step:
                 extra(conn)
             try:
-                conn.execute(
-                    schema_migrations.insert().values(
-                        version=version, description=description, applied_at=datetime.now(timezone.utc)
+                with conn.begin_nested():  # a savepoint: the transaction stays usable if this fails
+                    conn.execute(
+                        schema_migrations.insert().values(
+                            version=version, description=description, applied_at=datetime.now(timezone.utc)
+                        )
                     )
-                )
-            except sa.exc.IntegrityError:  # another process migrated concurrently
+            except sa.exc.IntegrityError:  # a process without the lock (an older release) won the race
                 continue
         applied.append(version)
         log.info("monitoring store: applied migration %s (%s)", version, description)
@@ -345,7 +473,10 @@ def upsert(engine: sa.Engine, table: sa.Table, rows: list[dict[str, Any]]) -> in
 
 
 def insert_ignore(engine: sa.Engine, table: sa.Table, rows: list[dict[str, Any]]) -> int:
-    """Insert ``rows``, skipping any whose primary/unique key already exists (replay-safe).
+    """Insert ``rows``, skipping any whose primary/unique key already exists (replay-safe);
+    return the rows inserted, so ``len(rows) - result`` were duplicates of stored keys (for the
+    request tables: the same tenant, pipeline and request id — another pipeline's or tenant's
+    row with that id is a different key and is inserted).
 
     The columns are the first row's keys (a later row's missing key is NULL). The statement is
     compiled once per engine, table and columns and the rows go to the driver's ``executemany``

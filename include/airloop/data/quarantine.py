@@ -1,18 +1,38 @@
-"""Quarantine of partitions that failed validation: kept, never deleted."""
+"""Quarantine of partitions that failed validation: kept, never deleted.
+
+A quarantined day is ``quarantine_dir/<pipeline>/<day>/`` (``data.parquet`` + ``reason.json``,
+which records the :func:`~airloop.data.validation.validation_fingerprint` of the suite and source
+that judged it). Training runs skip quarantined days. A day leaves quarantine by
+
+* re-validation: when a run's fingerprint differs from the recorded one (the pipeline file or
+  the suite changed), :func:`revalidate_quarantined` validates the day again and releases it if
+  it now passes (``airloop release <pipeline> --revalidate`` does it for every day at once);
+* hand release: ``airloop release <pipeline> <day>`` (:func:`release_day`), once the data is
+  fixed; the next run validates the day again like any other.
+
+Released days move to ``quarantine_dir/<pipeline>/released/<day>--<time>/`` with a
+``release.json``: nothing is deleted. Days whose failures are the pipeline file's fault (a
+column missing from every day of the window) are never quarantined: quarantining raises
+:class:`~airloop.core.pipeline.ConfigurationError` instead (:func:`airloop.data.check.config_problems`).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from airloop.core.files import atomic_write
-from airloop.core.pipeline import PipelineConfig
+from airloop.core.pipeline import ConfigurationError, PipelineConfig
 from airloop.core.settings import Settings
-from airloop.data.validation import ValidationOutcome
+from airloop.core.timeutil import day_start
+from airloop.data.check import config_problems
+from airloop.data.sources import read_days
+from airloop.data.validation import ValidationOutcome, load_suite, release_hint, validate_partitions, validation_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +72,26 @@ def quarantine_partitions(
     partitions: dict[date, pd.DataFrame],
     outcome: ValidationOutcome,
     settings: Settings,
+    check_config: bool = True,
 ) -> list[Path]:
     """Copy each failed day's rows to ``quarantine_dir/<pipeline>/<day>/data.parquet``.
 
-    A ``reason.json`` beside it records the failures, the interval and the result path.
-    Idempotent (a re-run rewrites the same files); the source frames and files are never
-    modified or deleted. Returns the parquet paths written.
+    A ``reason.json`` beside it records the failures, the interval, the result path and the
+    suite fingerprint. Idempotent (a re-run rewrites the same files); the source frames and
+    files are never modified or deleted. Returns the parquet paths written.
+
+    With ``check_config`` (``partitions`` being the whole window), failures that are the
+    pipeline file's (:func:`airloop.data.check.config_problems`: a column missing from every
+    day, a type no day's values have) quarantine nothing: :class:`ConfigurationError` is raised
+    naming the column (and the "did you mean").
     """
+    if check_config and outcome.failed_days:
+        problems = config_problems(config, partitions)
+        if problems:
+            raise ConfigurationError(
+                f"{config.name}: the pipeline file does not fit the data of any day, so no day was quarantined "
+                "(fix the file; check it with `airloop check " + config.name + "`):\n"
+                + "\n".join(f"  - {p}" for p in problems))
     written: list[Path] = []
     for day in outcome.failed_days:
         if day not in partitions:
@@ -74,10 +107,13 @@ def quarantine_partitions(
             "result_path": str(outcome.result_path),
             "failures": [f.to_json() for f in outcome.failures if f.day == day],
             "stringified_columns": stringified,
+            "suite_fingerprint": outcome.suite_fingerprint,
+            "release": f"airloop release {config.name} {day.isoformat()}",
         }
         atomic_write(folder / "data.parquet", data)
         atomic_write(folder / "reason.json", (json.dumps(reason, indent=2, sort_keys=True) + "\n").encode())
-        logger.warning("%s: quarantined %s (%d rows) in %s", config.name, day, len(partitions[day]), folder)
+        logger.warning("%s: quarantined %s (%d rows) in %s; %s", config.name, day, len(partitions[day]), folder,
+                       release_hint(config.name))
         written.append(folder / "data.parquet")
     return written
 
@@ -96,3 +132,81 @@ def quarantined_days(config: PipelineConfig, settings: Settings) -> set[date]:
         if (folder / "data.parquet").is_file():
             days.add(day)
     return days
+
+
+def quarantine_reason(config: PipelineConfig, settings: Settings, day: date) -> dict[str, Any]:
+    """The ``reason.json`` of a quarantined day (``{}`` when missing or unreadable)."""
+    try:
+        return json.loads((settings.quarantine_dir / config.name / day.isoformat() / "reason.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def release_day(config: PipelineConfig, settings: Settings, day: date, why: str) -> Path:
+    """Take ``day`` out of quarantine: its folder moves to ``released/<day>--<time>/`` with a
+    ``release.json`` (``why``, when); nothing is deleted. The next run reads and validates the
+    day from the source again. ``KeyError`` when the day is not quarantined."""
+    folder = settings.quarantine_dir / config.name / day.isoformat()
+    if not (folder / "data.parquet").is_file():
+        quarantined = ", ".join(d.isoformat() for d in sorted(quarantined_days(config, settings))) or "none"
+        raise KeyError(f"{config.name}: {day} is not quarantined (quarantined days: {quarantined})")
+    now = datetime.now(timezone.utc)
+    target = settings.quarantine_dir / config.name / "released" / f"{day.isoformat()}--{now:%Y%m%dT%H%M%S%fZ}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder.replace(target)
+    record = {"pipeline": config.name, "day": day.isoformat(), "released_at": now.isoformat(), "why": why}
+    atomic_write(target / "release.json", (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    logger.warning("%s: released %s from quarantine (%s); kept in %s", config.name, day, why, target)
+    return target
+
+
+def _day_frames(config: PipelineConfig, settings: Settings, days: list[date]) -> dict[date, pd.DataFrame]:
+    """The days as the source has them now; the quarantined copy for a day the source lost."""
+    frames = read_days(config, days, settings)
+    for day in days:
+        if day not in frames:
+            frames[day] = pd.read_parquet(settings.quarantine_dir / config.name / day.isoformat() / "data.parquet")
+    return frames
+
+
+def revalidate_quarantined(
+    config: PipelineConfig,
+    settings: Settings,
+    days: list[date] | None = None,
+    suite: dict[str, Any] | None = None,
+    force: bool = False,
+) -> dict[str, list[str]]:
+    """Re-validate quarantined days judged under another suite/source fingerprint than the
+    current one (all of them with ``force``), among ``days`` (default: every quarantined day);
+    release those that pass now, re-quarantine the others under the current fingerprint (so they
+    are not re-validated again until it changes). Results go to
+    ``validation_dir/<pipeline>/revalidation-<fingerprint>/``, never over a run's results.
+    Returns ``{"released": [...], "kept": [...]}`` (ISO days)."""
+    quarantined = quarantined_days(config, settings)
+    if days is not None:
+        quarantined &= set(days)
+    if not quarantined:
+        return {"released": [], "kept": []}
+    suite = load_suite(config, settings) if suite is None else suite
+    fingerprint = validation_fingerprint(config, suite)
+    stale = sorted(d for d in quarantined
+                   if force or quarantine_reason(config, settings, d).get("suite_fingerprint") != fingerprint)
+    if not stale:
+        return {"released": [], "kept": []}
+    logger.info("%s: re-validating %d quarantined day(s) %s under suite fingerprint %s", config.name, len(stale),
+                [d.isoformat() for d in stale], fingerprint[:12])
+    frames = _day_frames(config, settings, stale)
+    # Every day judged like an older day of a run: freshness only against the day's own start.
+    interval_end = day_start(max(stale)) + timedelta(hours=config.validation.freshness_hours)
+    outcome = validate_partitions(config, frames, interval_end, settings, suite=suite,
+                                  out_dir=settings.validation_dir / config.name / f"revalidation-{fingerprint[:12]}")
+    failed = set(outcome.failed_days)
+    released = [d for d in stale if d not in failed]
+    for day in released:
+        release_day(config, settings, day, f"re-validated under suite fingerprint {fingerprint[:12]}: passed")
+    if failed:
+        quarantine_partitions(config, {d: frames[d] for d in failed}, outcome, settings, check_config=False)
+    if released:
+        logger.warning("%s: released %d day(s) from quarantine after re-validation: %s", config.name, len(released),
+                       [d.isoformat() for d in released])
+    return {"released": [d.isoformat() for d in released], "kept": [d.isoformat() for d in sorted(failed)]}

@@ -187,3 +187,38 @@ def read_sql_interval(config: PipelineConfig, start: datetime, end: datetime) ->
         raise ExtractError(f"{config.name}: {what} via connection {source.conn_id!r}: "
                            f"{str(getattr(err, 'orig', None) or err).strip().splitlines()[0]}") from err
     return _parse_timestamps(config, frame)
+
+
+# --------------------------------------------------------------------------- data availability
+def newest_day(config: PipelineConfig, settings: Settings, before: date) -> date | None:
+    """The newest day before ``before`` that the source has data for (None: no data before it).
+
+    What a manual run without an as-of day trains on: the newest complete day, never a day read
+    off the wall clock. Dated partitions are found by their file names (nothing is read); a
+    single file is read once; a SQL source answers one ``max(timestamp)`` query.
+    """
+    if config.source.kind == "sql":
+        inner = source_query(config).subquery()
+        query = sa.select(sa.func.max(inner.c[config.timestamp]))
+        with sql_engine(config.source.conn_id).connect() as conn:
+            newest = conn.execute(query, {"start": datetime(1970, 1, 1), "end": day_start(before)}).scalar()
+        return pd.Timestamp(newest).date() if newest is not None else None
+    if config.source.partitioned:
+        import re
+
+        template = str(resolve_source_path(config, settings) / config.source.partition)
+        head, _, tail = template.partition("{date}")
+        days = set()
+        for path in glob.glob(glob.escape(head) + "????-??-??" + tail.replace("{date}", "*"), recursive=True):
+            found = re.fullmatch(r"\d{4}-\d{2}-\d{2}", path[len(head):len(head) + 10])
+            if found and Path(path).is_file():
+                day = date.fromisoformat(found.group(0))
+                if day < before:
+                    days.add(day)
+        return max(days) if days else None
+    files = source_files(config, settings)
+    if not files:
+        return None
+    stamps = _read_files(config, files)[config.timestamp].dropna()
+    stamps = stamps[stamps < pd.Timestamp(day_start(before))]
+    return stamps.max().date() if len(stamps) else None

@@ -18,6 +18,7 @@ human-readable :class:`Failure` records. :func:`quarantine_partitions` copies fa
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import logging
@@ -118,6 +119,8 @@ class ValidationOutcome:
     report_path: Path | None = None
     #: GX Data Docs index page, or None when they could not be rendered.
     data_docs_path: Path | None = None
+    #: :func:`validation_fingerprint` of the suite and source that judged the days.
+    suite_fingerprint: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,9 +153,10 @@ def _derived_expectations(config: PipelineConfig) -> list[tuple[str, dict[str, A
             if spec.max is not None:
                 between["max_value"] = spec.max
             out.append(("expect_column_values_to_be_between", between))
-        if spec.type == "category":
-            # Nulls are ignored by in-set; their share is the not-null expectation's business.
-            out.append(("expect_column_values_to_be_in_set", {"column": column, "value_set": list(spec.values or [])}))
+        if spec.type == "category" and spec.values is not None:
+            # Nulls are ignored by in-set; their share is the not-null expectation's business. A
+            # category without declared values has a learned vocabulary: no value set to expect.
+            out.append(("expect_column_values_to_be_in_set", {"column": column, "value_set": list(spec.values)}))
         elif spec.type == "bool":
             out.append(("expect_column_values_to_be_in_set", {"column": column, "value_set": [False, True]}))
     for column in (config.timestamp, config.id_column, config.target, config.label_timestamp):
@@ -191,7 +195,8 @@ def build_suite(config: PipelineConfig) -> dict[str, Any]:
     """Return the GX 1.x ExpectationSuite derived from ``config`` (GX's own JSON dict form).
 
     Per feature column: exists; dtype (numeric / strings / bool); nulls (``mostly = 1 -
-    max_null_fraction``); range (min/max); categories (nulls allowed there). The timestamp, id,
+    max_null_fraction``); range (min/max); declared categories (nulls allowed there; a category
+    column without ``values`` learns its vocabulary in training: no set here). The timestamp, id,
     target (and label timestamp) columns exist; a classification target is in ``classes``. The
     day's row count is within ``validation.min/max_rows_per_day``; the newest timestamp is at
     least the runtime parameter ``freshness_min_ts``. Then the explicit
@@ -253,6 +258,21 @@ def load_suite(config: PipelineConfig, settings: Settings) -> dict[str, Any]:
             f"config derives {len(expected_types)}; the pipeline config or GX version changed)"
         )
     return stored
+
+
+def validation_fingerprint(config: PipelineConfig, suite: dict[str, Any]) -> str:
+    """SHA-256 of what judges a day: the suite (derived from the pipeline file, GX version
+    included) and the source it reads. Recorded with each quarantined day; a day quarantined
+    under another fingerprint is re-validated (:func:`airloop.data.quarantine.revalidate_quarantined`)."""
+    what = {"suite": suite, "source": config.source.model_dump(mode="json"), "timestamp": config.timestamp}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def release_hint(pipeline: str) -> str:
+    """How a quarantined day of ``pipeline`` gets released (appended to failure messages)."""
+    return (f"Quarantined days are re-validated by the next run when the suite or the pipeline file changes; "
+            f"to release one by hand once its data is fixed: `airloop release {pipeline} <day>` "
+            f"(or `airloop release {pipeline} --revalidate` to re-validate them all now).")
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,6 +442,7 @@ def validate_partitions(
     interval_end: datetime,
     settings: Settings,
     suite: dict[str, Any] | None = None,
+    out_dir: Path | None = None,
 ) -> ValidationOutcome:
     """Validate each day's partition with the pipeline's suite; write results and Data Docs.
 
@@ -430,7 +451,10 @@ def validate_partitions(
     (which only checks the day is not empty/misdated). ``suite`` defaults to the committed suite
     (:func:`load_suite`). The full GX results for all days go to
     ``validation_dir/<pipeline>/<interval_end date>/result.json`` (atomic, overwritten on a
-    re-run), with ``report.html`` and GX Data Docs (``data_docs/index.html``) beside it.
+    re-run), with ``report.html`` and GX Data Docs (``data_docs/index.html``) beside it, or to
+    ``out_dir`` when given (re-validating quarantined days must not overwrite a run's results).
+    Quarantining refuses days whose failures are the pipeline file's
+    (:func:`airloop.data.check.config_problems`).
     """
     import great_expectations as gx
 
@@ -442,7 +466,7 @@ def validate_partitions(
     suite_dict = load_suite(config, settings) if suite is None else suite
     end = _as_utc(interval_end)
     freshness_bound = end - timedelta(hours=config.validation.freshness_hours)
-    out_dir = settings.validation_dir / config.name / end.date().isoformat()
+    out_dir = out_dir or settings.validation_dir / config.name / end.date().isoformat()
     out_dir.mkdir(parents=True, exist_ok=True)
     docs_tmp = out_dir / f".data_docs.{os.getpid()}.tmp"
     shutil.rmtree(docs_tmp, ignore_errors=True)
@@ -538,10 +562,11 @@ def validate_partitions(
         result_path=result_path,
         statistics=statistics,
         data_docs_path=docs_index,
+        suite_fingerprint=validation_fingerprint(config, suite_dict),
     )
     outcome.report_path = _write_report(config, outcome, end, out_dir / "report.html")
     if failures:
-        logger.warning("%s: validation failed\n%s", config.name, format_failures(outcome))
+        logger.warning("%s: validation failed\n%s\n%s", config.name, format_failures(outcome), release_hint(config.name))
     logger.info("%s: validation results in %s", config.name, result_path)
     return outcome
 
@@ -600,7 +625,8 @@ def _write_report(config: PipelineConfig, outcome: ValidationOutcome, end: pd.Ti
         f"<h1>{esc(config.name)}: {'passed' if outcome.success else 'FAILED'}</h1>"
         f"<p>Interval end {esc(end.isoformat())}</p>{docs}"
         "<table><tr><th>day</th><th>result</th><th>rows</th><th>failed/evaluated</th></tr>"
-        f"{rows}</table><h2>Failures</h2><ul>{items}</ul></body></html>\n"
+        f"{rows}</table><h2>Failures</h2><ul>{items}</ul>"
+        + (f"<p>{esc(release_hint(config.name))}</p>" if outcome.failures else "") + "</body></html>\n"
     )
     atomic_write(path, page.encode())
     return path
@@ -612,3 +638,96 @@ def format_failures(outcome: ValidationOutcome) -> str:
     if not outcome.failures:
         return "all expectations passed"
     return "\n".join(f.message for f in outcome.failures)
+
+
+# --------------------------------------------------------------------------------------------
+# Served traffic: the suite's feature expectations on one interval's logged features
+# --------------------------------------------------------------------------------------------
+
+#: Keys of expectation kwargs that name columns.
+_COLUMN_KWARGS = ("column", "column_A", "column_B", "column_list", "column_set")
+
+
+def _expectation_columns(kwargs: dict[str, Any]) -> list[str]:
+    names: list[str] = []
+    for key in _COLUMN_KWARGS:
+        value = kwargs.get(key)
+        names.extend([value] if isinstance(value, str) else [v for v in value or () if isinstance(v, str)])
+    return names
+
+
+def traffic_suite(config: PipelineConfig, suite: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The part of the pipeline's suite that applies to served traffic, and what was left out.
+
+    Served traffic holds the features only, as requests sent them. Kept: every expectation whose
+    columns are all features (exists, type, nulls, range, declared values, and explicit ones on
+    features). Left out (``[{"type", "column", "why"}]``): expectations on the timestamp, id,
+    target and label-timestamp columns (not served: freshness, id uniqueness, the classes) and
+    table-level ones (the row count bounds a source partition, not a day's traffic: volume is
+    monitored as ``volume_ratio``)."""
+    features = set(config.features)
+    kept, skipped = [], []
+    for expectation in suite.get("expectations", []):
+        columns = _expectation_columns(expectation.get("kwargs") or {})
+        if columns and set(columns) <= features:
+            kept.append(expectation)
+            continue
+        outside = [c for c in columns if c not in features]
+        why = (f"not a served feature: {', '.join(outside)}" if outside
+               else "table-level: bounds a source partition, not served traffic")
+        skipped.append({"type": expectation.get("type"), "column": ", ".join(columns) or None, "why": why})
+    return {**suite, "name": f"{suite.get('name', config.name)}.traffic", "expectations": kept}, skipped
+
+
+def validate_traffic(config: PipelineConfig, frame: pd.DataFrame, day: date, settings: Settings, out_dir: Path,
+                     suite: dict[str, Any] | None = None) -> ValidationOutcome:
+    """Validate one interval's served features (``frame``: one column per feature, values as the
+    requests sent them) with the feature expectations of the pipeline's suite
+    (:func:`traffic_suite`; ``suite`` defaults to the committed one, :func:`load_suite`).
+
+    One ephemeral GX context and one validation, as :func:`validate_partitions` runs a day; the
+    GX result goes to ``out_dir/result.json`` (with the left-out expectations under
+    ``"skipped"``) and the Data Docs to ``out_dir/data_docs/``. ``day`` names the interval in the
+    failures (:class:`Failure`)."""
+    import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    suite_dict, skipped = traffic_suite(config, load_suite(config, settings) if suite is None else suite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    docs_tmp = out_dir / f".data_docs.{os.getpid()}.tmp"
+    shutil.rmtree(docs_tmp, ignore_errors=True)
+    started = time.perf_counter()
+    context = _new_context(docs_tmp)
+    gx_suite = context.suites.add(gx.ExpectationSuite(**json.loads(json.dumps(suite_dict))))
+    if len(gx_suite.expectations) != len(suite_dict["expectations"]):
+        raise ConfigError(f"pipeline '{config.name}': GX rejected some expectations of the stored suite (see log)")
+    asset = context.data_sources.add_pandas("airloop").add_dataframe_asset(f"{config.name}-traffic")
+    definition = context.validation_definitions.add(gx.ValidationDefinition(
+        name=f"{config.name}-traffic", data=asset.add_batch_definition_whole_dataframe("traffic"), suite=gx_suite))
+    result = definition.run(batch_parameters={"dataframe": frame}, result_format=RESULT_FORMAT,
+                            run_id=RunIdentifier(run_name=f"{config.name}-traffic-{day.isoformat()}"))
+    result_json = result.to_json_dict()
+    failures = [] if result.success else _day_failures(day, result_json, {"columns": [str(c) for c in frame.columns]})
+    stats = result_json.get("statistics", {})
+    statistics = {
+        "rows": len(frame),
+        "evaluated_expectations": stats.get("evaluated_expectations"),
+        "unsuccessful_expectations": stats.get("unsuccessful_expectations"),
+        "skipped_expectations": len(skipped),
+        "duration_s": round(time.perf_counter() - started, 4),
+    }
+    result_path = out_dir / "result.json"
+    document = {"pipeline": config.name, "suite": suite_dict["name"], "day": day.isoformat(),
+                "success": bool(result.success), "failures": [f.to_json() for f in failures],
+                "statistics": statistics, "skipped": skipped, "results": {day.isoformat(): result_json}}
+    atomic_write(result_path, (json.dumps(document, indent=2, sort_keys=True, default=str) + "\n").encode())
+    docs_index = _build_data_docs(context, docs_tmp, out_dir / "data_docs")
+    statistics["duration_s"] = round(time.perf_counter() - started, 4)
+    logger.info("%s traffic of %s: %s (%d rows, %s/%s expectations failed, %d not applicable, %.2fs)",
+                config.name, day, "passed" if result.success else "FAILED", len(frame),
+                stats.get("unsuccessful_expectations"), stats.get("evaluated_expectations"), len(skipped),
+                statistics["duration_s"])
+    return ValidationOutcome(success=bool(result.success), failed_days=[] if result.success else [day],
+                             failures=failures, result_path=result_path, statistics=statistics,
+                             data_docs_path=docs_index, suite_fingerprint=validation_fingerprint(config, suite_dict))
+

@@ -11,9 +11,10 @@ from typing import Any
 
 import pandas as pd
 
+from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
-from airloop.models.schema import RecordSchema
-from airloop.models.trust import ModelLoadError, UntrustedModelError, load_skops_file
+from airloop.models.schema import RecordSchema, feature_domain, input_example, model_signature
+from airloop.models.trust import ModelLoadError, UntrustedModelError, load_skops_file, quiet_skops, skops_trusted_types
 
 
 def _example_records(example: pd.DataFrame) -> list[Any]:
@@ -36,11 +37,14 @@ def _read_input_example(mlmodel: Any, local_dir: str) -> pd.DataFrame:
     return example
 
 
-def load_model_dir(local_dir: str) -> tuple[Any, RecordSchema, pd.DataFrame]:
+def load_model_dir(local_dir: str, config: PipelineConfig | None = None) -> tuple[Any, RecordSchema, pd.DataFrame]:
     """Read a downloaded MLflow model folder: ``(estimator, schema, input_example)``.
 
     Checks the sklearn flavour is stored as skops, loads it with vetted types only, builds the
-    request schema from the signature and reads the input example.
+    request schema from the signature and reads the input example. With the model's pipeline
+    ``config`` the schema also gets the version's domain (``schema.domain``,
+    :func:`airloop.models.schema.feature_domain`: declared ranges and values, and the vocabulary
+    its fitted encoder learned for category features without ``values``).
     """
     from mlflow.models import Model
 
@@ -60,7 +64,37 @@ def load_model_dir(local_dir: str) -> tuple[Any, RecordSchema, pd.DataFrame]:
     schema = RecordSchema(mlmodel.signature.inputs)
     model_file = os.path.join(local_dir, flavor.get("pickled_model", "model.skops"))
     estimator = load_skops_file(model_file)
+    if config is not None:
+        schema.domain = feature_domain(config, estimator)
     return estimator, schema, _read_input_example(mlmodel, local_dir)
+
+
+def pipeline_of_model(settings: Settings, model_name: str) -> PipelineConfig | None:
+    """The pipeline file whose registered model is ``model_name`` (None when no valid file is)."""
+    from airloop.core.pipeline import load_all_pipelines
+
+    return next((c for c in load_all_pipelines(settings)[0] if c.model_name == model_name), None)
+
+
+def log_sklearn_model(config: PipelineConfig, model: Any, features: pd.DataFrame, **kwargs: Any) -> Any:
+    """Log a fitted model of ``config`` to the active MLflow run as serving and MLflow's own
+    tools load it: skops with its vetted types, the signature of the pipeline's types
+    (:func:`airloop.models.schema.model_signature`: ints ``long``, floats ``double``, categories
+    ``string``), an input example typed the same (the first rows of ``features``), and a pyfunc
+    flavour answering what serving scores (``predict_proba`` for classifiers, so that
+    ``mlflow.pyfunc`` and ``mlflow models serve`` return the probabilities the signature's
+    outputs declare). ``kwargs`` go to ``mlflow.sklearn.log_model`` (e.g. ``pip_requirements``).
+    Returns its ``ModelInfo``."""
+    import mlflow.sklearn
+
+    classifier = config.task != "regression"
+    predict = model.predict_proba if classifier else model.predict
+    signature = model_signature(config, predict(features.head(50)))
+    with quiet_skops():
+        return mlflow.sklearn.log_model(
+            model, name="model", serialization_format="skops", skops_trusted_types=skops_trusted_types(model),
+            signature=signature, input_example=input_example(config, features),
+            pyfunc_predict_fn="predict_proba" if classifier else "predict", **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,10 +102,15 @@ def load_model_dir(local_dir: str) -> tuple[Any, RecordSchema, pd.DataFrame]:
 # --------------------------------------------------------------------------------------------
 
 
-def read_model_version(client: Any, settings: Settings, model_name: str, version: str) -> tuple[Any, RecordSchema, pd.DataFrame]:
+def read_model_version(client: Any, settings: Settings, model_name: str, version: str,
+                       config: PipelineConfig | None = None) -> tuple[Any, RecordSchema, pd.DataFrame]:
     """Read a registered version's model folder safely: in place when local, else downloaded to a
-    temp folder. Returns ``(estimator, schema, input_example)``; see :func:`load_model_dir`."""
+    temp folder. Returns ``(estimator, schema, input_example)``; see :func:`load_model_dir`.
+    ``config``: the model's pipeline (default: the pipeline file of ``model_name`` in
+    ``settings.pipelines_dir``, :func:`pipeline_of_model`), whose domain the schema gets."""
     import mlflow.artifacts
+
+    config = config or pipeline_of_model(settings, model_name)
 
     try:
         download_uri = client.get_model_version_download_uri(model_name, version)
@@ -79,7 +118,7 @@ def read_model_version(client: Any, settings: Settings, model_name: str, version
         raise ModelLoadError(f"cannot locate artifacts of version {version}: {err}") from err
     local = _existing_local_dir(download_uri)
     if local is not None:
-        return load_model_dir(local)
+        return load_model_dir(local, config)
     with tempfile.TemporaryDirectory(prefix="airloop-serving-") as tmp:
         try:
             local_dir = mlflow.artifacts.download_artifacts(
@@ -90,7 +129,7 @@ def read_model_version(client: Any, settings: Settings, model_name: str, version
             )
         except Exception as err:
             raise ModelLoadError(f"cannot download version {version} from {download_uri}: {err}") from err
-        return load_model_dir(local_dir)
+        return load_model_dir(local_dir, config)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -21,7 +22,7 @@ from pydantic import (
     create_model,
 )
 
-from airloop.core.pipeline import PipelineConfig
+from airloop.core.pipeline import ColumnSpec, PipelineConfig
 from airloop.models.trust import ModelLoadError
 
 #: At most this many field errors are returned in one 422 answer.
@@ -126,6 +127,9 @@ class RecordSchema:
             title, __config__=ConfigDict(extra="forbid", populate_by_name=False), **fields
         )
         self._many = TypeAdapter(list[self.model])  # type: ignore[name-defined]
+        #: The inputs the model version was trained for (set when the version is loaded with its
+        #: pipeline, :func:`feature_domain`); None: nothing is checked.
+        self.domain: FeatureDomain | None = None
 
     def describe(self) -> list[dict[str, Any]]:
         """The input columns as JSON-friendly dicts."""
@@ -153,6 +157,154 @@ class RecordSchema:
         data = {c.name: _to_array(c, [d[c.attr] for d in dicts]) for c in self.columns}
         return pd.DataFrame(data, columns=self.names, copy=False)
 
+    def out_of_domain(self, rows: Sequence[BaseModel]) -> list[list[str] | None]:
+        """Per validated row, the features outside :attr:`domain` (None: all within it, or no domain)."""
+        if self.domain is None:
+            return [None] * len(rows)
+        check, as_dict = self.domain.check, self.as_dict
+        return [check(as_dict(row)) for row in rows]
+
+
+# --------------------------------------------------------------------------------------------
+# The domain of a model version: declared ranges and values, learned vocabularies
+# --------------------------------------------------------------------------------------------
+
+
+#: What serving does with a record outside the domain (``serving.out_of_domain`` of the pipeline file).
+OUT_OF_DOMAIN_POLICIES = ("flag", "reject")
+
+
+@dataclass(frozen=True)
+class FeatureDomain:
+    """The inputs a model version was trained for: per numeric feature its declared ``min`` /
+    ``max`` (``ranges``), per category feature its declared ``values`` or the vocabulary the
+    version learned from its training window (``categories``; ``learned`` names the latter).
+    Features in neither are not checked; a null is never out of domain (nulls are the null
+    budget's business). ``policy``: ``flag`` or ``reject`` (:data:`OUT_OF_DOMAIN_POLICIES`)."""
+
+    ranges: dict[str, tuple[float | None, float | None]]
+    categories: dict[str, frozenset[str]]
+    learned: frozenset[str] = frozenset()
+    policy: str = "flag"
+    _checks: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.policy not in OUT_OF_DOMAIN_POLICIES:
+            raise ValueError(f"out_of_domain policy must be one of {OUT_OF_DOMAIN_POLICIES}, not {self.policy!r}")
+        inf = float("inf")
+        checks = [(name, False, -inf if low is None else low, inf if high is None else high)
+                  for name, (low, high) in self.ranges.items()]
+        checks += [(name, True, allowed, None) for name, allowed in self.categories.items()]
+        object.__setattr__(self, "_checks", tuple(checks))
+
+    def check(self, record: dict[str, Any]) -> list[str] | None:
+        """The features of ``record`` (``{feature: value}`` as validated) outside the domain, in
+        the order ranges then categories; None when there are none (the common case: no list)."""
+        out = None
+        get = record.get
+        for name, is_category, a, b in self._checks:
+            value = get(name)
+            if value is None:
+                continue
+            if (value not in a) if is_category else (value < a or value > b):
+                if out is None:
+                    out = [name]
+                else:
+                    out.append(name)
+        return out
+
+    def allowed(self, feature: str, max_values: int = 100) -> dict[str, Any]:
+        """What ``feature`` may hold: ``{"min", "max"}``, or ``{"values", "count", "learned"}`` (at
+        most ``max_values`` of them, sorted)."""
+        if feature in self.ranges:
+            low, high = self.ranges[feature]
+            return {"min": low, "max": high}
+        values = sorted(self.categories.get(feature, ()))
+        return {"values": values[:max_values], "count": len(values), "learned": feature in self.learned}
+
+    def explain(self, feature: str, value: Any) -> str:
+        """Why ``value`` of ``feature`` is out of domain, in words."""
+        if feature in self.ranges:
+            low, high = self.ranges[feature]
+            bounds = f"[{'-inf' if low is None else _number(low)}, {'inf' if high is None else _number(high)}]"
+            return f"out of domain: {value!r} is outside the declared range {bounds}"
+        allowed = self.allowed(feature, max_values=20)
+        listed = ", ".join(map(repr, allowed["values"])) + (", ..." if allowed["count"] > 20 else "")
+        what = ("the vocabulary this model version learned from its training window" if allowed["learned"]
+                else "the declared values")
+        return f"out of domain: {value!r} is not among {what} ({allowed['count']}: {listed})"
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly: the policy, the ranges, and per category feature its count and origin."""
+        return {"policy": self.policy,
+                "ranges": {k: {"min": lo, "max": hi} for k, (lo, hi) in self.ranges.items()},
+                "categories": {k: {"count": len(v), "learned": k in self.learned} for k, v in self.categories.items()}}
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _fitted_encoders(obj: Any, columns: Any = None) -> list[tuple[str, Any, int]]:
+    """``(column, OneHotEncoder, index of the column in it)`` of every fitted one-hot encoder in a
+    scikit-learn estimator (Pipelines and ColumnTransformers walked; columns named by string)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    if isinstance(obj, OneHotEncoder):
+        if not hasattr(obj, "categories_"):
+            return []
+        names = list(columns) if isinstance(columns, (list, tuple)) else \
+            [str(n) for n in getattr(obj, "feature_names_in_", [])]
+        if len(names) != len(obj.categories_) or not all(isinstance(n, str) for n in names):
+            return []
+        return [(name, obj, i) for i, name in enumerate(names)]
+    if isinstance(obj, Pipeline):
+        return [found for _, step in obj.steps for found in _fitted_encoders(step, columns)]
+    if isinstance(obj, ColumnTransformer) and hasattr(obj, "transformers_"):
+        return [found for _, transformer, cols in obj.transformers_ if not isinstance(transformer, str)
+                for found in _fitted_encoders(transformer, cols)]
+    return []
+
+
+def learned_vocabulary(estimator: Any, columns: Sequence[str]) -> dict[str, list[str]]:
+    """The vocabulary a fitted model learned for each of ``columns``: the categories its one-hot
+    encoder encodes one by one (without the infrequent ones its ``max_categories`` bucketed, and
+    without the null), as strings. A column the model has no fitted encoder for is left out
+    (not checked). This is how a version stores the vocabulary of a category column without
+    ``values``: in its fitted encoder (``model.skops``), the one the version's predictions use."""
+    wanted = set(columns)
+    out: dict[str, list[str]] = {}
+    for name, encoder, i in _fitted_encoders(estimator):
+        if name not in wanted or name in out:
+            continue
+        try:
+            infrequent = encoder.infrequent_categories_  # only with max_categories / min_frequency
+        except AttributeError:
+            infrequent = None
+        bucketed = set() if infrequent is None or infrequent[i] is None else {repr(v) for v in infrequent[i]}
+        out[name] = [str(v) for v in encoder.categories_[i]
+                     if v is not None and v == v and repr(v) not in bucketed]  # v == v: not NaN
+    return out
+
+
+def feature_domain(config: PipelineConfig, estimator: Any = None) -> FeatureDomain:
+    """The domain of a model of ``config``: declared ``min``/``max`` of numeric features, declared
+    ``values`` of category features, and for category features without ``values`` the vocabulary
+    ``estimator`` learned (:func:`learned_vocabulary`); the policy is ``serving.out_of_domain``."""
+    ranges = {name: (spec.min, spec.max) for name, spec in config.features.items()
+              if spec.type != "category" and (spec.min is not None or spec.max is not None)}
+    learned = [name for name, spec in config.features.items() if spec.learned]
+    vocabulary = learned_vocabulary(estimator, learned) if estimator is not None and learned else {}
+    categories: dict[str, frozenset[str]] = {}
+    for name, spec in config.features.items():
+        if spec.type == "category" and spec.values is not None:
+            categories[name] = frozenset(str(v) for v in spec.values)
+        elif name in vocabulary:
+            categories[name] = frozenset(vocabulary[name])
+    return FeatureDomain(ranges, categories, frozenset(vocabulary), config.serving.out_of_domain)
+
 
 def _field_errors(err: ValidationError, single: bool) -> list[dict[str, Any]]:
     """Convert a pydantic error into ``[{"record", "field", "message"}]`` (capped)."""
@@ -165,15 +317,95 @@ def _field_errors(err: ValidationError, single: bool) -> list[dict[str, Any]]:
     return out
 
 
-def model_signature(config: PipelineConfig, output_example):
-    """MLflow signature from the pipeline's schema: numbers as double, categories as string;
-    a column may be null in requests only if the config tolerates nulls for it."""
-    from mlflow.models import infer_signature
-    from mlflow.models.signature import ModelSignature
+#: The MLflow column type of each pipeline feature type (see :func:`signature_type`).
+SIGNATURE_TYPES: dict[str, str] = {"float": "double", "int": "long", "category": "string", "bool": "boolean"}
+
+
+def signature_type(spec: ColumnSpec) -> str:
+    """The MLflow type a feature is declared with: the source's own type (``int`` -> ``long``,
+    ``float`` -> ``double``, ``category`` -> ``string``, ``bool`` -> ``boolean``), so that
+    ``mlflow.pyfunc`` accepts the source's rows as pandas reads them (ints stay int64).
+
+    An ``int`` feature that may be null (``max_null_fraction > 0``) is declared ``double``: pandas
+    reads a column with a missing value as float64, and MLflow's schema enforcement
+    (``mlflow.models.utils._enforce_mlflow_datatype``) refuses float64 for ``long``. It refuses
+    int64 for ``double`` too (int -> double only up to 4-byte ints), so a pyfunc caller passes such
+    a column through :func:`signature_frame` first; serving and ``mlflow models serve`` (JSON)
+    accept ints and floats for it as they are.
+    """
+    if spec.type == "int" and spec.max_null_fraction > 0:
+        return "double"
+    return SIGNATURE_TYPES[spec.type]
+
+
+def signature_inputs(config: PipelineConfig):
+    """The MLflow input schema of the pipeline's features (see :func:`signature_type`); a column
+    may be null in requests only if the config tolerates nulls for it."""
     from mlflow.types import ColSpec, Schema
 
-    inputs = Schema([
-        ColSpec("string" if spec.type == "category" else "double", name, required=spec.max_null_fraction == 0)
-        for name, spec in config.features.items()
-    ])
-    return ModelSignature(inputs=inputs, outputs=infer_signature(None, output_example).outputs)
+    return Schema([ColSpec(signature_type(spec), name, required=spec.max_null_fraction == 0)
+                   for name, spec in config.features.items()])
+
+
+def model_signature(config: PipelineConfig, output_example):
+    """MLflow signature from the pipeline's schema (:func:`signature_inputs`) and an example of
+    the model's output."""
+    from mlflow.models import infer_signature
+    from mlflow.models.signature import ModelSignature
+
+    return ModelSignature(inputs=signature_inputs(config), outputs=infer_signature(None, output_example).outputs)
+
+
+def _conform_column(series: pd.Series, type_name: str) -> pd.Series:
+    """One column as MLflow's ``type_name`` wants it (values that do not fit are left as they are,
+    for MLflow or serving to refuse with their own message)."""
+    missing = series.isna()
+    if type_name == "string":
+        return series.astype(object).where(~missing, None).map(lambda v: v if v is None else str(v))
+    if type_name == "boolean":
+        if missing.any() or series.dtype == object:
+            return series.astype(object).where(~missing, None)
+        return series.astype(bool)
+    numbers = pd.to_numeric(series, errors="coerce") if series.dtype == object else series
+    if numbers.dtype.kind not in "iufb" or (numbers.isna() & ~missing).any():
+        return series  # not numbers
+    if type_name in ("long", "integer"):
+        if numbers.dtype.kind == "f" and not missing.any() and (numbers == np.round(numbers)).all():
+            return numbers.astype("int64" if type_name == "long" else "int32")
+        return numbers  # ints already, or nulls / fractions: MLflow says what is wrong
+    if type_name in ("double", "float"):
+        return numbers.astype("float64" if type_name == "double" else "float32")
+    return series
+
+
+def signature_frame(inputs: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    """The signature's columns of ``frame`` typed as ``inputs`` (an MLflow column Schema, e.g.
+    ``mlflow.pyfunc.load_model(uri).metadata.get_input_schema()``) declares them: what the
+    model's input example is logged as, and what to pass ``PyFuncModel.predict`` when a source
+    column's pandas dtype differs from its declared type (an int column declared ``double``).
+    Columns ``frame`` lacks are left out (optional ones may be absent)."""
+    out = {spec.name: _conform_column(frame[spec.name], spec.type.name)
+           for spec in inputs.inputs if spec.name in frame.columns}
+    return pd.DataFrame(out, index=frame.index)
+
+
+def input_example(config: PipelineConfig, features: pd.DataFrame, rows: int = 5) -> pd.DataFrame:
+    """The input example to log with a model of ``config``: the first ``rows`` of ``features``
+    typed as the signature declares them (ints as int64, not the float64 the model is fitted on)."""
+    return signature_frame(signature_inputs(config), features.head(rows)).reset_index(drop=True)
+
+
+def request_records(inputs: Any, frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of ``frame`` as a JSON client sends them to serving: the signature's columns
+    (:func:`signature_frame`), nulls as ``null``, and integral numbers of ``long``/``integer``
+    columns as JSON integers even where a null elsewhere in the column made pandas read floats
+    (serving refuses ``40.0`` for an integer column, and then only the null record is refused)."""
+    typed = signature_frame(inputs, frame)
+    records = json.loads(typed.to_json(orient="records", date_format="iso"))
+    ints = [spec.name for spec in inputs.inputs if spec.type.name in ("long", "integer") and spec.name in typed]
+    for record in records:
+        for name in ints:
+            value = record.get(name)
+            if isinstance(value, float) and value.is_integer():
+                record[name] = int(value)
+    return records

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,8 +19,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from airloop.monitoring.driftstats import ReferenceProfile
 
 from airloop.core.metrics import finite_or_none
+from airloop.monitoring import calibration as drift_calibration
 from airloop.monitoring import driftstats
 from airloop.monitoring.reference import PREDICTION_FEATURE, build_reference_profile
+
+log = logging.getLogger(__name__)
+
 
 #: Column types each configurable method accepts in Evidently 0.7 (``StatTest.allowed_feature_types``);
 #: :data:`P_VALUE_METHODS` (drift when p is small; the others are distances) comes from driftstats too.
@@ -32,27 +37,48 @@ HTML_MAX_ROWS = 50_000
 
 
 # ============================================================================ drift
-def column_drift_settings(config: PipelineConfig) -> dict[str, tuple[str, float]]:
+_WARNED: set[tuple[str, str]] = set()
+
+
+def column_drift_settings(config: PipelineConfig, calibration: dict[str, Any] | None = None) -> dict[str, tuple[str, float]]:
     """``{column: (method, threshold)}`` for every feature and the score column, as configured:
     ``drift.numeric`` / ``drift.categorical`` by feature type, ``drift.columns`` overrides, and
     ``drift.prediction`` for :data:`SCORE_COLUMN`. Raises :class:`ConfigError` when a method does
-    not apply to its column's type in Evidently (e.g. ``ks`` on a category)."""
+    not apply to its column's type in Evidently (e.g. ``ks`` on a category).
+
+    A ``threshold: auto`` column takes the threshold stored in ``calibration`` (the version's
+    reference calibration, :mod:`airloop.monitoring.calibration`) for its method; without one
+    (a version trained before the pipeline said ``auto``) Evidently's default for the method,
+    with a warning."""
     drift = config.monitoring.drift
     unknown = sorted(set(drift.columns) - set(config.features))
     if unknown:
         raise ConfigError(f"{config.name}: monitoring.drift.columns names unknown features: {unknown}")
+    unknown = sorted(set(drift.calibration.seasonal) - set(config.features))
+    if unknown:
+        raise ConfigError(f"{config.name}: monitoring.drift.calibration.seasonal names unknown features: {unknown}")
     out: dict[str, tuple[str, float]] = {}
-    for column, spec in config.features.items():
-        kind = "cat" if spec.type == "category" else "num"
-        chosen = drift.columns.get(column) or (drift.categorical if kind == "cat" else drift.numeric)
+    for column, (kind, chosen) in drift_calibration.column_specs(config, SCORE_COLUMN).items():
         if kind not in METHOD_TYPES[chosen.method]:
-            raise ConfigError(f"{config.name}: drift method {chosen.method!r} does not apply to "
-                              f"{'categorical' if kind == 'cat' else 'numeric'} feature {column!r}")
-        out[column] = (chosen.method, float(chosen.threshold))
-    out[SCORE_COLUMN] = (drift.prediction.method, float(drift.prediction.threshold))
-    if "num" not in METHOD_TYPES[drift.prediction.method]:
-        raise ConfigError(f"{config.name}: drift method {drift.prediction.method!r} does not apply to the numeric score")
-    return out
+            what = "the numeric score" if column == SCORE_COLUMN else \
+                f"{'categorical' if kind == 'cat' else 'numeric'} feature {column!r}"
+            raise ConfigError(f"{config.name}: drift method {chosen.method!r} does not apply to {what}")
+        if not chosen.auto:
+            out[column] = (chosen.method, float(chosen.threshold))
+            continue
+        threshold, calibrated = drift_calibration.threshold_for(calibration, column, chosen.method)
+        if not calibrated and (config.name, column) not in _WARNED:
+            _WARNED.add((config.name, column))
+            log.warning("%s: %s has threshold auto but its reference holds no calibration for %s: Evidently's "
+                        "default %s (retrain to calibrate)", config.name, column, chosen.method, threshold)
+        out[column] = (chosen.method, threshold)
+    return {c: out[c] for c in [*config.features, SCORE_COLUMN]}
+
+
+def reference_calibration(reference: pd.DataFrame | None) -> dict[str, Any] | None:
+    """The calibrated thresholds a reference frame carries (``attrs``; see
+    :func:`airloop.monitoring.reference.reference_frame`), or None."""
+    return None if reference is None else reference.attrs.get(drift_calibration.CALIBRATION_ATTR)
 
 
 def _judgeable(config: PipelineConfig, reference: pd.DataFrame, current: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -79,7 +105,8 @@ def _datasets(config: PipelineConfig, reference: pd.DataFrame, current: pd.DataF
             Dataset.from_pandas(current[columns].reset_index(drop=True), data_definition=definition))
 
 
-def drift_report(config: PipelineConfig, columns: list[str], full: bool = True):
+def drift_report(config: PipelineConfig, columns: list[str], full: bool = True,
+                 calibration: dict[str, Any] | None = None):
     """The Evidently ``Report`` judging ``columns`` (features and/or :data:`SCORE_COLUMN`).
 
     ``full=True``: ``DataDriftPreset(columns=<features>, num_method=, num_threshold=, cat_method=,
@@ -89,22 +116,29 @@ def drift_report(config: PipelineConfig, columns: list[str], full: bool = True):
     and the dataset-drift / drift-table widgets of the HTML report.
     ``full=False``: only the ``ValueDrift`` metrics (same verdicts, no dataset-level widgets:
     about half the run time). Tests are always on: each ``ValueDrift`` carries Evidently's
-    ``drift`` test, whose FAIL status is the verdict read by :func:`drift_rows`.
+    ``drift`` test, whose FAIL status is the verdict read by :func:`drift_rows`. ``calibration``:
+    the reference's calibrated thresholds (``threshold: auto``; then every feature's threshold is
+    passed per column). A seasonal column's stored verdict is against the nearest weekday of the
+    reference, Evidently's against the whole reference: the report may show it drifting alone.
     """
     from evidently import Report
     from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
 
-    settings = column_drift_settings(config)
+    settings = column_drift_settings(config, calibration)
     features = [c for c in columns if c != SCORE_COLUMN]
     metrics: list[Any] = []
     if full and features:
         drift = config.monitoring.drift
-        overrides = {c: settings[c] for c in features if c in drift.columns}
+        auto = drift.numeric.auto or drift.categorical.auto or any(c.auto for c in drift.columns.values())
+        overrides = {c: settings[c] for c in features if auto or c in drift.columns}
         metrics.append(DataDriftPreset(
             columns=features,
-            num_method=drift.numeric.method, num_threshold=drift.numeric.threshold,
-            cat_method=drift.categorical.method, cat_threshold=drift.categorical.threshold,
+            num_method=drift.numeric.method,
+            num_threshold=driftstats.DEFAULT_THRESHOLDS[drift.numeric.method] if drift.numeric.auto else drift.numeric.threshold,
+            cat_method=drift.categorical.method,
+            cat_threshold=(driftstats.DEFAULT_THRESHOLDS[drift.categorical.method] if drift.categorical.auto
+                           else drift.categorical.threshold),
             per_column_method={c: m for c, (m, _) in overrides.items()} or None,
             per_column_threshold={c: t for c, (_, t) in overrides.items()} or None,
             drift_share=drift.drift_share,
@@ -124,7 +158,8 @@ def run_drift(config: PipelineConfig, reference: pd.DataFrame, current: pd.DataF
     if not judged:
         return None, judged, skipped
     ref_ds, cur_ds = _datasets(config, reference, current, judged)
-    snapshot = drift_report(config, judged, full=full).run(cur_ds, ref_ds, timestamp=timestamp)
+    snapshot = drift_report(config, judged, full=full, calibration=reference_calibration(reference)).run(
+        cur_ds, ref_ds, timestamp=timestamp)
     return snapshot, judged, skipped
 
 
@@ -169,7 +204,7 @@ def drift_rows(config: PipelineConfig, snapshot, reference: pd.DataFrame, curren
     import numpy as np
 
     verdicts = evidently_verdicts(snapshot) if snapshot is not None else {}
-    expected = column_drift_settings(config)
+    expected = column_drift_settings(config, reference_calibration(reference))
     rows = []
     for column in judged:
         v = verdicts.get(column)
@@ -199,17 +234,25 @@ def fast_drift_rows(config: PipelineConfig, profile: ReferenceProfile,
 
     Returns ``(rows, skipped)``: rows in :func:`drift_rows`' format (features in config order,
     then the prediction) and the columns that cannot be judged (no non-null value on one side).
+    ``threshold: auto`` columns take the thresholds stored in the profile (its ``calibration``);
+    a column calibrated as seasonal is scored against the profile's nearest weekday.
     """
 
     rows, skipped = [], []
-    for column, (method, threshold) in column_drift_settings(config).items():
+    for column, (method, threshold) in column_drift_settings(config, profile.calibration).items():
         ref = profile.columns.get(column)
         values = current[column] if column in current.columns else None
         cur = None if ref is None or values is None else driftstats.current_data(ref, values)
         if ref is None or ref.n == 0 or cur is None or not len(cur):
             skipped.append(column)
             continue
-        v = driftstats.verdict(column, ref, cur, method, threshold)
+        if column in profile.seasonal and drift_calibration.is_seasonal(profile.calibration, column):
+            score = drift_calibration.best_statistic(profile.seasonal[column].values(), cur, method)
+            v = driftstats.DriftVerdict(column=column, kind=ref.kind, method=method, threshold=float(threshold),
+                                        statistic=score, drifted=driftstats.drifted(method, score, threshold),
+                                        current_rows=driftstats._size(cur), reference_rows=ref.n)
+        else:
+            v = driftstats.verdict(column, ref, cur, method, threshold)
         rows.append({
             "feature": PREDICTION_FEATURE if column == SCORE_COLUMN else column,
             "method": v.method,
@@ -278,6 +321,7 @@ def save_drift_report(config: PipelineConfig, reference: pd.DataFrame, current: 
     from the stored verdicts, which are always computed on every row. Written atomically;
     returns the path, or None when no column could be judged.
     """
-    snapshot, _, _ = run_drift(config, _html_sample(config, reference, max_rows), _html_sample(config, current, max_rows),
-                               full=True, timestamp=timestamp)
+    sample = _html_sample(config, reference, max_rows)
+    sample.attrs = dict(reference.attrs)  # the calibrated thresholds, if any
+    snapshot, _, _ = run_drift(config, sample, _html_sample(config, current, max_rows), full=True, timestamp=timestamp)
     return None if snapshot is None else _write_html(snapshot, Path(path))

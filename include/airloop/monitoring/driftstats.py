@@ -58,7 +58,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -210,9 +210,16 @@ def _json_scalar(value: Any) -> Any:
 
 @dataclass(frozen=True, eq=False)
 class ReferenceProfile:
-    """The drift reference of one model version: a profile per column, in column order."""
+    """The drift reference of one model version: a profile per column, in column order.
+
+    ``seasonal``: per column judged against the nearest weekday, one profile per weekday (0 =
+    Monday) of the reference rows; ``calibration``: the thresholds learned for ``threshold: auto``
+    (:mod:`airloop.monitoring.calibration`), stored with the profile. Both empty / None for a
+    version without calibrated thresholds (and in profiles written before they existed)."""
 
     columns: dict[str, ColumnProfile]
+    seasonal: dict[str, dict[int, ColumnProfile]] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
 
     def __getitem__(self, column: str) -> ColumnProfile:
         return self.columns[column]
@@ -228,15 +235,13 @@ class ReferenceProfile:
         header: dict[str, Any] = {"format": PROFILE_FORMAT, "columns": []}
         arrays: dict[str, np.ndarray] = {}
         for i, (name, col) in enumerate(self.columns.items()):
-            if isinstance(col, NumericProfile):
-                header["columns"].append({"name": name, "kind": "num", "n": col.n, "exact": col.exact,
-                                          "n_unique": col.n_unique, "mean": _nan_to_none(col.mean),
-                                          "std": _nan_to_none(col.std)})
-                arrays[f"values_{i}"], arrays[f"cum_{i}"] = col.values, col.cum
-            else:
-                header["columns"].append({"name": name, "kind": "cat", "n": col.n,
-                                          "categories": list(col.categories)})
-                arrays[f"counts_{i}"] = col.counts
+            header["columns"].append(_save_column(name, col, str(i), arrays))
+        if self.seasonal:
+            header["seasonal"] = [_save_column(name, col, f"s{i}_{day}", arrays) | {"weekday": day}
+                                  for i, (name, by_day) in enumerate(self.seasonal.items())
+                                  for day, col in sorted(by_day.items())]
+        if self.calibration is not None:
+            header["calibration"] = self.calibration
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, allow_pickle=False, **arrays)
@@ -249,16 +254,32 @@ class ReferenceProfile:
             header = json.loads(bytes(data["header"]).decode())
             if header.get("format") != PROFILE_FORMAT:
                 raise ValueError(f"{path}: unsupported drift profile format {header.get('format')!r}")
-            columns: dict[str, ColumnProfile] = {}
-            for i, c in enumerate(header["columns"]):
-                if c["kind"] == "num":
-                    columns[c["name"]] = NumericProfile(
-                        n=int(c["n"]), values=data[f"values_{i}"], cum=data[f"cum_{i}"], exact=bool(c["exact"]),
-                        n_unique=int(c["n_unique"]), mean=_none_to_nan(c["mean"]), std=_none_to_nan(c["std"]))
-                else:
-                    columns[c["name"]] = CategoricalProfile(n=int(c["n"]), categories=tuple(c["categories"]),
-                                                            counts=data[f"counts_{i}"])
-        return cls(columns)
+            columns = {c["name"]: _load_column(c, str(i), data) for i, c in enumerate(header["columns"])}
+            seasonal: dict[str, dict[int, ColumnProfile]] = {}
+            names = list(dict.fromkeys(c["name"] for c in header.get("seasonal", [])))
+            for c in header.get("seasonal", []):
+                key = f"s{names.index(c['name'])}_{c['weekday']}"
+                seasonal.setdefault(c["name"], {})[int(c["weekday"])] = _load_column(c, key, data)
+        return cls(columns, seasonal=seasonal, calibration=header.get("calibration"))
+
+
+def _save_column(name: str, col: ColumnProfile, key: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A column's header entry; its arrays go into ``arrays`` under names ending in ``key``."""
+    if isinstance(col, NumericProfile):
+        arrays[f"values_{key}"], arrays[f"cum_{key}"] = col.values, col.cum
+        return {"name": name, "kind": "num", "n": col.n, "exact": col.exact, "n_unique": col.n_unique,
+                "mean": _nan_to_none(col.mean), "std": _nan_to_none(col.std)}
+    arrays[f"counts_{key}"] = col.counts
+    return {"name": name, "kind": "cat", "n": col.n, "categories": list(col.categories)}
+
+
+def _load_column(c: dict[str, Any], key: str, data: Any) -> ColumnProfile:
+    """A column written by :func:`_save_column`."""
+    if c["kind"] == "num":
+        return NumericProfile(n=int(c["n"]), values=data[f"values_{key}"], cum=data[f"cum_{key}"],
+                              exact=bool(c["exact"]), n_unique=int(c["n_unique"]), mean=_none_to_nan(c["mean"]),
+                              std=_none_to_nan(c["std"]))
+    return CategoricalProfile(n=int(c["n"]), categories=tuple(c["categories"]), counts=data[f"counts_{key}"])
 
 
 def _nan_to_none(value: float) -> float | None:

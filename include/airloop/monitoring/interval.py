@@ -50,6 +50,7 @@ from airloop.core.store import _dialect_insert, feature_drift, monitoring_runs
 from airloop.core.timeutil import to_utc
 from airloop.monitoring.drift import drift_summary, fast_drift_rows, save_drift_report
 from airloop.monitoring.performance import LabelPolicy, operations, performance, performance_drop
+from airloop.monitoring.quality import out_of_domain_shares, stored_traffic_quality
 from airloop.monitoring.reference import PREDICTION_FEATURE, build_reference_profile
 from airloop.monitoring.rules import evaluate_rules
 from airloop.monitoring.traffic import load_interval, trailing_volumes
@@ -109,6 +110,9 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
        :func:`performance_drop` of the study metric vs ``reference_metrics`` (the version's
        holdout metrics, :func:`load_reference_metrics`) when given.
     4. :func:`operations` against :func:`trailing_volumes` (``volume_baseline_days``).
+    4b. Served data quality: the shares of ``ok`` rows serving flagged out of domain
+       (:func:`out_of_domain_shares`) and the interval's stored traffic check
+       (:func:`stored_traffic_quality`, written before by the ``traffic_quality`` task).
     5. :func:`evaluate_rules`; the reasons of fired ``retrain`` rules go to ``retrain_reason``
        (whether a retrain is requested — cool-down — is decided by the caller).
     6. Upsert ``feature_drift`` rows and the ``monitoring_runs`` row keyed by (tenant, pipeline,
@@ -118,7 +122,8 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
 
     Returns a JSON-serialisable summary (no frames): the rule metrics at the top level
     (``drift_share``, ``prediction_drift``, ``performance_drop``, ``volume_ratio``, ``error_rate``,
-    ``latency_p95_ms``), the fired ``alerts`` and the stored values.
+    ``latency_p95_ms``, ``out_of_domain_share``, ``unseen_category_share``,
+    ``traffic_quality_failed``), the fired ``alerts`` and the stored values.
     """
 
     start, end = to_utc(start), to_utc(end)
@@ -164,6 +169,10 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
     # -- operations
     ops = operations(frame, trailing_volumes(engine, config, tenant, start, mon.volume_baseline_days, end - start))
 
+    # -- served data quality: inputs serving flagged out of domain, the traffic check's outcome
+    domain = out_of_domain_shares(config, ok)
+    quality = stored_traffic_quality(engine, config, tenant, start)
+
     summary: dict[str, Any] = {
         "tenant": tenant, "pipeline": config.name, "interval_start": start.isoformat(),
         "interval_end": end.isoformat(), "model_version": version, "rows": int(len(frame)), "ok_rows": int(len(ok)),
@@ -171,7 +180,7 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
         "labelled_rows": int(len(labelled)), "performance_judged": perf is not None,
         "performance": perf, "reference_performance": ref_perf, "metric": metric, "performance_drop": drop,
         **{k: finite_or_none(v) if isinstance(v, float) else v for k, v in ops.items()},
-        "report_uri": report_uri,
+        "report_uri": report_uri, **domain, **quality,
     }
     alerts = evaluate_rules(config, summary)
     retrain = [a["message"] for a in alerts if a["retrain"]]
@@ -189,6 +198,9 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
         "error_rate": summary["error_rate"], "latency_p50_ms": summary["latency_p50_ms"],
         "latency_p95_ms": summary["latency_p95_ms"], "report_uri": report_uri,
         "retrain_reason": summary["retrain_reason"],
+        "out_of_domain_share": domain["out_of_domain_share"], "unseen_category_share": domain["unseen_category_share"],
+        "out_of_domain_features": _json(domain["out_of_domain_features"]) if domain["out_of_domain_share"] is not None
+        else None,
     }
     _store_interval(engine, key, drift_db, run_db)
     log.info("monitored %s/%s [%s, %s): %s rows, drift %s, %s labelled, %s alerts", config.name, tenant,
@@ -199,16 +211,21 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
 
 
 # ------------------------------------------------------------------------------- read side
-def stored_interval(engine: sa.Engine, pipeline: str, start: datetime) -> dict[str, Any]:
+def stored_interval(engine: sa.Engine, pipeline: str, start: datetime, tenant: str | None = None) -> dict[str, Any]:
     """What monitoring stored for the interval starting at ``start``: the ``monitoring_runs`` row
-    (``drifted_features`` decoded) and the fired alert rules (``alerts``); ``{}`` parts when none."""
+    (``drifted_features`` decoded) and the fired alert rules (``alerts``); ``{}`` parts when none.
+    ``tenant`` scopes both reads (None: any tenant's, for a pipeline name only one tenant uses)."""
     import sqlalchemy as sa
 
     runs, alerts = store.monitoring_runs, store.alerts
+    mine = [runs.c.pipeline == pipeline, runs.c.interval_start == start]
+    fired = [alerts.c.pipeline == pipeline, alerts.c.interval_start == start]
+    if tenant is not None:
+        mine.append(runs.c.tenant == tenant)
+        fired.append(alerts.c.tenant == tenant)
     with engine.connect() as conn:
-        row = conn.execute(sa.select(runs).where(runs.c.pipeline == pipeline, runs.c.interval_start == start)).mappings().first()
-        rules = conn.execute(sa.select(alerts.c.rule).where(alerts.c.pipeline == pipeline, alerts.c.interval_start == start)
-                             .order_by(alerts.c.id)).scalars().all()
+        row = conn.execute(sa.select(runs).where(*mine)).mappings().first()
+        rules = conn.execute(sa.select(alerts.c.rule).where(*fired).order_by(alerts.c.id)).scalars().all()
     out = dict(row) if row else {}
     out["drifted_features"] = json.loads(out["drifted_features"]) if out.get("drifted_features") else []
     out["alerts"] = [{"rule": r} for r in rules]

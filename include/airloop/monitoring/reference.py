@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 from airloop.core.settings import get_settings
 from airloop.data.features import coerce_features, features_and_target
 from airloop.models.scoring import model_scores
-from airloop.monitoring import driftstats
+from airloop.monitoring import calibration, driftstats
 from airloop.registry import client as registry
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,32 @@ def _drift_columns(config: PipelineConfig) -> tuple[list[str], list[str]]:
 
 def build_reference_profile(config: PipelineConfig, reference: pd.DataFrame) -> ReferenceProfile:
     """The drift profile (:class:`airloop.monitoring.driftstats.ReferenceProfile`) of a reference frame:
-    every feature and :data:`SCORE_COLUMN`, typed as Evidently types them here."""
+    every feature and :data:`SCORE_COLUMN`, typed as Evidently types them here.
+
+    A reference with calibrated thresholds (``threshold: auto``: ``reference.attrs`` holds them,
+    see :func:`reference_frame`) passes them on to the profile, with one profile per weekday of
+    each column calibrated as seasonal (from the reference's :data:`calibration.DAY_COLUMN`)."""
 
     numeric, categorical = _drift_columns(config)
     frame = reference if all(c in reference.columns for c in [*numeric, *categorical]) else \
         reference.reindex(columns=[*numeric, *categorical])
-    return driftstats.build_profile(frame, numeric, categorical)
+    profile = driftstats.build_profile(frame, numeric, categorical)
+    calibrated = reference.attrs.get(calibration.CALIBRATION_ATTR)
+    if not calibrated:
+        return profile
+    seasonal: dict[str, dict[int, driftstats.ColumnProfile]] = {}
+    columns = [c for c in calibrated.get("columns", {}) if calibration.is_seasonal(calibrated, c) and c in frame.columns]
+    if columns and calibration.DAY_COLUMN in reference.columns:
+        import pandas as pd
+
+        weekday = pd.to_datetime(reference[calibration.DAY_COLUMN]).dt.dayofweek.to_numpy()
+        for column in columns:
+            values = frame[column].reset_index(drop=True)
+            seasonal[column] = {
+                int(w): driftstats.build_profile(values[weekday == w].to_frame(), *(
+                    ([], [column]) if column in categorical else ([column], [])))[column]
+                for w in sorted(set(weekday.tolist()))}
+    return driftstats.ReferenceProfile(profile.columns, seasonal=seasonal, calibration=calibrated)
 
 
 # ============================================================================ reference
@@ -110,6 +130,9 @@ def load_reference(client_or_settings: Any, config: PipelineConfig, version: str
         raise ValueError(f"reference of {config.model_name} v{version} ({cache}) lacks columns {missing}")
     out = coerce_features(config, frame, fill_missing=True)
     out[SCORE_COLUMN] = pd.to_numeric(frame[SCORE_COLUMN], errors="coerce").astype("float64")
+    if calibration.DAY_COLUMN in frame.columns:  # a reference with calibrated thresholds
+        out[calibration.DAY_COLUMN] = frame[calibration.DAY_COLUMN].astype(str)
+    out.attrs.update(frame.attrs)  # the calibration (kept in the Parquet file's metadata)
     return out
 
 
@@ -165,10 +188,20 @@ SCORE_COLUMN = "__score__"
 
 def reference_frame(config: PipelineConfig, model, train):
     """The drift reference of a model version: its training features (typed as served) plus its
-    score on them (positive-class probability, or the predicted value), at most 20k rows, seeded."""
+    score on them (positive-class probability, or the predicted value), at most 20k rows, seeded.
+
+    With ``threshold: auto`` anywhere in ``monitoring.drift`` the reference also holds each row's
+    UTC day (:data:`calibration.DAY_COLUMN`) and, in ``attrs`` (written into the Parquet file's
+    metadata, then into the profile by :func:`build_reference_profile`), the thresholds
+    calibrated on every training day of ``train`` (:func:`calibration.calibrate_reference`)."""
 
     sample = train.sample(n=min(len(train), REFERENCE_MAX_ROWS), random_state=config.training.seed)
-    X, _ = features_and_target(config, sample.sort_values(config.timestamp))
+    ordered = sample.sort_values(config.timestamp)
+    X, _ = features_and_target(config, ordered)
     out = X.reset_index(drop=True)
     out[SCORE_COLUMN] = model_scores(config, model, X)
+    if calibration.wanted(config, SCORE_COLUMN):
+        days = calibration.day_of(ordered[config.timestamp])
+        out[calibration.DAY_COLUMN] = [d.isoformat() for d in days]
+        out.attrs[calibration.CALIBRATION_ATTR] = calibration.calibrate_reference(config, model, train, out, SCORE_COLUMN)
     return out

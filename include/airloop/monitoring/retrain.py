@@ -47,10 +47,14 @@ def decide_retrain(config: PipelineConfig, settings: Settings, start: datetime, 
     return {"retrain": True, "as_of": as_of, "reason": reason}
 
 
-def retrain_request(engine: sa.Engine, pipeline: str, start: datetime) -> dict[str, Any] | None:
-    """The retrain request monitoring made for the interval starting at ``start`` (None if none)."""
+def retrain_request(engine: sa.Engine, pipeline: str, start: datetime,
+                    tenant: str | None = None) -> dict[str, Any] | None:
+    """The retrain request monitoring made for the interval starting at ``start`` (None if none);
+    ``tenant`` scopes the read (None: any tenant's, for a pipeline name only one tenant uses)."""
     t = store.retrain_requests
+    mine = [t.c.pipeline == pipeline, t.c.requested.is_(True), t.c.interval_start == start]
+    if tenant is not None:
+        mine.append(t.c.tenant == tenant)
     with engine.connect() as conn:
-        row = conn.execute(sa.select(t).where(t.c.pipeline == pipeline, t.c.requested.is_(True),
-                                              t.c.interval_start == start)).mappings().first()
+        row = conn.execute(sa.select(t).where(*mine)).mappings().first()
     return dict(row) if row else None

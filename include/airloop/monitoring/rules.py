@@ -9,7 +9,11 @@ from airloop.core.metrics import finite_or_none
 from airloop.core.pipeline import PipelineConfig
 
 #: Metrics the alert rules can test (``AlertRule.metric``), all top-level keys of the summary.
-RULE_METRICS = ("drift_share", "prediction_drift", "performance_drop", "volume_ratio", "error_rate", "latency_p95_ms")
+#: ``out_of_domain_share`` / ``unseen_category_share``: shares of the interval's ok rows serving
+#: flagged (:mod:`airloop.monitoring.quality`); ``traffic_quality_failed``: expectations of the
+#: pipeline's suite the interval's served features failed (None when not checked).
+RULE_METRICS = ("drift_share", "prediction_drift", "performance_drop", "volume_ratio", "error_rate", "latency_p95_ms",
+                "out_of_domain_share", "unseen_category_share", "traffic_quality_failed")
 
 
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
@@ -51,6 +55,17 @@ def evaluate_rules(config: PipelineConfig, summary: dict) -> list[dict]:
                         "reference": (summary.get("reference_performance") or {}).get(metric)}
             if details["current"] is not None and details["reference"] is not None:
                 message += f"; {metric} {_fmt(details['current'])} vs holdout {_fmt(details['reference'])}"
+        elif rule.metric in ("out_of_domain_share", "unseen_category_share"):
+            shares = dict(summary.get("out_of_domain_features") or {})
+            if rule.metric == "unseen_category_share":
+                shares = {f: v for f, v in shares.items() if f in config.categorical_features}
+            details["features"] = shares
+            listed = ", ".join(f"{f} {_fmt(v)}" for f, v in sorted(shares.items(), key=lambda kv: -kv[1]))
+            message += f"; out-of-domain share by feature: {listed or 'none'}"
+        elif rule.metric == "traffic_quality_failed":
+            failures = list(summary.get("traffic_quality_failures") or [])
+            details |= {"failures": failures, "result_uri": summary.get("traffic_quality_result_uri")}
+            message += f"; served traffic failed: {'; '.join(failures) if failures else 'see the result'}"
         fired.append({"rule": rule.name, "metric": rule.metric, "op": rule.op, "threshold": rule.value,
                       "observed": observed, "severity": rule.severity, "retrain": rule.retrain,
                       "message": message, "details": details})

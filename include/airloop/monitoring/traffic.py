@@ -22,7 +22,9 @@ from airloop.data.features import coerce_features
 from airloop.monitoring.performance import LabelPolicy
 
 #: Columns of the predictions frame besides the features (a feature may not use these names).
-META_COLUMNS = ("request_id", "ts", "model_version", "variant", "status", "latency_ms", "prediction", SCORE_COLUMN)
+#: ``out_of_domain``: the features serving flagged outside the version's domain (a list, or None).
+META_COLUMNS = ("request_id", "ts", "model_version", "variant", "status", "latency_ms", "prediction", SCORE_COLUMN,
+                "out_of_domain")
 
 
 # ============================================================================ store reads
@@ -49,6 +51,7 @@ def _expand(config: PipelineConfig, rows: list[dict[str, Any]]) -> pd.DataFrame:
         "latency_ms": pd.to_numeric(pd.Series([r["latency_ms"] for r in rows], dtype=object), errors="coerce"),
         "prediction": [json.loads(r["prediction"]) if r["prediction"] is not None else None for r in rows],
         SCORE_COLUMN: pd.to_numeric(pd.Series([r["score"] for r in rows], dtype=object), errors="coerce"),
+        "out_of_domain": [json.loads(r["out_of_domain"]) if r.get("out_of_domain") else None for r in rows],
     }, index=range(len(rows)))
     out = pd.concat([meta, feats], axis=1)
     if rows and "label" in rows[0]:
@@ -90,7 +93,7 @@ def load_interval(engine: sa.Engine, config: PipelineConfig, tenant: str, start:
     start, end = to_utc(start), to_utc(end)
     p, g = predictions, ground_truth
     cols = [p.c.request_id, p.c.ts, p.c.model_version, p.c.variant, p.c.features, p.c.prediction, p.c.score,
-            p.c.latency_ms, p.c.status]
+            p.c.latency_ms, p.c.status, p.c.out_of_domain]
     mine = sa.and_(p.c.tenant == tenant, p.c.pipeline == config.name)
     query = sa.select(*cols).where(mine, p.c.ts >= start, p.c.ts < end).order_by(p.c.ts, p.c.request_id)
     joined = p.join(g, sa.and_(g.c.request_id == p.c.request_id, g.c.tenant == p.c.tenant,
@@ -114,6 +117,26 @@ def load_interval(engine: sa.Engine, config: PipelineConfig, tenant: str, start:
     if not lrows:
         labelled = labelled.assign(label=pd.Series(dtype=object), label_ts=pd.to_datetime([], utc=True))
     return frame, labelled
+
+
+def load_served_features(engine: sa.Engine, config: PipelineConfig, tenant: str, start: datetime,
+                         end: datetime) -> pd.DataFrame:
+    """The features of ``tenant``'s ``ok`` predictions with ``start <= ts < end``, as the requests
+    sent them (the logged JSON decoded, not retyped: what the validation suite judges), one column
+    per configured feature in config order (a feature a record left out is null), ordered by ts
+    and request id."""
+    import pandas as pd
+    import sqlalchemy as sa
+
+    start, end = to_utc(start), to_utc(end)
+    query = sa.select(p.c.features).where(
+        p.c.tenant == tenant, p.c.pipeline == config.name, p.c.status == "ok", p.c.ts >= start, p.c.ts < end,
+    ).order_by(p.c.ts, p.c.request_id)
+    with engine.connect() as conn:
+        records = [json.loads(text) if text else {} for text in conn.execute(query).scalars()]
+    records = [r if isinstance(r, dict) else {} for r in records]
+    return pd.DataFrame.from_records(records, columns=list(config.features)) if records else \
+        pd.DataFrame(columns=list(config.features))
 
 
 def baseline_windows(start: datetime, days: int, period: timedelta = timedelta(days=1)) -> list[tuple[datetime, datetime]]:

@@ -34,18 +34,44 @@ def uses_celery(environ: dict[str, str] | None = None) -> bool:
     return "celery" in env.get("AIRFLOW__CORE__EXECUTOR", "").lower()
 
 
+#: Airflow's variable of the worker log server port, and Airflow's default for it.
+WORKER_LOG_SERVER_PORT_VAR = "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"
+DEFAULT_WORKER_LOG_SERVER_PORT = 8793
+
+
+def worker_log_server_port(environ: dict[str, str] | None = None) -> int:
+    """The configured worker log server port (``AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT``, set in
+    ``.env``; Airflow's default 8793 when unset or empty)."""
+    env = os.environ if environ is None else environ
+    return int(env.get(WORKER_LOG_SERVER_PORT_VAR) or DEFAULT_WORKER_LOG_SERVER_PORT)
+
+
+def airflow_port_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The Airflow variables that follow ``AIRFLOW_PORT`` (default 8080), the one setting of the
+    Airflow port: the API server's port and the execution API URL the task processes call
+    (Airflow's default is http://localhost:8080/execution/ whatever the port, which would send a
+    second clone's tasks to the first clone's API server). ``make up`` sets the same values."""
+    env = os.environ if environ is None else environ
+    port = env.get("AIRFLOW_PORT") or "8080"
+    return {"AIRFLOW__API__PORT": port,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"}
+
+
 def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
 def airflow_components(api_port: int, workers: int = 2, worker_concurrency: int = 2,
-                       log_server_port: int = 8793) -> list[Component]:
+                       log_server_port: int | None = None) -> list[Component]:
     """API server, scheduler, DAG processor, triggerer and ``workers`` Celery workers.
 
     Workers get distinct Celery hostnames (``worker<i>@<host>``) and log-server ports, so several
-    can share one machine; on separate machines the defaults are fine.
+    can share one machine: worker ``i`` serves its logs on ``log_server_port + i - 1``, from the
+    configured port (:func:`worker_log_server_port`) by default.
     """
     airflow = _bin("airflow")
+    if log_server_port is None:
+        log_server_port = worker_log_server_port()
     components = [
         Component("api-server", [airflow, "api-server", "--port", str(api_port)]),
         Component("scheduler", [airflow, "scheduler"]),

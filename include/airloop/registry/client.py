@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from airloop.core.pipeline import PipelineConfig
-from airloop.core.settings import Settings
+from airloop.core.settings import MLFLOW_PORT, Settings
 from airloop.models.artifact import read_model_version
 from airloop.registry.tags import KEY_TAG
 
@@ -55,12 +55,30 @@ def get_client(settings: Settings):
                         registry_uri=settings.mlflow_registry_uri or settings.mlflow_tracking_uri)
 
 
+#: The experiment tag the MLflow 3 UI keeps an experiment's kind in, and the kind of a classic
+#: (model-training) experiment: ``ExperimentKind.CUSTOM_MODEL_DEVELOPMENT`` of the 3.17 UI bundle
+#: (``mlflow/server/js/build/static/js/main.*.js``; the UI writes it with ``setExperimentTag``).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND_ML = "custom_model_development"
+
+#: URL query that opens the MLflow 3.17 UI in its "Model training" view: the view follows the
+#: sidebar's GenAI / Model training switch (``workflowType`` in the URL, else the browser's
+#: local storage, default GenAI), whatever the experiment's kind tag says.
+UI_WORKFLOW_QUERY = "workflowType=machine_learning"
+
+#: MLflow's longest param value (``mlflow.utils.validation.MAX_PARAM_VAL_LENGTH``).
+MAX_PARAM_VALUE = 6000
+
+
 def ensure_experiment(client, config: PipelineConfig, settings: Settings) -> str:
-    """Id of the pipeline's experiment, created with an artifact location in our store."""
+    """Id of the pipeline's experiment, created with an artifact location in our store and
+    tagged as a model-training experiment (:data:`EXPERIMENT_KIND_TAG`; existing ones too)."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(config.experiment_name)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND_ML:
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_ML)
         return found.experiment_id
     location: str | None = settings.mlflow_artifact_root
     if settings.mlflow_tracking_uri.startswith(("http://", "https://")):
@@ -69,9 +87,42 @@ def ensure_experiment(client, config: PipelineConfig, settings: Settings) -> str
         location = f"{location.rstrip('/')}/{config.name}"
     try:
         return client.create_experiment(config.experiment_name, artifact_location=location,
-                                        tags={"airloop.pipeline": config.name, "airloop.tenant": config.tenant})
+                                        tags={"airloop.pipeline": config.name, "airloop.tenant": config.tenant,
+                                              EXPERIMENT_KIND_TAG: EXPERIMENT_KIND_ML})
     except MlflowException:  # created concurrently by another worker
         return client.get_experiment_by_name(config.experiment_name).experiment_id
+
+
+def ui_url(settings: Settings, experiment_id: str, run_id: str | None = None) -> str:
+    """Link to an experiment (or one of its runs) in the MLflow UI, in its model-training view
+    (:data:`UI_WORKFLOW_QUERY`): the tracking server's, or for a local store the UI ``make up``
+    serves on it (``http://127.0.0.1:$MLFLOW_PORT``)."""
+    base = settings.mlflow_tracking_uri
+    if not base.startswith(("http://", "https://")):
+        base = f"http://127.0.0.1:{MLFLOW_PORT.get()}"
+    page = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base.rstrip('/')}/#/{page}?{UI_WORKFLOW_QUERY}"
+
+
+def param_value(value: Any) -> str:
+    """A param value as MLflow stores it: a string of at most :data:`MAX_PARAM_VALUE` characters."""
+    text = value if isinstance(value, str) else str(value)
+    return text[:MAX_PARAM_VALUE]
+
+
+def log_params_once(client, run_id: str, params: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Log ``params`` on ``run_id`` so that a retried or re-run task never fails: a param already
+    logged with the same value is skipped, one logged with another value is kept (MLflow refuses
+    to change a param) and returned as ``{key: (logged, new)}`` for the caller to report."""
+    from mlflow.entities import Param
+
+    logged = client.get_run(run_id).data.params
+    wanted = {str(k): param_value(v) for k, v in params.items()}
+    conflicts = {k: (logged[k], v) for k, v in wanted.items() if k in logged and logged[k] != v}
+    new = [Param(k, v) for k, v in wanted.items() if k not in logged]
+    for start in range(0, len(new), 100):  # MLflow's batch limit of params
+        client.log_batch(run_id, params=new[start:start + 100])
+    return conflicts
 
 
 def _quote(value: str) -> str:
@@ -119,7 +170,7 @@ def log_trial_run(client, experiment_id: str, parent_run_id: str, key: str, numb
         run.info.run_id,
         metrics=metrics,
         params=[Param("estimator", family), Param("trial_number", str(number))]
-        + [Param(k, str(v)) for k, v in params.items()],
+        + [Param(k, param_value(v)) for k, v in params.items() if k not in ("estimator", "trial_number")],
         tags=[RunTag("optuna.trial_state", state)],
     )
     client.set_terminated(run.info.run_id, status="FINISHED" if state != "FAIL" else "FAILED")

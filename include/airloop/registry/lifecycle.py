@@ -109,6 +109,7 @@ def promote_version(config: PipelineConfig, settings: Settings, version: str | i
         record = version_record(client, config, version)
         incumbent = _alias_version(client, config, ledger_alias(env))
         if incumbent == version:
+            log.info("%s: v%s is already there, nothing to judge", env.name, version)
             return {"promoted": False, "environment": env.name, "version": version, "previous": incumbent,
                     "reason": f"v{version} is already in {env.name}", "checks": [], "replayed": False, "noop": True}
         index = [e.name for e in path].index(env.name)
@@ -150,7 +151,8 @@ def promote_version(config: PipelineConfig, settings: Settings, version: str | i
                 client.set_registered_model_alias(config.model_name, alias, version)
         client.set_model_version_tag(config.model_name, version, f"airloop.promotion.{env.name}",
                                      "promoted" if promote else "refused")
-    log.info("%s v%s -> %s: %s", config.model_name, version, env.name, why)
+    for line in verdict_lines(env.name, version, incumbent, checks, promote, forced=force and not passed):
+        log.info("%s", line)
     return {"promoted": promote, "environment": env.name, "version": version, "previous": incumbent,
             "reason": why, "checks": [c.__dict__ for c in checks], "replayed": False}
 
@@ -169,8 +171,31 @@ def _now_key() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
+def verdict_lines(environment: str, version: str, incumbent: str | None, checks: list, promoted: bool,
+                  forced: bool = False, replayed: bool = False) -> list[str]:
+    """The task-log lines of one environment's verdict: ``prod: FAIL at beats_champion -> v4
+    refused, prod stays on v3`` and every gate with its figure vs threshold. ``checks``:
+    :class:`GateCheck` objects or their dicts (ledger rows)."""
+    items = [c if isinstance(c, dict) else c.__dict__ for c in checks]
+    failed = [c["name"] for c in items if not c["passed"]]
+    verdict = "PASS" if not failed else f"FAIL at {', '.join(failed)}" + (", FORCED by operator" if forced else "")
+    was = f"v{incumbent}" if incumbent else "none"
+    move = (f"v{version} promoted ({environment} was {was})" if promoted
+            else f"v{version} refused, {environment} stays on {was}")
+    head = f"{environment}: {'already decided for this request: ' if replayed else ''}{verdict} -> {move}"
+    gates = "; ".join(f"{c['name']} {'ok' if c['passed'] else 'FAILED'} ({c['detail']})" for c in items)
+    return [head, f"{environment} gates: {gates or 'none judged'}"]
+
+
 def _replay(recorded: dict[str, Any], env: EnvironmentConfig) -> dict[str, Any]:
-    log.info("already decided (%s v%s -> %s): %s", recorded["action"], recorded["to_version"], env.name, recorded["reason"])
+    if recorded["action"] in ("promote", "refuse"):
+        for line in verdict_lines(env.name, recorded["to_version"], recorded["from_version"],
+                                  (recorded.get("metrics") or {}).get("checks", []), recorded["action"] == "promote",
+                                  forced=bool((recorded.get("metrics") or {}).get("forced")), replayed=True):
+            log.info("%s", line)
+    else:
+        log.info("already decided (%s v%s -> %s): %s", recorded["action"], recorded["to_version"], env.name,
+                 recorded["reason"])
     return {"promoted": recorded["action"] == "promote", "environment": env.name, "version": recorded["to_version"],
             "previous": recorded["from_version"], "reason": recorded["reason"],
             "checks": (recorded.get("metrics") or {}).get("checks", []), "replayed": True}

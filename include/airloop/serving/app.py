@@ -53,7 +53,8 @@ sent (a background task) and its rows go to ``shadow_predictions`` through a sec
 
 Endpoints: ``POST /predict``, ``POST /feedback``, ``GET /health``, ``GET /ready``, ``GET /model``,
 ``POST /reload`` and ``POST /abtest/refresh`` (both ``Authorization: Bearer
-<AIRLOOP_ADMIN_TOKEN>``), ``GET /abtest`` and ``GET /metrics`` (Prometheus, one registry per app).
+<AIRLOOP_ADMIN_TOKEN>``), ``GET /abtest`` and ``GET /metrics`` (Prometheus, one registry per app);
+``GET /docs`` and ``GET /openapi.json`` (:mod:`airloop.serving.docs`, offline Swagger UI).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ from airloop.core.settings import AIRLOOP_SERVING_GC_FREEZE, Settings, get_setti
 from airloop.models.scoring import score_function
 from airloop.models.trust import ModelLoadError
 from airloop.serving.auth import add_tenant_guard
+from airloop.serving.docs import mount_offline_docs
 from airloop.serving.handlers import make_batcher
 from airloop.serving.manager import STARTUP_LOAD_WAIT_S, ModelManager
 from airloop.serving.metrics import ServingMetrics, _RequestCounter
@@ -177,6 +179,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.manager = manager
+    app.state.app_factory = create_app  # the admin reload mounts pipelines added after start
     app.state.metrics = metrics
     app.state.settings = settings
     app.state.config = config
@@ -187,6 +190,7 @@ def create_app(
     app.state.batcher = make_batcher(config.name, score, metrics, prediction_logger, batching)
     for router in ROUTERS:  # the per-resource routers of airloop.serving.routes
         app.include_router(router)
+    mount_offline_docs(app)  # /docs with Swagger UI from swagger_ui_bundle (no CDN)
     app.add_middleware(_RequestCounter, metrics=metrics)
 
     add_tenant_guard(app, config, settings)  # /t/<tenant>/<pipeline> routes, tenant token, tenant rows

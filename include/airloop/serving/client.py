@@ -40,7 +40,8 @@ def reload_alias(endpoint: ServingEndpoint, alias: str, timeout: float = 120.0) 
     except httpx.HTTPError as err:
         raise DeployError(f"serving at {endpoint.url} unreachable for {protocol.RELOAD}: {err}") from err
     if response.status_code != 200:
-        raise DeployError(f"serving refused /reload of {alias!r}: HTTP {response.status_code} {response.text[:500]}")
+        raise DeployError(f"serving at {endpoint.url} refused /reload of {alias!r}: "
+                          f"HTTP {response.status_code} {response.text[:500]}")
     return response.json()
 
 
@@ -85,3 +86,26 @@ def smoke_test(endpoint: ServingEndpoint, expected_version: str, records: list[d
     if len(predictions) != len(records) or any(p.get("prediction") is None for p in predictions):
         raise DeployError(f"smoke test: {len(records)} records gave {len(predictions)} usable predictions")
     return {"version": version, "records": len(records)}
+
+
+def predict(endpoint: ServingEndpoint, records: list[dict[str, Any]], *, request_ids: list[str] | None = None,
+            event_ts: list[str] | None = None, tenant: str | None = None, http: Any = None,
+            timeout: float = 120.0) -> tuple[int, Any]:
+    """``POST /predict`` of a batch of ``records`` (with their request ids and ISO event times):
+    ``(status code, answer)``, the answer parsed from JSON (else its text). ``http``: an
+    ``httpx.Client`` to reuse between calls. Raises ``httpx.HTTPError`` when serving is unreachable.
+    """
+    import httpx
+
+    body: dict[str, Any] = {"records": records}
+    if request_ids is not None:
+        body["request_ids"] = request_ids
+    if event_ts is not None:
+        body["event_ts"] = event_ts
+    headers = {**endpoint.headers(), **({protocol.TENANT_HEADER: tenant} if tenant else {})}
+    post = http.post if http is not None else httpx.post
+    response = post(f"{endpoint.url}{protocol.PREDICT}", json=body, headers=headers, timeout=timeout)
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, response.text

@@ -11,7 +11,9 @@ as before. Tenant isolation:
   token answers ``/predict``, ``/feedback``, ``/model`` and ``/abtest`` only with
   ``Authorization: Bearer <that tenant's token>`` (or the admin token, which the deploy step
   uses); another tenant's token gets 403, none 401. ``/health``, ``/ready`` and ``/metrics`` stay
-  open for probes and Prometheus; ``/reload`` keeps needing the admin token.
+  open for probes and Prometheus; ``/reload`` keeps needing the admin token. The gateway itself
+  answers ``/docs`` and ``/openapi.json`` (the default pipeline's API, read-only documentation)
+  without a token; ``<tenant route>/docs`` are behind that tenant's token.
 * **rows** — a pipeline's predictions and labels are logged under its tenant; a request may not
   claim another tenant with ``X-Tenant`` (403), only the deploy smoke test's own segment.
 * **models and experiments** — non-default tenants' registered models and MLflow experiments are
@@ -27,6 +29,7 @@ from typing import Any
 from airloop.core.pipeline import load_all_pipelines
 from airloop.core.settings import Settings, get_settings
 from airloop.serving.app import create_app
+from airloop.serving.docs import mount_offline_docs
 from airloop.serving.protocol import tenant_route
 
 
@@ -50,6 +53,10 @@ def create_gateway(settings: Settings | None = None, log_predictions: bool = Tru
     if settings.default_pipeline in apps:
         routes.append(Mount("/", app=apps[settings.default_pipeline]))
     gateway = FastAPI(title="airloop serving", routes=routes, lifespan=lifespan, docs_url=None, redoc_url=None)
+    # /docs and /openapi.json of the default pipeline, answered here (open, like /health): its app's
+    # own copies sit behind the tenant guard; the other pipelines' are at <tenant route>/docs
+    default = apps.get(settings.default_pipeline)
+    mount_offline_docs(gateway, default.title if default else None, schema_of=default)
     gateway.state.apps = apps
     gateway.state.config_errors = errors
     return gateway

@@ -133,7 +133,8 @@ def predict_answer(metrics: ServingMetrics, model: ServedModel, predictions: lis
 
 def feedback_rows(items: list[dict[str, Any]], tenant: str, pipeline: str,
                   received_at: datetime) -> list[dict[str, Any]]:
-    """The ``ground_truth`` rows of parsed feedback ``items`` (``label_ts`` defaults to ``received_at``)."""
+    """The ``ground_truth`` rows of parsed feedback ``items`` (``label_ts`` defaults to ``received_at``),
+    under the request's tenant and the app's pipeline: the key is (tenant, pipeline, request id)."""
     return [
         {
             "request_id": item["request_id"],
@@ -148,7 +149,9 @@ def feedback_rows(items: list[dict[str, Any]], tenant: str, pipeline: str,
 
 
 def write_feedback(uri: str, rows: list[dict[str, Any]]) -> int:
-    """Upsert ``ground_truth`` rows (a label sent again overwrites the earlier one)."""
+    """Upsert ``ground_truth`` rows, keyed by (tenant, pipeline, request id): a label sent again
+    for the same key overwrites the earlier one; another pipeline's or tenant's label of the same
+    request id is a row of its own."""
     return store.upsert(store.get_engine(uri), store.ground_truth, rows)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
@@ -11,8 +14,8 @@ from typing import Any
 import pandas as pd
 
 from airloop.core import names, store
-from airloop.core.pipeline import PipelineConfig
-from airloop.core.settings import Settings
+from airloop.core.pipeline import PipelineConfig, load_pipeline_config
+from airloop.core.settings import ConfigError, Settings
 from airloop.experiments import definition
 from airloop.models.artifact import read_model_version
 from airloop.models.schema import RecordSchema
@@ -200,3 +203,106 @@ class ModelManager:
                 log.warning("no %s@%s to serve yet: %s", self.model_name, DEFAULT_ALIAS, err)
             else:
                 log.error("could not load %s@%s at startup: %s", self.model_name, DEFAULT_ALIAS, err)
+
+
+# --------------------------------------------------------------------------------------------
+# Pipelines added after the process started
+# --------------------------------------------------------------------------------------------
+
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
+
+
+def new_pipeline_config(settings: Settings, tenant: str, pipeline: str) -> PipelineConfig:
+    """The config of a pipeline this process does not serve yet, from its file in the pipelines
+    folder (``<pipelines_dir>/<pipeline>.yaml`` whose tenant is ``tenant``).
+
+    Raises :class:`ModelLoadError` ``unknown_pipeline`` (404) when there is no such file (or it
+    belongs to another tenant), ``invalid_pipeline`` (422) when the file does not validate.
+    """
+    if not (_NAME.match(pipeline) and _NAME.match(tenant)):
+        raise ModelLoadError(f"serving has no pipeline {tenant}/{pipeline}", outcome="unknown_pipeline",
+                             status_code=404)
+    path = settings.pipelines_dir / f"{pipeline}.yaml"
+    if not path.is_file():
+        raise ModelLoadError(f"serving has no pipeline {tenant}/{pipeline}: no file {path.name} in "
+                             f"{settings.pipelines_dir} (the serving process reads the pipelines folder it was "
+                             "started with)",
+                             outcome="unknown_pipeline", status_code=404)
+    try:
+        config = load_pipeline_config(path, settings)
+    except ConfigError as err:
+        raise ModelLoadError(f"serving cannot load pipeline {pipeline}: {err}", outcome="invalid_pipeline",
+                             status_code=422) from err
+    if config.name != pipeline or config.tenant != tenant:
+        raise ModelLoadError(f"serving has no pipeline {tenant}/{pipeline}: {path} defines {config.tenant}/"
+                             f"{config.name}", outcome="unknown_pipeline", status_code=404)
+    return config
+
+
+#: Builds one pipeline's app: ``airloop.serving.app.create_app(settings, pipeline, **options)``.
+AppFactory = Callable[..., Any]
+
+
+class PipelineMounts:
+    """The pipelines one serving process has learnt about since it started (what ``POST
+    <tenant route>/reload`` of a new pipeline file does; the process keeps one per outermost router).
+
+    :meth:`mount` builds the pipeline's app with the factory, runs its startup (loggers, the
+    champion's load) in a task of the event loop that lasts until the process shuts down (the
+    task is cancelled then and the app's shutdown drains its prediction log), and inserts the
+    app at its tenant route in front of the router's other routes: from then on the pipeline
+    answers like the ones mounted at startup.
+    """
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._tasks: dict[str, asyncio.Task] = {}
+        self.apps: dict[str, Any] = {}
+
+    @staticmethod
+    def of(router: Any) -> "PipelineMounts":
+        """The mounts of ``router`` (the ASGI scope's outermost ``router``), created on first use."""
+        mounts = getattr(router, "airloop_pipeline_mounts", None)
+        if mounts is None:  # routers are unhashable: the mounts live on the router itself
+            mounts = router.airloop_pipeline_mounts = PipelineMounts()
+        return mounts
+
+    async def mount(self, router: Any, config: PipelineConfig, factory: AppFactory, settings: Settings,
+                    **options: Any) -> Any:
+        """Serve ``config`` in this process (once; a concurrent or repeated call returns the same
+        app) and return its app, started."""
+        from starlette.routing import Mount
+
+        from airloop.serving.protocol import tenant_route
+
+        route = tenant_route(config)
+        async with self._lock:
+            if route in self.apps:
+                return self.apps[route]
+            app = factory(settings, config.name, **options)
+            started: asyncio.Future = asyncio.get_running_loop().create_future()
+            self._tasks[route] = asyncio.create_task(self._run(app, started), name=f"airloop-mount-{config.name}")
+            try:
+                await started  # the app's startup (raises what it raised)
+            except Exception:
+                self._tasks.pop(route, None)
+                raise
+            router.routes.insert(0, Mount(route, app=app))
+            self.apps[route] = app
+        log.info("serving pipeline %s at %s (its file appeared after the process started)", config.name, route)
+        return app
+
+    @staticmethod
+    async def _run(app: Any, started: asyncio.Future) -> None:
+        try:
+            async with app.router.lifespan_context(app):
+                started.set_result(None)
+                await asyncio.Event().wait()  # until the process shuts down (the task is cancelled)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            if not started.done():
+                started.set_exception(err)
+            else:
+                log.exception("pipeline app %s failed", app.title)

@@ -17,9 +17,10 @@ from pydantic import (
 
 from airloop.core import names as abtest
 from airloop.core.settings import AIRLOOP_SERVING_BATCH_MAX_RECORDS, AIRLOOP_SERVING_BATCH_WAIT_MS
+from airloop.models.schema import RecordValidationError
 from airloop.serving.metrics import ServingMetrics
 from airloop.serving.runtime import ActiveTest, ServedModel
-from airloop.serving.schema import MAX_BATCH_RECORDS, PredictRequest
+from airloop.serving.schema import MAX_BATCH_RECORDS, PredictRequest, out_of_domain_errors
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +99,15 @@ def prediction_rows(
     latency_ms: float,
     score: Callable[[dict[str, Any]], float | None],
 ) -> list[dict[str, Any]]:
-    """One ``predictions`` row per record (``features``/``prediction`` as Python objects: the
-    logger's writer thread JSON-encodes them)."""
+    """One ``predictions`` row per record (``features``/``prediction``/``out_of_domain`` as Python
+    objects: the logger's writer thread JSON-encodes them). ``out_of_domain`` lists the record's
+    features outside the served version's domain (``model.schema.domain``), None when none are."""
     as_dict = model.schema.as_dict
+    domain = model.schema.domain
+    check = domain.check if domain is not None else _unchecked
     rows = []
     for i, (row, item) in enumerate(zip(validated, predictions)):
+        features = as_dict(row)
         rows.append({
             "request_id": request_ids[i],
             "ts": event_ts[i] if event_ts is not None else now,
@@ -111,13 +116,19 @@ def prediction_rows(
             "model_name": model.name,
             "model_version": model.version,
             "variant": model.variant,
-            "features": as_dict(row),
+            "features": features,
             "prediction": item["prediction"],
             "score": score(item),
             "latency_ms": latency_ms,
             "status": "ok",
+            "out_of_domain": check(features),
         })
     return rows
+
+
+def _unchecked(features: dict[str, Any]) -> None:
+    """The out-of-domain check of a version without a domain: nothing is flagged."""
+    return None
 
 
 def error_row(
@@ -177,9 +188,16 @@ class PredictJob:
 
 def prepare_job(model: ServedModel, active: ActiveTest | None, parsed: PredictRequest, tenant: str, started: float,
                 header_key: str | None = None) -> PredictJob:
-    """Validate a request against ``model``'s schema (422 with field errors), draw its request ids
-    and, in an A/B test (``active``), route each record by its key."""
+    """Validate a request against ``model``'s schema (422 with field errors; with the pipeline's
+    ``serving.out_of_domain: reject`` also for records outside the version's domain, see
+    :func:`out_of_domain_errors`), draw its request ids and, in an A/B test (``active``), route
+    each record by its key."""
     validated = model.schema.validate(parsed.records)
+    domain = model.schema.domain
+    if domain is not None and domain.policy == "reject":
+        errors = out_of_domain_errors(domain, [model.schema.as_dict(row) for row in validated])
+        if errors:
+            raise RecordValidationError(errors)
     request_ids = parsed.request_ids or new_request_ids(len(validated))
     if active is None or active.test.mode != "ab":
         return PredictJob(model, parsed, validated, request_ids, tenant, started)

@@ -3,7 +3,9 @@
 :class:`PredictionLogger` takes rows (dicts of ``store.predictions`` columns) with a
 non-blocking :meth:`~PredictionLogger.log` that only appends to a bounded in-memory queue. A
 background thread writes them in batches with :func:`airloop.core.store.insert_ignore`, which is
-idempotent by ``request_id``. Nothing a request does can fail or wait because of the database:
+idempotent by the table's key ``(tenant, pipeline, request_id)``: another pipeline's or tenant's
+row with the same request id is a row of its own. Nothing a request does can fail or wait because
+of the database:
 
 * **Database down or erroring** (including at startup: the engine itself is created lazily and
   retried with exponential back-off): the batch is written to a *spool file* — JSON lines,
@@ -13,7 +15,9 @@ idempotent by ``request_id``. Nothing a request does can fail or wait because of
 * **Recovery**: before every write the spool is replayed, oldest file first, several small files
   per transaction; a file is deleted only after its rows are committed. Replaying a file twice
   (a crash between commit and delete, or two processes sharing the folder) inserts nothing new,
-  because of ``insert_ignore``: after recovery no row is lost and none is duplicated.
+  because of ``insert_ignore``: after recovery no row is lost and none is duplicated. Rows whose
+  key is already stored (such a replay, or a client sending a request id again) are not written
+  twice: they are counted as ``rows_duplicate`` and logged, never dropped silently.
 * **Queue full** (the writer cannot keep up): ``log()`` writes the rows straight to the spool.
 * **Rows the database refuses** (a NOT NULL or type violation — never a connection problem):
   isolated by bisection so the good rows of the batch are still written; the bad ones go to
@@ -22,15 +26,16 @@ idempotent by ``request_id``. Nothing a request does can fail or wait because of
   :data:`STALE_TMP_S` (left by a crash during a spool write) is salvaged line by line.
 * **Shutdown**: :meth:`~PredictionLogger.close` drains the queue to the database, or the spool.
 
-Row values are Python objects: the ``json_columns`` (``features``, ``prediction``) are JSON-encoded
+Row values are Python objects: the ``json_columns`` (``features``, ``prediction``, ``out_of_domain``) are JSON-encoded
 by the writer thread, so the request path never serialises anything; datetimes are stored as
 tz-aware UTC (a naive datetime or ISO string is taken as UTC). Missing columns get the column's
 server default (``tenant`` "default", ``variant`` "champion") or NULL.
 
 Counters (:meth:`~PredictionLogger.stats`, and :class:`PredictionLogCollector` for a Prometheus
 registry): rows logged, written, spooled, overflowed, replayed, rejected, dropped (a spool write
-failed too, e.g. disk full — logged as an error), write errors, queue depth, spool files, and
-whether the last database write succeeded.
+failed too, e.g. disk full — logged as an error), duplicates (of rows already stored under the
+same tenant, pipeline and request id), write errors, queue depth, spool files, and whether the
+last database write succeeded.
 """
 
 from __future__ import annotations
@@ -61,8 +66,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_QUEUE_ROWS = 50_000
 
 
-#: Columns whose values are JSON-encoded by the writer.
-DEFAULT_JSON_COLUMNS = ("features", "prediction")
+#: Columns whose values are JSON-encoded by the writer (``out_of_domain``: a list of feature
+#: names, or None — stored as NULL — when every input is within the model's domain).
+DEFAULT_JSON_COLUMNS = ("features", "prediction", "out_of_domain")
 
 
 #: With a backlog and the database up, one write takes up to this many times ``batch_size`` rows
@@ -152,6 +158,7 @@ class LoggerStats:
     rows_replayed: int  # committed to the database from spool files
     rows_rejected: int  # refused by the database, moved to spool_dir/rejected/
     rows_dropped: int  # lost: the spool write failed too (disk full, permissions)
+    rows_duplicate: int  # of rows_written + rows_replayed: key (tenant, pipeline, request_id) already stored
     write_errors: int  # failed database attempts (engine creation, replay or insert)
     queue_depth: int  # rows waiting in memory
     spool_files: int  # spool files waiting for replay
@@ -228,7 +235,7 @@ class PredictionLogger:
         self._thread: threading.Thread | None = None
         self._counts = dict.fromkeys(
             ("rows_logged", "rows_written", "rows_spooled", "rows_overflowed", "rows_replayed",
-             "rows_rejected", "rows_dropped", "write_errors"), 0,
+             "rows_rejected", "rows_dropped", "rows_duplicate", "write_errors"), 0,
         )
         # database state (writer thread; read by stats())
         self._engine: sa.Engine | None = None
@@ -422,9 +429,14 @@ class PredictionLogger:
         try:
             self._replay(engine)
             if prepared:
-                written = self._insert(engine, prepared)
+                written, duplicates = self._insert(engine, prepared)
                 with self._lock:
                     self._counts["rows_written"] += written
+                    self._counts["rows_duplicate"] += duplicates
+                if duplicates:
+                    log.warning("prediction log: %d of %d row(s) not written again: their (tenant, pipeline, "
+                                "request_id) is already stored (a client re-sent a request id)",
+                                duplicates, len(prepared))
         except Exception as err:
             self._mark_failed(err)
             self._spool(prepared)
@@ -496,25 +508,28 @@ class PredictionLogger:
             self._reject(bad)
         return prepared
 
-    def _insert(self, engine: sa.Engine, rows: list[dict[str, Any]]) -> int:
-        """Insert ``rows`` (ignoring known request ids); rows the database refuses are isolated
-        by bisection and rejected. Connection errors propagate. Returns the rows not rejected."""
-        rejected = self._insert_isolating(engine, rows)
+    def _insert(self, engine: sa.Engine, rows: list[dict[str, Any]]) -> tuple[int, int]:
+        """Insert ``rows`` (ignoring keys already stored); rows the database refuses are isolated
+        by bisection and rejected. Connection errors propagate. Returns the rows not rejected and,
+        of those, the duplicates (same tenant, pipeline and request id as a stored row)."""
+        inserted, rejected = self._insert_isolating(engine, rows)
         if rejected:
             self._reject(rejected)
-        return len(rows) - len(rejected)
+        kept = len(rows) - len(rejected)
+        return kept, kept - inserted
 
-    def _insert_isolating(self, engine: sa.Engine, rows: list[dict[str, Any]]) -> list[tuple[dict, BaseException]]:
+    def _insert_isolating(self, engine: sa.Engine, rows: list[dict[str, Any]]
+                          ) -> tuple[int, list[tuple[dict, BaseException]]]:
         try:
-            store.insert_ignore(engine, self.table, rows)
-            return []
+            return store.insert_ignore(engine, self.table, rows), []
         except Exception as err:
             if not _is_data_error(err):
                 raise
             if len(rows) == 1:
-                return [(rows[0], err)]
+                return 0, [(rows[0], err)]
         mid = len(rows) // 2
-        return self._insert_isolating(engine, rows[:mid]) + self._insert_isolating(engine, rows[mid:])
+        first, second = self._insert_isolating(engine, rows[:mid]), self._insert_isolating(engine, rows[mid:])
+        return first[0] + second[0], first[1] + second[1]
 
     def _reject(self, pairs: list[tuple[dict[str, Any], BaseException]]) -> None:
         lines = [
@@ -644,13 +659,15 @@ class PredictionLogger:
             self._commit_replay(engine, chunk_files, chunk_rows)
 
     def _commit_replay(self, engine: sa.Engine, files: list[Path], rows: list[dict[str, Any]]) -> None:
-        replayed = self._insert(engine, rows) if rows else 0
+        replayed, duplicates = self._insert(engine, rows) if rows else (0, 0)
         for path in files:
             path.unlink(missing_ok=True)
         _fsync_dir(self.spool_dir)
         with self._lock:
             self._counts["rows_replayed"] += replayed
-        log.info("prediction log: replayed %d row(s) from %d spool file(s)", replayed, len(files))
+            self._counts["rows_duplicate"] += duplicates
+        log.info("prediction log: replayed %d row(s) from %d spool file(s)%s", replayed, len(files),
+                 f", {duplicates} already stored (same tenant, pipeline, request id)" if duplicates else "")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -685,6 +702,7 @@ class PredictionLogCollector:
         "rows_replayed": "Prediction rows committed to the monitoring store from the spool.",
         "rows_rejected": "Prediction rows the database refused (kept under spool/rejected).",
         "rows_dropped": "Prediction rows lost because the spool could not be written.",
+        "rows_duplicate": "Prediction rows not written again: same tenant, pipeline and request id already stored.",
         "write_errors": "Failed monitoring-store write attempts.",
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -19,7 +20,7 @@ from pydantic import (
 
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.timeutil import to_utc
-from airloop.models.schema import MAX_REPORTED_ERRORS, RecordValidationError
+from airloop.models.schema import MAX_REPORTED_ERRORS, FeatureDomain, RecordValidationError
 from airloop.serving import protocol as abtest
 from airloop.serving.runtime import DEFAULT_ALIAS
 
@@ -137,6 +138,22 @@ def parse_predict_request(body: bytes) -> PredictRequest:
     if errors:
         raise RecordValidationError(errors[:MAX_REPORTED_ERRORS])
     return PredictRequest(records, True, request_ids, event_ts)
+
+
+def out_of_domain_errors(domain: FeatureDomain, features: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The 422 errors of records outside ``domain`` (``serving.out_of_domain: reject``): one per
+    record and feature, ``{"record": index in the request, "field": feature, "type": "out_of_domain",
+    "value": the value sent, "allowed": {"min", "max"} | {"values", "count", "learned"}, "message"}``
+    (capped at :data:`MAX_REPORTED_ERRORS`); ``features`` are the validated records as dicts."""
+    errors: list[dict[str, Any]] = []
+    for i, record in enumerate(features):
+        for name in domain.check(record) or ():
+            value = record[name]
+            errors.append({"record": i, "field": name, "type": "out_of_domain", "value": value,
+                           "allowed": domain.allowed(name), "message": domain.explain(name, value)})
+            if len(errors) >= MAX_REPORTED_ERRORS:
+                return errors
+    return errors
 
 
 def parse_predict_body(body: bytes) -> tuple[list[Any], bool]:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +11,18 @@ from airloop.core import names, store
 from airloop.core.names import CHAMPION
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
-from airloop.data.features import coerce_features
 from airloop.data.snapshot import load_snapshot
 from airloop.experiments import definition, evaluation
 from airloop.experiments import evaluation as abtest_evaluation
 from airloop.models.artifact import _example_records, read_model_version
+from airloop.models.schema import request_records, signature_inputs
+from airloop.models.trust import ModelLoadError
 from airloop.monitoring.guard import guard_breaches
 from airloop.monitoring.interval import monitored_intervals
 from airloop.registry import client as registry
 from airloop.registry import client as registry_client
-from airloop.registry.audit import version_record
+from airloop.registry import ledger
+from airloop.registry.audit import LifecycleError, version_record
 from airloop.registry.client import _alias_version
 from airloop.registry.ledger import _effective, version_at
 from airloop.registry.lifecycle import promote_version, promotion_key, rollback, rollback_key
@@ -133,50 +134,112 @@ def run_ab_evaluations(config: PipelineConfig, settings: Settings, start: dateti
 
 # ------------------------------------------------------------------------------------- deploy
 def smoke_records(config: PipelineConfig, snapshot: dict[str, Any], n: int = 20) -> list[dict[str, Any]]:
-    """The newest ``n`` records of the snapshot, as JSON-ready feature dicts."""
+    """The newest ``n`` records of the snapshot, as JSON-ready feature dicts typed as the model
+    signature declares them (ints as JSON integers: serving refuses ``40.0`` for a ``long``)."""
 
     frame = load_snapshot(snapshot, config).tail(n)
-    features = coerce_features(config, frame)
-    return json.loads(features.to_json(orient="records"))
+    return request_records(signature_inputs(config), frame)
+
+
+def deploy_rollback_key(config: PipelineConfig, version: str, run_context: dict[str, str]) -> str | None:
+    """Idempotency key of the rollback a failed deploy of ``version`` by one DAG run records
+    (``None`` outside a DAG run, e.g. the lifecycle API: each such deploy is its own)."""
+    run_id = run_context.get("dag_run_id")
+    return f"{config.name}:v{version}:{run_id}:deploy-rollback" if run_id else None
 
 
 def deploy(config: PipelineConfig, promotion: dict[str, Any], snapshot: dict[str, Any] | None, endpoint, settings: Settings,
            actor: str, run_context: dict[str, str]) -> dict[str, Any]:
-    """Hot-reload ``champion`` in serving and smoke-test it; on failure restore the previous champion.
+    """Hot-reload ``champion`` in serving and smoke-test it; on failure put everything back.
 
-    Returns what serving runs now. Raises :class:`airloop.serving.client.DeployError` after a rollback so
-    the failure is visible in Airflow (serving keeps answering with the previous model).
+    A deploy that serving refuses (it does not know the pipeline, cannot load the version, or the
+    smoke test fails) undoes the promotion of this run: the champion and the serving
+    environment's alias go back to the previous version (no previous version, the first model:
+    both aliases are removed), one ``rollback`` ledger row records why, and serving reloads the
+    restored champion. Then :class:`airloop.serving.client.DeployError` is raised naming the
+    pipeline, the version and serving's answer, so the failure is visible in Airflow. A retry of
+    the task after that fails again with the recorded reason (it never deploys what was undone).
+
+    Returns what serving runs now.
     """
 
     endpoint = endpoint.for_pipeline(config)  # /t/<tenant>/<pipeline> in the serving process
+    engine = store.get_engine(settings.monitoring_db_uri)
+    promoted = str(promotion.get("version"))
+    key = deploy_rollback_key(config, promoted, run_context)
+    undone = ledger.find_ledger(engine, key) if key else None
+    if promotion.get("promoted") and undone is not None:
+        raise DeployError(f"{config.model_name} v{promoted}: an earlier try of this deploy failed and was rolled "
+                          f"back (v{undone['from_version']} -> {_v(undone['to_version'])}): {undone['reason']}")
     client = registry_client.get_client(settings)
     champion_version = registry_client.alias_version(client, config.model_name, names.CHAMPION)
     if champion_version is None:
         raise DeployError(f"{config.model_name} has no champion to deploy")
     version = str(champion_version.version)
 
-    records = smoke_inputs(config, settings, version, snapshot)
+    swapped = False  # serving answers with ``version`` (its reload succeeded)
     try:
+        records = smoke_inputs(config, settings, version, snapshot)
         reload_alias(endpoint, names.CHAMPION)
+        swapped = True
         smoke = smoke_test(endpoint, version, records)
-        log.info("serving at %s runs %s v%s (smoke test: %s records)", endpoint.url, config.model_name, version, smoke["records"])
-        return {"deployed": True, "version": version, "serving_url": endpoint.url}
-    except DeployError as err:
-        previous = promotion.get("previous")
-        log.error("deploy of v%s failed: %s", version, err)
-        if not promotion.get("promoted") or not previous or str(promotion.get("version")) != version:
-            raise  # not our promotion to undo (nothing promoted, first model, or champion moved since)
-        from airloop.registry import lifecycle
-
-        lifecycle.rollback(
-            config, settings, None, previous, actor=actor, reason=f"deploy smoke test failed: {err}",
-            run_context=run_context,
-            idempotency_key=f"{promotion.get('version')}:{run_context.get('dag_run_id')}:deploy-rollback")
+    except (DeployError, ModelLoadError) as err:
+        failure = f"deploy of {config.model_name} v{version} (pipeline {config.name}) to {endpoint.url} failed: {err}"
+        log.error("%s", failure)
+        if not promotion.get("promoted") or promoted != version:
+            # not our promotion to undo (nothing promoted, or the champion moved since)
+            raise DeployError(f"{failure}; the champion (v{version}) was not moved by this run and stays") from err
+        try:
+            restored = _undo_promotion(config, settings, version, promotion.get("previous"), reason=failure,
+                                       actor=actor, run_context=run_context)
+        except LifecycleError as undo_err:
+            raise DeployError(f"{failure}; restoring v{promotion.get('previous')} failed too: {undo_err}") from err
+        if restored is None:
+            still = (f"; serving keeps answering with v{version} (it had no model before)" if swapped
+                     else "; serving has no model for it")
+            aliases = f"the champion and {config.promotion.serving_environment.registry_alias} aliases"
+            raise DeployError(f"{failure}; v{version} was the first champion: {aliases} were removed{still}") from err
         try:
             reload_alias(endpoint, names.CHAMPION)
-        except DeployError as reload_err:
-            log.error("serving could not reload the restored champion v%s: %s", previous, reload_err)
-        raise DeployError(f"deploy of v{version} failed and champion was rolled back to v{previous}: {err}") from err
+            log.info("serving at %s is back on %s v%s", endpoint.url, config.model_name, restored)
+        except DeployError as reload_err:  # it kept the previous model if it never swapped
+            log.error("serving could not reload the restored champion v%s: %s", restored, reload_err)
+        raise DeployError(f"{failure}; the champion was rolled back to v{restored}") from err
+    log.info("serving at %s runs %s v%s (smoke test: %s records)", endpoint.url, config.model_name, version,
+             smoke["records"])
+    return {"deployed": True, "version": version, "serving_url": endpoint.url}
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "no champion"
+
+
+def _undo_promotion(config: PipelineConfig, settings: Settings, version: str, previous: str | None, *, reason: str,
+                    actor: str, run_context: dict[str, str]) -> str | None:
+    """Move the serving environment back from ``version`` to ``previous`` (a ``rollback`` ledger
+    row); without a previous version remove its aliases instead (a ``rollback`` row to no
+    version). Returns the champion now (``None``: none)."""
+    key = deploy_rollback_key(config, version, run_context) or (
+        f"{config.name}:v{version}:{datetime.now(timezone.utc):%Y%m%dT%H%M%S.%fZ}:deploy-rollback")
+    if previous:
+        result = rollback(config, settings, None, previous, actor=actor, reason=reason, run_context=run_context,
+                          idempotency_key=key)
+        return str(result["version"])
+    env = config.promotion.serving_environment
+    engine = store.get_engine(settings.monitoring_db_uri)
+    client = registry_client.get_client(settings)
+    with ledger.lifecycle_lock(engine, config.name, holder=f"{actor} withdraw v{version} from {env.name}") as conn:
+        if ledger.find_ledger(engine, key) is None and _alias_version(client, config, CHAMPION) == version:
+            ledger.append_ledger(conn, ledger.LedgerEntry(
+                idempotency_key=key, pipeline=config.name, model_name=config.model_name, action="rollback",
+                alias=ledger.ledger_alias(env), environment=env.name, from_version=version, to_version=None,
+                actor=actor, reason=reason, dag_id=run_context.get("dag_id"), run_id=run_context.get("dag_run_id"),
+                data_interval_end=run_context.get("as_of") or None))
+            for alias in ledger.moved_aliases(env):
+                client.delete_registered_model_alias(config.model_name, alias)
+            client.set_model_version_tag(config.model_name, version, f"airloop.rolled_back.{env.name}", reason[:500])
+    log.warning("%s %s: v%s withdrawn (it was the first champion): %s", config.model_name, env.name, version, reason)
+    return None
 
 
 # ------------------------------------------------------------------ the lifecycle DAGs' tasks

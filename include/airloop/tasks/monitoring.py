@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------ monitoring
-def monitor(config: PipelineConfig, settings: Settings, start: datetime, end: datetime,
+def monitor(config: PipelineConfig, settings: Settings, start: datetime | str, end: datetime | str,
             tenant: str | None = None) -> dict[str, Any]:
     """Monitor one interval against the reference of the version that was champion then.
 
@@ -53,22 +53,34 @@ def monitor(config: PipelineConfig, settings: Settings, start: datetime, end: da
     return summary
 
 
-def ingest(config: PipelineConfig, settings: Settings, start: datetime, end: datetime) -> dict[str, Any]:
+def traffic_quality(config: PipelineConfig, settings: Settings, start: datetime | str, end: datetime | str,
+                    tenant: str | None = None) -> dict[str, Any]:
+    """The ``traffic_quality`` task: the pipeline's suite (its feature expectations) on the
+    interval's served features; one ``traffic_quality`` row, the GX result and Data Docs under
+    ``<validation dir>/<pipeline>/traffic/<day>/`` (:func:`airloop.monitoring.quality.check_traffic`).
+    The ``monitor`` task that follows reads the row into the summary the alert rules judge."""
+    from airloop.monitoring.quality import check_traffic
+
+    return check_traffic(config, settings, tenant or config.tenant, to_utc(start), to_utc(end))
+
+
+def ingest(config: PipelineConfig, settings: Settings, start: datetime | str, end: datetime | str) -> dict[str, Any]:
     """The ``ingest_labels`` task: the labels that became known in ``[start, end)``."""
 
-    return ingest_labels(config, settings, start, end)
+    return ingest_labels(config, settings, to_utc(start), to_utc(end))
 
 
-def alert(config: PipelineConfig, settings: Settings, start: datetime, summary: dict[str, Any],
+def alert(config: PipelineConfig, settings: Settings, start: datetime | str, summary: dict[str, Any],
           senders: dict[str, Any]) -> dict[str, Any]:
     """The ``alerts`` task: record the interval's alerts (deduplicated), then deliver the pending ones."""
 
+    start = to_utc(start)
     record_alerts(config, settings, start, summary)
     return deliver_alerts(config, settings, start, senders)
 
 
-def retrain_decision(config: PipelineConfig, settings: Settings, start: datetime, end: datetime,
+def retrain_decision(config: PipelineConfig, settings: Settings, start: datetime | str, end: datetime | str,
                      summary: dict[str, Any]) -> dict[str, Any]:
     """The ``request_retrain`` task's decision (rules, cool-down, no concurrent training)."""
 
-    return decide_retrain(config, settings, start, end, summary)
+    return decide_retrain(config, settings, to_utc(start), to_utc(end), summary)

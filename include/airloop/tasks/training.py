@@ -22,14 +22,21 @@ from airloop.core.settings import AIRLOOP_CODE_VERSION, Settings
 from airloop.data.features import features_and_target
 from airloop.data.quarantine import quarantine_partitions, quarantined_days
 from airloop.data.snapshot import extract_window, load_snapshot, load_snapshot_days
-from airloop.data.validation import format_failures, validate_partitions
-from airloop.models.schema import model_signature
-from airloop.models.trust import quiet_skops, skops_trusted_types
+from airloop.data.validation import format_failures, release_hint, validate_partitions
+from airloop.models.artifact import log_sklearn_model
+from airloop.models.trust import quiet_skops
 from airloop.monitoring.reference import PROFILE_FILE, REFERENCE_DIR, REFERENCE_FILE, reference_frame
 from airloop.registry import client as registry
 from airloop.registry import client as registry_client
 from airloop.registry import lifecycle
-from airloop.training.evaluation import holdout_metrics, json_safe, predict_latency_ms, write_plots
+from airloop.training.evaluation import (
+    evaluation_lines,
+    format_params,
+    holdout_metrics,
+    json_safe,
+    predict_latency_ms,
+    write_plots,
+)
 from airloop.training.search import best_config, fit_best, open_study, run_worker, split_holdout, study_history
 
 log = logging.getLogger(__name__)
@@ -58,10 +65,34 @@ def code_version(settings: Settings) -> str:
 
 # ------------------------------------------------------------------------------------ extract
 def extract(config: PipelineConfig, as_of: str, settings: Settings, window: int | None = None) -> dict[str, Any]:
-    """Snapshot the training window ending at ``as_of`` (quarantined days excluded)."""
+    """Check the pipeline file against its source, re-validate the window's days quarantined under
+    another suite (releasing those that pass now), then snapshot the training window ending at
+    ``as_of`` (quarantined days excluded).
 
-    snapshot = extract_window(config, date.fromisoformat(as_of), settings, window=window,
-                              exclude=quarantined_days(config, settings))
+    A wrong pipeline file (misspelled column, type no value has, stale suite) raises
+    :class:`airloop.core.pipeline.ConfigurationError` within seconds: not worth a retry.
+    """
+    from airloop.data.check import ensure_pipeline_ok
+    from airloop.data.quarantine import revalidate_quarantined
+    from airloop.data.snapshot import window_days
+    from airloop.data.sources import ExtractError
+    from airloop.data.validation import release_hint
+
+    day = date.fromisoformat(as_of)
+    ensure_pipeline_ok(config, settings, as_of=day)
+    days = window_days(day, window or config.training.window_days)
+    revalidated = revalidate_quarantined(config, settings, days=days)
+    if revalidated["released"]:
+        log.warning("released from quarantine after re-validation: %s", revalidated["released"])
+    excluded = quarantined_days(config, settings)
+    try:
+        snapshot = extract_window(config, day, settings, window=window, exclude=excluded)
+    except ExtractError as err:
+        held = sorted(d.isoformat() for d in excluded if d in days)
+        if not held:
+            raise
+        raise ExtractError(f"{err}; {len(held)} day(s) of the window are quarantined ({held[0]}..{held[-1]}). "
+                           f"{release_hint(config.name)}") from err
     log.info("snapshot %s: %s rows over %s days (%s excluded), fingerprint %s",
              snapshot.path, snapshot.rows, len(snapshot.days), len(snapshot.excluded_days), snapshot.fingerprint[:16])
     return snapshot.to_dict()
@@ -87,7 +118,8 @@ def validate(config: PipelineConfig, snapshot: dict[str, Any], settings: Setting
         log.error("validation failed for %s as of %s:\n%s\nquarantined: %s\nresult: %s",
                   config.name, snapshot["as_of"], message, [str(c) for c in copies], outcome.result_path)
         raise ValidationFailed(f"{config.name} as of {snapshot['as_of']}: data failed validation "
-                               f"(quarantined {summary['failed_days']}; result {outcome.result_path}):\n{message}")
+                               f"(quarantined {summary['failed_days']}; result {outcome.result_path}):\n{message}\n"
+                               f"{release_hint(config.name)}")
     return summary
 
 
@@ -121,6 +153,9 @@ def prepare_training(config: PipelineConfig, snapshot: dict[str, Any], validatio
         **{f"airloop.{k}": v for k, v in run_context.items() if v},
     }
     parent = registry.get_or_create_parent_run(client, experiment_id, key, f"train-{as_of}", tags)
+    log.info("MLflow training run %s in experiment %s (id %s): %s", parent, config.experiment_name, experiment_id,
+             registry.ui_url(settings, experiment_id, parent))
+    log_validation_artifacts(client, parent, validation)
     workers = n_workers or config.training.n_workers
     return {
         "study_name": name,
@@ -135,6 +170,48 @@ def prepare_training(config: PipelineConfig, snapshot: dict[str, Any], validatio
     }
 
 
+#: Artifact folder of the training run holding the validation result (``result.json``,
+#: ``report.html`` and the GX Data Docs site ``data_docs/``).
+VALIDATION_ARTIFACTS = "validation"
+#: Run tag: digest of the validation files logged under :data:`VALIDATION_ARTIFACTS`.
+VALIDATION_DIGEST_TAG = "airloop.validation_artifacts"
+
+
+def _digest(files: list[Path], root: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:32]
+
+
+def log_validation_artifacts(client, run_id: str, validation: dict[str, Any]) -> bool:
+    """Log the validate stage's files (``result.json``, ``report.html``, GX ``data_docs/``) under
+    :data:`VALIDATION_ARTIFACTS` of the training run, once: a retry finds the same digest in the
+    run's :data:`VALIDATION_DIGEST_TAG` and uploads nothing. False when nothing was logged."""
+    result = Path(validation.get("result_path") or "")
+    folder = result.parent
+    if not result.is_file():
+        log.warning("validation result %s not found on this machine: not logged to MLflow run %s", result, run_id)
+        return False
+    docs = folder / "data_docs"
+    files = [result] + [p for p in (folder / "report.html",) if p.is_file()]
+    docs_files = [p for p in docs.rglob("*") if p.is_file()] if docs.is_dir() else []
+    digest = _digest(files + docs_files, folder)
+    if client.get_run(run_id).data.tags.get(VALIDATION_DIGEST_TAG) == digest:
+        log.info("validation result already logged to MLflow run %s (%s/)", run_id, VALIDATION_ARTIFACTS)
+        return False
+    for path in files:
+        client.log_artifact(run_id, str(path), VALIDATION_ARTIFACTS)
+    if docs_files:
+        client.log_artifacts(run_id, str(docs), f"{VALIDATION_ARTIFACTS}/data_docs")
+    client.set_tag(run_id, VALIDATION_DIGEST_TAG, digest)
+    log.info("validation result logged to MLflow run %s: %s/ (%s%s)", run_id, VALIDATION_ARTIFACTS,
+             ", ".join(p.name for p in files), ", data_docs/index.html" if docs_files else "; no Data Docs")
+    return True
+
+
 def train_worker(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, Any], worker: int,
                  settings: Settings) -> dict[str, Any]:
     """One mapped worker: run its share of trials on the shared study, each tracked in MLflow."""
@@ -142,6 +219,9 @@ def train_worker(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[st
     client = registry.get_client(settings)
 
     def track(trial, family, params, scores, state, seconds):
+        score = f"CV {config.training.metric} {sum(scores) / len(scores):.4f}" if scores else "no fold scored"
+        log.info("trial %s: %s %s, %s over %s of %s folds, %.1f s (%s)", trial.number, family, state.lower(), score,
+                 len(scores), config.training.cv_folds, seconds, format_params(params))
         try:
             registry.log_trial_run(client, plan["experiment_id"], plan["parent_run_id"], plan["interval_key"],
                                    trial.number, family, params, scores, state, seconds)
@@ -184,15 +264,23 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
     registry_client.configure_mlflow(settings)
 
     X_train, _ = features_and_target(config, train)
-    example = X_train.head(5)
-    predict = model.predict_proba if config.task != "regression" else model.predict
-    signature = model_signature(config, predict(X_train.head(50)))
+    serving = config.promotion.serving_environment
+    for line in evaluation_lines(config.training.metric, best, json_safe(metrics), train_rows, champion,
+                                 champion_error, serving.min_improvement, serving.name):
+        log.info("%s", line)
+    # The hyperparameters are params of the run (compare runs by them in the UI), and tags too:
+    # a re-run that tops up the study may find another best trial, MLflow refuses to change a
+    # logged param, so the first values are kept and the tags say what this refit used.
+    conflicts = registry_client.log_params_once(client, plan["parent_run_id"],
+                                                {"estimator": best["family"], **best["params"]})
+    if conflicts:
+        log.warning("params of run %s kept from an earlier evaluation of this interval (MLflow cannot change a "
+                    "param); this refit uses %s (tags best.param.*)", plan["parent_run_id"],
+                    ", ".join(f"{k}={new} (logged {old})" for k, (old, new) in sorted(conflicts.items())))
     with mlflow.start_run(run_id=plan["parent_run_id"]):
-        # Tags, not params: a re-run that tops up the study may find another best trial, and
-        # MLflow refuses to change a logged param.
         mlflow.set_tags({"best.estimator": best["family"], "best.trial": best["number"],
                          "best.n_finished_trials": best["n_finished"],
-                         **{f"best.param.{k}": v for k, v in best["params"].items()}})
+                         **{f"best.param.{k}": registry_client.param_value(v) for k, v in best["params"].items()}})
         mlflow.log_metrics({f"holdout_{k}": v for k, v in json_safe(metrics).items() if v is not None}
                            | {"train_rows": train_rows})
         if champion:
@@ -212,10 +300,9 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
                 {"metrics": json_safe(metrics), "champion": champion, "champion_error": champion_error,
                  "best": best, "holdout_rows": len(holdout), "train_rows": len(train)}, indent=2, default=str))
             mlflow.log_artifact(str(Path(tmp) / "evaluation.json"))
-        with quiet_skops():
-            info = mlflow.sklearn.log_model(model, name="model", serialization_format="skops",
-                                            skops_trusted_types=skops_trusted_types(model),
-                                            signature=signature, input_example=example)
+        # skops + the pipeline's typed signature and input example + a pyfunc answering probabilities
+        info = log_sklearn_model(config, model, X_train)
+    log.info("candidate model logged to MLflow run %s as %s", plan["parent_run_id"], info.model_uri)
     return {
         "run_id": plan["parent_run_id"],
         "model_uri": info.model_uri,
@@ -251,6 +338,9 @@ def register(config: PipelineConfig, snapshot: dict[str, Any], validation: dict[
     version = registry_client.register_version(client, config.model_name, evaluation["model_uri"], evaluation["run_id"],
                                         plan["interval_key"], tags)
     client.set_registered_model_alias(config.model_name, names.CHALLENGER, version.version)
+    log.info("registered %s v%s from MLflow run %s (interval %s, validation %s); alias %s -> v%s",
+             config.model_name, version.version, evaluation["run_id"], plan["interval_key"],
+             tags["airloop.validation"], names.CHALLENGER, version.version)
     return {"model_name": config.model_name, "version": str(version.version), "interval_key": plan["interval_key"]}
 
 
@@ -264,11 +354,44 @@ def promote(config: PipelineConfig, registration: dict[str, Any], evaluation: di
     ``promoted`` is true when the version became the champion (serving environment).
     """
 
+    path = [e.name for e in config.promotion.path()]
+    log.info("promoting %s v%s along %s (training runs go up to %s)%s", config.model_name, registration["version"],
+             " -> ".join(path), config.promotion.auto_target,
+             "; forced by operator" if force else "")
+    if run_context.get("trigger_reason"):
+        log.info("run triggered because %s", run_context["trigger_reason"])
     evidence = {"metrics": evaluation["metrics"], "champion": evaluation.get("champion"),
                 "champion_error": evaluation.get("champion_error"), "train_rows": evaluation.get("train_rows")}
     result = lifecycle.promote_along_path(
         config, settings, registration["version"], evidence, actor=actor, interval_key=registration["interval_key"],
         run_context=run_context, force=force)
-    log.info("promotion of %s v%s: reached %s; %s", config.model_name, registration["version"],
-             result["reached"] or "no environment", result["reason"])
+    for line in promotion_lines(config, registration["version"], result):
+        log.info("%s", line)
     return result
+
+
+def promotion_lines(config: PipelineConfig, version: str, result: dict[str, Any]) -> list[str]:
+    """After the walk: the environments not tried and why, then where the version ended."""
+    judged = [s["environment"] for s in result["steps"]]
+    target = config.promotion.auto_target
+    lines = []
+    for env in config.promotion.path():
+        if env.name not in judged:
+            why = (f"training runs promote up to {target}" if target in judged and judged[-1] == target
+                   else f"the walk stopped at {judged[-1]}" if judged else "no step was taken")
+            lines.append(f"{env.name}: not tried ({why})")
+    serving = config.promotion.serving_environment.name
+    last = next((s for s in result["steps"] if s["environment"] == serving), None)
+    if result["promoted"]:
+        was = f"v{result['previous']}" if result["previous"] else "none"
+        champion = f"champion ({serving}) is now v{version} (was {was})"
+    else:
+        if last is None:
+            champion = f"champion ({serving}) unchanged"
+        elif last.get("noop"):
+            champion = f"champion ({serving}) already is v{version}"
+        else:
+            champion = f"champion ({serving}) stays {'v' + last['previous'] if last['previous'] else 'none'}"
+    reached = ", ".join(result["reached"]) or "no environment"
+    lines.append(f"result: v{version} reached {reached}; {champion}")
+    return lines

@@ -139,3 +139,68 @@ def compare_to_champion(metric: str, challenger: dict[str, float], champion: dic
 def json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
     """Replace NaN/inf by None so metrics survive JSON (XCom, ledger)."""
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()}
+
+
+# ------------------------------------------------------------------ readable task-log lines
+#: Holdout entries that are not quality metrics (shown on their own lines, or not at all).
+_NOT_QUALITY = {"rows", "cv_best", "latency_p50_ms", "latency_p95_ms"}
+
+
+def _figure(value: Any) -> str:
+    """``0.8712`` for a float, ``120`` for an int, ``n/a`` for a missing or NaN value."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
+    return str(value)
+
+
+def format_params(params: dict[str, Any]) -> str:
+    """``C=0.0123, max_iter=120`` (floats to 4 significant digits); ``defaults`` when empty."""
+    if not params:
+        return "defaults"
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
+
+
+def format_metrics(metrics: dict[str, Any], first: str | None = None) -> str:
+    """``roc_auc 0.8790, accuracy 0.9512, ...``: quality metrics, ``first`` (the training metric) first."""
+    keys = [k for k in metrics if k not in _NOT_QUALITY and k != first]
+    if first in metrics:
+        keys.insert(0, first)
+    return ", ".join(f"{k} {_figure(metrics[k])}" for k in keys)
+
+
+def evaluation_lines(metric: str, best: dict[str, Any], metrics: dict[str, Any], train_rows: int,
+                     champion: dict[str, Any] | None, champion_error: str | None,
+                     min_improvement: float | None, serving: str) -> list[str]:
+    """The evaluate stage's log, one fact a line: the best trial, its params, the candidate's
+    holdout metrics and latency, and the champion scored on the same holdout against
+    ``min_improvement`` (the serving environment ``serving``'s margin)."""
+    lines = [
+        f"best trial: #{best['number']} of {best['n_finished']} finished, {best['family']}, "
+        f"CV {metric} {_figure(best['value'])}",
+        f"best trial params: {format_params(best['params'])}",
+        f"candidate holdout ({int(metrics.get('rows') or 0)} rows; refit on {train_rows} rows): "
+        f"{format_metrics(metrics, metric)}",
+    ]
+    if "latency_p95_ms" in metrics:
+        lines.append(f"candidate latency: p50 {metrics.get('latency_p50_ms') or 0:.2f} ms, "
+                     f"p95 {metrics['latency_p95_ms'] or 0:.2f} ms per single-record prediction")
+    if champion_error:
+        lines.append(f"champion: could not score the same holdout ({champion_error}); "
+                     f"the {serving} gate lets the candidate pass on that")
+    elif not champion:
+        lines.append(f"champion: none yet; {serving} compares the candidate with its thresholds only")
+    else:
+        theirs = champion["metrics"]
+        lines.append(f"champion v{champion['version']} on the same holdout: {format_metrics(theirs, metric)}")
+        delta = compare_to_champion(metric, metrics, theirs)
+        if delta is None:
+            lines.append(f"candidate vs champion v{champion['version']}: {metric} missing on one side")
+        else:
+            verdict = ("no margin required" if min_improvement is None
+                       else f"{'meets' if delta >= min_improvement else 'misses'} "
+                            f"min_improvement {min_improvement:g} of {serving}")
+            lines.append(f"candidate vs champion v{champion['version']}: {metric} {_figure(metrics.get(metric))} vs "
+                         f"{_figure(theirs.get(metric))}, improvement {delta:+.4f} ({verdict})")
+    return lines

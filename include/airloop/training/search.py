@@ -23,29 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from airloop.core.pipeline import PipelineConfig
+from airloop.core.pipeline import ESTIMATORS, PipelineConfig  # noqa: F401 - ESTIMATORS re-exported (defined in core)
 from airloop.data.features import TrainingError, features_and_target
 
 log = logging.getLogger(__name__)
-
-
-#: estimator family -> task kind ("classification" | "regression") -> import path.
-ESTIMATORS: dict[str, dict[str, str]] = {
-    "logistic_regression": {"classification": "sklearn.linear_model:LogisticRegression"},
-    "ridge": {"regression": "sklearn.linear_model:Ridge"},
-    "random_forest": {
-        "classification": "sklearn.ensemble:RandomForestClassifier",
-        "regression": "sklearn.ensemble:RandomForestRegressor",
-    },
-    "extra_trees": {
-        "classification": "sklearn.ensemble:ExtraTreesClassifier",
-        "regression": "sklearn.ensemble:ExtraTreesRegressor",
-    },
-    "hist_gradient_boosting": {
-        "classification": "sklearn.ensemble:HistGradientBoostingClassifier",
-        "regression": "sklearn.ensemble:HistGradientBoostingRegressor",
-    },
-}
 
 
 #: Fixed settings per family (not searched): convergence and determinism.
@@ -84,19 +65,14 @@ def build_model(config: PipelineConfig, family: str, params: dict[str, Any]):
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from sklearn.preprocessing import StandardScaler
+
+    from airloop.data.features import category_transformers
 
     numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
-    categorical = Pipeline(
-        [
-            ("impute", SimpleImputer(strategy="most_frequent")),
-            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-        ]
-    )
-    pre = ColumnTransformer(
-        [("num", numeric, config.numeric_features), ("cat", categorical, config.categorical_features)],
-        remainder="drop",
-    )
+    # categories: a vocabulary learned from the training data, capped at max_categories per column
+    pre = ColumnTransformer([("num", numeric, config.numeric_features), *category_transformers(config)],
+                            remainder="drop")
     kwargs = {**ESTIMATOR_DEFAULTS.get(family, {}), **params}
     cls = estimator_class(config, family)
     if "random_state" in cls().get_params():
@@ -278,6 +254,8 @@ def run_worker(
     X, y = features_and_target(config, train)
     remaining = n_trials - finished_trials(study)
     ran = 0
+    existing = {t.number for t in study.get_trials(deepcopy=False)}
+    log.info("worker %s of %s joined study %s: %s", worker, n_workers, study_name, _census(study, existing, n_trials))
     if remaining > 0:
         before = len(study.get_trials(deepcopy=False))
         with _frozen_heap():
@@ -292,8 +270,54 @@ def run_worker(
             )
         ran = len(study.get_trials(deepcopy=False)) - before
     best = _best_value(study)
-    log.info("worker %s ran %s trials; study %s has %s finished; best %s", worker, ran, study_name, finished_trials(study), best)
+    for line in worker_summary(study, worker, existing, n_trials, config.training.metric, remaining):
+        log.info("%s", line)
     return WorkerResult(worker, ran, finished_trials(study), best, round(time.perf_counter() - started, 2))
+
+
+def _states(trials) -> dict[str, int]:
+    from optuna.trial import TrialState
+
+    out = {"complete": 0, "pruned": 0, "failed": 0, "running": 0}
+    for t in trials:
+        key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}.get(t.state, "running")
+        out[key] += 1
+    return out
+
+
+def _census(study, numbers: set[int], n_trials: int) -> str:
+    """``6 trials already there (5 complete, 1 pruned, 0 failed, 0 running); budget 16 finished trials``."""
+    if not numbers:
+        return f"no trials yet; budget {n_trials} finished (complete or pruned) trials"
+    c = _states(t for t in study.get_trials(deepcopy=False) if t.number in numbers)
+    return (f"{len(numbers)} trials already there ({c['complete']} complete, {c['pruned']} pruned, "
+            f"{c['failed']} failed, {c['running']} running); budget {n_trials} finished trials")
+
+
+def worker_summary(study, worker: int, existing: set[int], n_trials: int, metric: str, asked_for: int) -> list[str]:
+    """The worker's log, one fact a line: how many trials it asked of the shared study (the ones it
+    ran: ``worker``/``pid`` user attributes, not there when it joined) and how they ended, the
+    study's state and its best trial so far."""
+    trials = study.get_trials(deepcopy=False)
+    mine = [t for t in trials if t.number not in existing
+            and t.user_attrs.get("worker") == worker and t.user_attrs.get("pid") == os.getpid()]
+    c = _states(mine)
+    if asked_for <= 0:
+        lines = [f"worker {worker}: nothing asked, the study already had {n_trials - asked_for} of {n_trials} "
+                 f"finished trials"]
+    else:
+        lines = [f"worker {worker}: {len(mine)} of {n_trials} trials asked of the shared study, {c['complete']} complete, "
+                 f"{c['pruned']} pruned, {c['failed']} failed"]
+    total = _states(trials)
+    lines.append(f"study {study.study_name}: {len(trials)} trials in all, {total['complete'] + total['pruned']} of "
+                 f"{n_trials} finished ({total['complete']} complete, {total['pruned']} pruned), {total['failed']} failed")
+    try:
+        best = study.best_trial
+        lines.append(f"best so far: {metric} {best.value:.4f} (trial {best.number}, {best.params.get('estimator')}"
+                     f"{', this worker' if best.number in {t.number for t in mine} else ''})")
+    except ValueError:
+        lines.append("best so far: none (no trial completed)")
+    return lines
 
 
 @contextmanager

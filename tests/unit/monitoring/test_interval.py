@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np

@@ -797,7 +797,8 @@ def test_feedback_of_a_regression_pipeline_needs_numbers(tmp_path: Path, registr
     raw = yaml.safe_load((registry.settings.pipelines_dir / f"{PIPELINE}.yaml").read_text())
     raw = {**raw, "name": name, "task": "regression", "target": "claim_amount_paid"}
     raw.pop("classes")
-    raw["training"]["metric"] = "rmse"
+    raw["training"]["metric"] = "neg_root_mean_squared_error"
+    raw["training"]["search_space"].pop("logistic_regression")  # a classifier only
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp_path / 'monitoring.db'}"
     settings = _settings(tmp_path, registry.uri, AIRLOOP_PIPELINE=name, AIRLOOP_PIPELINES_DIR=str(tmp_path),

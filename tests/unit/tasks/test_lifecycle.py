@@ -267,3 +267,87 @@ def test_ab_evaluation_promotes_a_significantly_better_challenger_and_reloads(se
     assert definition.running_tests(engine, pipe.config.name) == []
     assert tasks.run_ab_evaluations(pipe.config, settings, end, end + timedelta(days=1), actor="abtest",
                                     endpoint=served.endpoint) == []
+
+
+# ------------------------------------------------------------------- deploy: all or nothing
+def _snapshot(tmp, day: str = "2026-01-05") -> dict:
+    """A training snapshot on disk (one simulator day): the deploy's smoke-test rows."""
+    import json
+    from datetime import date
+
+    from airloop.data.simulator import generate_day
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    generate_day(date.fromisoformat(day)).to_parquet(tmp / f"day={day}.parquet", index=False)
+    (tmp / "fingerprint.json").write_text(json.dumps({"hash": "test"}))
+    return {"path": str(tmp), "as_of": "2026-03-01"}
+
+
+def _deploy(pipe: LifecyclePipeline, promotion: dict, endpoint: ServingEndpoint, snapshot: dict | None, run: str):
+    return tasks.deploy(pipe.config, promotion, snapshot, endpoint, pipe.store.settings, actor="training",
+                        run_context=run_context(run, as_of="2026-03-08"))
+
+
+def test_a_first_deploy_to_serving_that_does_not_know_the_pipeline_is_withdrawn(pipe, served, tmp_path):
+    """The pipeline's file is not in serving's pipelines folder: serving answers 404 naming it;
+    the first champion's aliases are removed and the ledger says why (serving had no model)."""
+    v1 = pipe.add_version(0.80)
+    promotion = serve(pipe, v1, "2026-03-08")
+    assert (promotion["previous"], pipe.alias("champion"), pipe.alias("prod")) == (None, v1, v1)
+    with pytest.raises(DeployError) as failed:
+        _deploy(pipe, promotion, served.endpoint, _snapshot(tmp_path), "scheduled__first")
+    message = str(failed.value)
+    assert f"deploy of {pipe.name} v{v1} (pipeline {pipe.config.name})" in message
+    assert f"serving has no pipeline default/{pipe.config.name}: no file {pipe.config.name}.yaml" in message
+    assert "HTTP 404" in message and "aliases were removed" in message
+    assert (pipe.alias("champion"), pipe.alias("prod"), pipe.alias("staging")) == (None, None, v1)
+    key = tasks.deploy_rollback_key(pipe.config, v1, {"dag_run_id": "scheduled__first"})
+    row = ledger.find_ledger(pipe.store.engine, key)
+    assert (row["action"], row["environment"], row["from_version"], row["to_version"]) == ("rollback", "prod", v1, None)
+    assert "serving has no pipeline" in row["reason"]
+    assert pipe.tag(v1, "airloop.rolled_back.prod").startswith("deploy of")
+    # a retry of the task fails with the recorded reason and changes nothing
+    with pytest.raises(DeployError, match="an earlier try of this deploy failed and was rolled back"):
+        _deploy(pipe, promotion, served.endpoint, _snapshot(tmp_path), "scheduled__first")
+    assert [r["action"] for r in pipe.ledger()].count("rollback") == 1
+
+
+def test_a_deploy_to_serving_that_does_not_know_the_pipeline_restores_the_previous_champion(pipe, served, tmp_path):
+    v1, v2 = pipe.add_version(0.80), pipe.add_version(0.82)
+    serve(pipe, v1, "2026-03-01")
+    promotion = serve(pipe, v2, "2026-03-08")
+    with pytest.raises(DeployError, match=f"champion was rolled back to v{v1}") as failed:
+        _deploy(pipe, promotion, served.endpoint, _snapshot(tmp_path), "scheduled__second")
+    assert "serving has no pipeline" in str(failed.value)
+    assert (pipe.alias("champion"), pipe.alias("prod")) == (v1, v1)
+    rows = [r for r in pipe.ledger() if r["action"] == "rollback"]
+    assert [(r["from_version"], r["to_version"]) for r in rows] == [(v2, v1)]
+
+
+def test_a_deploy_whose_version_serving_cannot_load_leaves_alias_ledger_and_serving_as_they_were(served, tmp_path):
+    """A registered version whose artifact is gone: serving refuses the reload (the previous model
+    keeps serving), the champion goes back, one rollback row; nothing else moves."""
+    from mlflow.entities import Metric
+
+    pipe = served.pipe
+    before = pipe.alias("champion")
+    assert _serving_version(served) == before
+    client = pipe.store.client
+    run = client.create_run(pipe.experiment_id, tags={"airloop.kind": "training"})
+    client.log_batch(run.info.run_id, metrics=[Metric("holdout_roc_auc", 0.9, 0, 0),
+                                               Metric("train_rows", 6000.0, 0, 0)])
+    broken = str(client.create_model_version(pipe.name, source=str(tmp_path / "gone"), run_id=run.info.run_id).version)
+    promotion = serve(pipe, broken, "2026-03-15")
+    assert promotion["previous"] == before and pipe.alias("champion") == broken
+    rows_before = len(pipe.ledger())
+    with pytest.raises(DeployError) as failed:
+        _deploy(pipe, promotion, served.endpoint, _snapshot(tmp_path / "snap"), "scheduled__broken")
+    message = str(failed.value)
+    assert f"deploy of claims_fraud v{broken} (pipeline claims_fraud)" in message
+    assert f"serving at {served.url}/t/default/claims_fraud refused /reload of 'champion': HTTP 409" in message, message
+    assert f"cannot download version {broken}" in message, message
+    assert message.endswith(f"the champion was rolled back to v{before}")
+    assert (pipe.alias("champion"), pipe.alias("prod")) == (before, before)
+    assert _serving_version(served) == before  # serving never swapped
+    new_rows = pipe.ledger()[rows_before:]
+    assert [(r["action"], r["from_version"], r["to_version"]) for r in new_rows] == [("rollback", broken, before)]

@@ -124,3 +124,41 @@ def test_trials_run_with_the_heap_frozen_and_it_is_thawed_after(small_config, fr
                tracker=track)
     assert len(frozen_during) == 2 and all(count > 10_000 for count in frozen_during)
     assert gc.get_freeze_count() == 0
+
+
+def test_worker_log_counts_what_it_asked_and_what_was_already_there(small_config, frame, tmp_path, caplog):
+    """The train_trials log, one fact a line: the study as the worker found it, the trials it asked
+    and how they ended, the study in all and the best trial so far; a resumed study says how many
+    trials were already there."""
+    import logging
+
+    storage = f"journal://{tmp_path / 'journal.log'}"
+    with caplog.at_level(logging.INFO, logger="airloop.training.search"):
+        first = run_worker(small_config, frame, "2026-01-11", "logs", storage, 0, 2, 3, 120)
+    lines = [r.getMessage() for r in caplog.records if r.name == "airloop.training.search"]
+    study = open_study(storage, "logs", small_config)
+    states = [t.state for t in study.get_trials()]
+    complete, pruned = states.count(optuna.trial.TrialState.COMPLETE), states.count(optuna.trial.TrialState.PRUNED)
+    best = study.best_trial
+    assert lines == [
+        "worker 0 of 2 joined study logs: no trials yet; budget 3 finished (complete or pruned) trials",
+        f"worker 0: 3 of 3 trials asked of the shared study, {complete} complete, {pruned} pruned, 0 failed",
+        f"study logs: 3 trials in all, 3 of 3 finished ({complete} complete, {pruned} pruned), 0 failed",
+        f"best so far: roc_auc {best.value:.4f} (trial {best.number}, {best.params['estimator']}, this worker)",
+    ]
+    assert first.trials_run == 3
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="airloop.training.search"):
+        run_worker(small_config, frame, "2026-01-11", "logs", storage, 1, 2, 5, 120)  # the budget raised to 5
+    lines = [r.getMessage() for r in caplog.records if r.name == "airloop.training.search"]
+    assert lines[0] == (f"worker 1 of 2 joined study logs: 3 trials already there ({complete} complete, {pruned} "
+                        f"pruned, 0 failed, 0 running); budget 5 finished trials")
+    assert lines[1].startswith("worker 1: 2 of 5 trials asked of the shared study, ")
+    assert lines[2].startswith("study logs: 5 trials in all, 5 of 5 finished")
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="airloop.training.search"):
+        run_worker(small_config, frame, "2026-01-11", "logs", storage, 0, 2, 5, 120)  # a retry: budget spent
+    lines = [r.getMessage() for r in caplog.records if r.name == "airloop.training.search"]
+    assert lines[1] == "worker 0: nothing asked, the study already had 5 of 5 finished trials"

@@ -24,7 +24,8 @@ router = APIRouter()
 @router.post(protocol.FEEDBACK)
 async def feedback(request: Request, config: ConfigDep, settings: SettingsDep, metrics: MetricsDep) -> Response:
     """Labels for earlier predictions: ``{"request_id", "label", "label_ts"?}`` or
-    ``{"items": [...]}``, upserted into ``ground_truth`` (503 when the store is down)."""
+    ``{"items": [...]}``, upserted into ``ground_truth`` under (tenant, this pipeline, request id)
+    — the ``X-Tenant`` tenant, else the pipeline's (503 when the store is down)."""
     try:
         tenant = request_tenant(request, config.tenant)
         items = parse_feedback_body(await request.body(), config)
