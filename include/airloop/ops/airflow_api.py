@@ -106,20 +106,32 @@ class AirflowApi:
         self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
     def trigger(self, dag_id: str, conf: dict | None = None, logical_date: datetime | None = None,
-                run_id: str | None = None) -> dict:
-        """What the UI's Trigger form posts (``logical_date`` None: the form's "no logical date")."""
+                run_id: str | None = None, data_interval: tuple[datetime, datetime] | None = None) -> dict:
+        """What the UI's Trigger form posts (``logical_date`` None: the form's "no logical date";
+        ``data_interval``: the form's "Specify Manually", else inferred from the timetable)."""
         body: dict[str, Any] = {"conf": conf or {}, "logical_date": logical_date.isoformat() if logical_date else None}
         if run_id:
             body["dag_run_id"] = run_id
+        if data_interval:
+            body["data_interval_start"], body["data_interval_end"] = (d.isoformat() for d in data_interval)
         return self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)
 
     def backfill(self, dag_id: str, first: date, last: date, reprocess: str = "none", conf: dict | None = None,
-                 max_active_runs: int = 1) -> dict:
-        """What the UI's Backfill dialog posts: every schedule tick of ``[first, last]``."""
-        return self.request("POST", "/backfills", json={
-            "dag_id": dag_id, "from_date": f"{first.isoformat()}T00:00:00Z", "to_date": f"{last.isoformat()}T00:00:00Z",
-            "run_backwards": False, "dag_run_conf": conf or {}, "reprocess_behavior": reprocess,
-            "max_active_runs": max_active_runs})
+                 max_active_runs: int = 1, wait_s: float = 120) -> dict:
+        """What the UI's Backfill dialog posts: every schedule tick of ``[first, last]``. A DAG has
+        one running backfill at a time and the scheduler marks one completed a few seconds after
+        its last run: until then (HTTP 409) the call is retried for up to ``wait_s`` seconds."""
+        body = {"dag_id": dag_id, "from_date": f"{first.isoformat()}T00:00:00Z", "to_date": f"{last.isoformat()}T00:00:00Z",
+                "run_backwards": False, "dag_run_conf": conf or {}, "reprocess_behavior": reprocess,
+                "max_active_runs": max_active_runs}
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self.request("POST", "/backfills", json=body)
+            except AirflowApiError as err:
+                if "already a running backfill" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
 
     def runs(self, dag_id: str, **filters: Any) -> list[dict]:
         params = {"order_by": "-run_after", "limit": 100, **filters}
