@@ -42,7 +42,7 @@ from airloop.core.pipeline import (
     resolve_source_path,
 )
 from airloop.core.settings import ConfigError, Settings
-from airloop.data.sources import ExtractError, describe_source, source_files
+from airloop.data.sources import ExtractError, describe_source, read_raw_files, source_files
 
 logger = logging.getLogger(__name__)
 
@@ -296,18 +296,6 @@ def _partition_days(config: PipelineConfig, settings: Settings, before: date | N
     return sorted(days)
 
 
-def _read_raw(config: PipelineConfig, files: list[Path]) -> pd.DataFrame:
-    """The files as the source holds them (no timestamp parsing: the check judges the raw values)."""
-    reader = pd.read_csv if config.source.format == "csv" else pd.read_parquet
-    frames = []
-    for path in files:
-        try:
-            frames.append(reader(path))
-        except Exception as err:  # corrupt file, wrong format
-            raise ExtractError(f"{path}: cannot read as {config.source.format}: {err}") from err
-    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-
-
 def _newest_rows(config: PipelineConfig, frame: pd.DataFrame, before: date | None, days: int) -> pd.DataFrame:
     """Rows of the newest ``days`` days before ``before`` (by the timestamp column, when present)."""
     if config.timestamp not in frame.columns:
@@ -363,13 +351,13 @@ def read_sample(config: PipelineConfig, settings: Settings, before: date | None 
             if not found:
                 return _Sample(None, where, f"no partition found for {where}" + (f" before {before}" if before else ""))
             files = [f for day in found for f in source_files(config, settings, day)]
-            frame = _read_raw(config, files).tail(SAMPLE_ROWS)
+            frame = read_raw_files(config, files).tail(SAMPLE_ROWS)
             span = found[0].isoformat() if len(found) == 1 else f"{found[0]}..{found[-1]}"
             return _Sample(frame, f"{len(found)} partition(s) {span} of {where}, {len(frame):,} rows")
         files = source_files(config, settings)
         if not files:
             return _Sample(None, where, f"no file found for {where}")
-        frame = _newest_rows(config, _read_raw(config, files[-days:]), before, days)
+        frame = _newest_rows(config, read_raw_files(config, files[-days:]), before, days)
         return _Sample(frame, f"newest {len(frame):,} rows of {len(files[-days:])} file(s) of {where}")
     except Exception as err:  # noqa: BLE001 - unreadable file, unknown connection, database down
         return _Sample(None, where, f"cannot read {where}: {err}", transient=True)

@@ -52,8 +52,8 @@ def source_files(config: PipelineConfig, settings: Settings, day: date | None = 
     return sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
 
 
-def _read_files(config: PipelineConfig, files: list[Path]) -> pd.DataFrame:
-    """Concatenate ``files`` as the source typed them; timestamps parsed to UTC."""
+def read_raw_files(config: PipelineConfig, files: list[Path]) -> pd.DataFrame:
+    """Concatenate ``files`` exactly as the source holds them (nothing parsed)."""
     reader = pd.read_csv if config.source.format == "csv" else pd.read_parquet
     frames = []
     for path in files:
@@ -61,8 +61,12 @@ def _read_files(config: PipelineConfig, files: list[Path]) -> pd.DataFrame:
             frames.append(reader(path))
         except Exception as err:  # corrupt file: say which
             raise ExtractError(f"{config.name}: source.path: {path}: cannot read {config.source.format} file: {err}") from err
-    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    return _parse_timestamps(config, frame)
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def _read_files(config: PipelineConfig, files: list[Path]) -> pd.DataFrame:
+    """Concatenate ``files`` as the source typed them; timestamps parsed to UTC."""
+    return _parse_timestamps(config, read_raw_files(config, files))
 
 
 def _parse_timestamps(config: PipelineConfig, frame: pd.DataFrame) -> pd.DataFrame:

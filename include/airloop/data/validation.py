@@ -456,8 +456,6 @@ def validate_partitions(
     Quarantining refuses days whose failures are the pipeline file's
     (:func:`airloop.data.check.config_problems`).
     """
-    import great_expectations as gx
-
     if not partitions:
         raise ValueError(f"pipeline '{config.name}': no partitions to validate")
     for day, frame in partitions.items():
@@ -467,15 +465,8 @@ def validate_partitions(
     end = _as_utc(interval_end)
     freshness_bound = end - timedelta(hours=config.validation.freshness_hours)
     out_dir = out_dir or settings.validation_dir / config.name / end.date().isoformat()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    docs_tmp = out_dir / f".data_docs.{os.getpid()}.tmp"
-    shutil.rmtree(docs_tmp, ignore_errors=True)
-
     started = time.perf_counter()
-    context = _new_context(docs_tmp)
-    gx_suite = context.suites.add(gx.ExpectationSuite(**json.loads(json.dumps(suite_dict))))
-    if len(gx_suite.expectations) != len(suite_dict.get("expectations", [])):
-        raise ConfigError(f"pipeline '{config.name}': GX rejected some expectations of the stored suite (see log)")
+    context, gx_suite, docs_tmp = _suite_context(config, suite_dict, out_dir)
     batch = context.data_sources.add_pandas("airloop").add_dataframe_asset(config.name)
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(
@@ -679,6 +670,22 @@ def traffic_suite(config: PipelineConfig, suite: dict[str, Any]) -> tuple[dict[s
     return {**suite, "name": f"{suite.get('name', config.name)}.traffic", "expectations": kept}, skipped
 
 
+def _suite_context(config: PipelineConfig, suite_dict: dict[str, Any], out_dir: Path):
+    """(ephemeral GX context, the suite added to it, its temporary Data Docs folder) of one
+    validation call writing under ``out_dir``. Raises :class:`ConfigError` when GX rejects an
+    expectation of the stored suite."""
+    import great_expectations as gx
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    docs_tmp = out_dir / f".data_docs.{os.getpid()}.tmp"
+    shutil.rmtree(docs_tmp, ignore_errors=True)
+    context = _new_context(docs_tmp)
+    gx_suite = context.suites.add(gx.ExpectationSuite(**json.loads(json.dumps(suite_dict))))
+    if len(gx_suite.expectations) != len(suite_dict.get("expectations", [])):
+        raise ConfigError(f"pipeline '{config.name}': GX rejected some expectations of the stored suite (see log)")
+    return context, gx_suite, docs_tmp
+
+
 def validate_traffic(config: PipelineConfig, frame: pd.DataFrame, day: date, settings: Settings, out_dir: Path,
                      suite: dict[str, Any] | None = None) -> ValidationOutcome:
     """Validate one interval's served features (``frame``: one column per feature, values as the
@@ -693,14 +700,8 @@ def validate_traffic(config: PipelineConfig, frame: pd.DataFrame, day: date, set
     from great_expectations.core.run_identifier import RunIdentifier
 
     suite_dict, skipped = traffic_suite(config, load_suite(config, settings) if suite is None else suite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    docs_tmp = out_dir / f".data_docs.{os.getpid()}.tmp"
-    shutil.rmtree(docs_tmp, ignore_errors=True)
     started = time.perf_counter()
-    context = _new_context(docs_tmp)
-    gx_suite = context.suites.add(gx.ExpectationSuite(**json.loads(json.dumps(suite_dict))))
-    if len(gx_suite.expectations) != len(suite_dict["expectations"]):
-        raise ConfigError(f"pipeline '{config.name}': GX rejected some expectations of the stored suite (see log)")
+    context, gx_suite, docs_tmp = _suite_context(config, suite_dict, out_dir)
     asset = context.data_sources.add_pandas("airloop").add_dataframe_asset(f"{config.name}-traffic")
     definition = context.validation_definitions.add(gx.ValidationDefinition(
         name=f"{config.name}-traffic", data=asset.add_batch_definition_whole_dataframe("traffic"), suite=gx_suite))
