@@ -456,6 +456,8 @@ def validate_partitions(
     Quarantining refuses days whose failures are the pipeline file's
     (:func:`airloop.data.check.config_problems`).
     """
+    import great_expectations as gx
+
     if not partitions:
         raise ValueError(f"pipeline '{config.name}': no partitions to validate")
     for day, frame in partitions.items():
