@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,16 +42,31 @@ def claims_config(settings):
     return load_pipeline_config("claims_fraud", settings)
 
 
+@contextmanager
+def served_to_tasks(app, settings):
+    """``app`` on a real port, which DAG tasks reach through the ``airloop_serving`` connection
+    (the variable is restored afterwards); yields the server, its ``.app`` the app."""
+    port = free_port()
+    previous = os.environ.get("AIRFLOW_CONN_AIRLOOP_SERVING")
+    os.environ["AIRFLOW_CONN_AIRLOOP_SERVING"] = f"http://:{settings.admin_token}@127.0.0.1:{port}"
+    try:
+        with ServerThread(app, port) as server:
+            server.app = app
+            yield server
+    finally:
+        if previous is None:
+            os.environ.pop("AIRFLOW_CONN_AIRLOOP_SERVING", None)
+        else:
+            os.environ["AIRFLOW_CONN_AIRLOOP_SERVING"] = previous
+
+
 @pytest.fixture(scope="module")
 def serving(settings):
     """The serving app on a real port; DAG tasks reach it through the ``airloop_serving`` connection."""
     from airloop.serving.app import create_app
 
-    port = free_port()
-    os.environ["AIRFLOW_CONN_AIRLOOP_SERVING"] = f"http://:{settings.admin_token}@127.0.0.1:{port}"
-    with ServerThread(create_app(settings), port) as server:
+    with served_to_tasks(create_app(settings), settings) as server:
         yield server
-    os.environ.pop("AIRFLOW_CONN_AIRLOOP_SERVING", None)
 
 
 def load_dag(file: str, dag_id: str):

@@ -30,8 +30,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import ServerThread, free_port
-from tests.e2e.conftest import load_dag, run_dag, task_states
+from tests.e2e.conftest import load_dag, run_dag, served_to_tasks, task_states
 
 pytestmark = pytest.mark.e2e
 
@@ -97,19 +96,8 @@ def gateway(settings, configs):
     through the ``airloop_serving`` connection."""
     from airloop.serving.gateway import create_gateway
 
-    app = create_gateway(settings)
-    port = free_port()
-    previous = os.environ.get("AIRFLOW_CONN_AIRLOOP_SERVING")
-    os.environ["AIRFLOW_CONN_AIRLOOP_SERVING"] = f"http://:{settings.admin_token}@127.0.0.1:{port}"
-    try:
-        with ServerThread(app, port) as server:
-            server.app = app
-            yield server
-    finally:
-        if previous is None:
-            os.environ.pop("AIRFLOW_CONN_AIRLOOP_SERVING", None)
-        else:
-            os.environ["AIRFLOW_CONN_AIRLOOP_SERVING"] = previous
+    with served_to_tasks(create_gateway(settings), settings) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from datetime import date, datetime, timedelta, timezone
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import ServerThread, free_port
-from tests.e2e.conftest import load_dag, run_dag, task_states
+from tests.e2e.conftest import load_dag, run_dag, served_to_tasks, task_states
 
 pytestmark = pytest.mark.e2e
 
@@ -65,19 +63,8 @@ def triage_serving(settings, config):
     ``airloop_serving`` connection for this module's runs."""
     from airloop.serving.app import create_app
 
-    app = create_app(settings, "ticket_triage")
-    port = free_port()
-    previous = os.environ.get("AIRFLOW_CONN_AIRLOOP_SERVING")
-    os.environ["AIRFLOW_CONN_AIRLOOP_SERVING"] = f"http://:{settings.admin_token}@127.0.0.1:{port}"
-    try:
-        with ServerThread(app, port) as server:
-            server.app = app
-            yield server
-    finally:
-        if previous is None:
-            os.environ.pop("AIRFLOW_CONN_AIRLOOP_SERVING", None)
-        else:
-            os.environ["AIRFLOW_CONN_AIRLOOP_SERVING"] = previous
+    with served_to_tasks(create_app(settings, "ticket_triage"), settings) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
