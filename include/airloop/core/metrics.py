@@ -10,6 +10,56 @@ from __future__ import annotations
 import math
 from typing import Any
 
+# --------------------------------------------------------------------------------------------
+# Scorer names (``training.metric``), by task
+# --------------------------------------------------------------------------------------------
+
+#: ``training.metric`` is a scikit-learn scorer name (``sklearn.metrics.get_scorer``); these are
+#: the ones airloop supports, by the task they fit (tests check each is a real scorer).
+REGRESSION_METRICS = frozenset({
+    "r2", "explained_variance", "neg_root_mean_squared_error", "neg_mean_squared_error",
+    "neg_mean_absolute_error", "neg_median_absolute_error", "neg_mean_absolute_percentage_error",
+    "neg_max_error", "neg_root_mean_squared_log_error", "neg_mean_squared_log_error",
+    "neg_mean_poisson_deviance", "neg_mean_gamma_deviance", "d2_absolute_error_score",
+})  # fmt: skip
+#: Classification scorers that work for binary and multi-class targets with any labels.
+CLASSIFICATION_METRICS = frozenset({
+    "accuracy", "balanced_accuracy", "matthews_corrcoef", "neg_log_loss",
+    "f1_macro", "f1_micro", "f1_weighted", "precision_macro", "precision_micro", "precision_weighted",
+    "recall_macro", "recall_micro", "recall_weighted", "jaccard_macro", "jaccard_micro", "jaccard_weighted",
+    "roc_auc_ovr", "roc_auc_ovo", "roc_auc_ovr_weighted", "roc_auc_ovo_weighted",
+})  # fmt: skip
+#: Binary-only scorers (``roc_auc`` ranks the second class's probability; works with any labels).
+BINARY_METRICS = frozenset({"roc_auc"})
+#: Binary-only scorers of the label ``1`` (scikit-learn's default ``pos_label``): the classes must
+#: be ``[0, 1]`` (or ``[false, true]``) so that the positive class, listed last, is that label.
+POSITIVE_LABEL_METRICS = frozenset({"f1", "precision", "recall", "jaccard", "average_precision", "neg_brier_score"})
+#: Every supported ``training.metric``.
+STUDY_METRICS = REGRESSION_METRICS | CLASSIFICATION_METRICS | BINARY_METRICS | POSITIVE_LABEL_METRICS
+#: Common names that are not scorer names -> the scorer meant (sklearn's are higher-is-better).
+METRIC_ALIASES = {
+    "rmse": "neg_root_mean_squared_error", "mse": "neg_mean_squared_error", "mae": "neg_mean_absolute_error",
+    "mape": "neg_mean_absolute_percentage_error", "median_absolute_error": "neg_median_absolute_error",
+    "auc": "roc_auc", "roc_auc_score": "roc_auc", "pr_auc": "average_precision", "log_loss": "neg_log_loss",
+    "logloss": "neg_log_loss", "brier": "neg_brier_score", "f1_score": "f1", "mcc": "matthews_corrcoef",
+}  # fmt: skip
+
+
+def task_kind(task: str) -> str:
+    """``classification`` or ``regression`` (the key of :data:`ESTIMATORS`)."""
+    return "regression" if task == "regression" else "classification"
+
+
+def metrics_for_task(task: str, classes: list[Any] | None = None) -> frozenset[str]:
+    """The ``training.metric`` names that fit ``task`` (and, for binary tasks, its classes)."""
+    if task == "regression":
+        return REGRESSION_METRICS
+    if task == "multiclass_classification":
+        return CLASSIFICATION_METRICS
+    positive_one = bool(classes) and classes[-1] in (1, True) and classes[0] in (0, False)
+    return CLASSIFICATION_METRICS | BINARY_METRICS | (POSITIVE_LABEL_METRICS if positive_one or not classes else frozenset())
+
+
 #: Metrics where a smaller value is better (gates, comparisons, drops and A/B tests read it).
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "log_loss", "brier", "error_rate"})
 #: Prefixes of metric names that are better when lower (``latency_p50_ms``, ``latency_p95_ms``, ...).

@@ -157,21 +157,21 @@ def test_metric_and_estimator_names_are_real_and_defined_once():
     resolves, and training uses core's table (one definition)."""
     from sklearn.metrics import get_scorer_names
 
-    from airloop.core import pipeline
+    from airloop.core import metrics, pipeline
     from airloop.training import search
 
-    assert pipeline.STUDY_METRICS <= set(get_scorer_names())
-    assert set(pipeline.METRIC_ALIASES.values()) <= pipeline.STUDY_METRICS
-    assert not set(pipeline.METRIC_ALIASES) & pipeline.STUDY_METRICS
+    assert metrics.STUDY_METRICS <= set(get_scorer_names())
+    assert set(metrics.METRIC_ALIASES.values()) <= metrics.STUDY_METRICS
+    assert not set(metrics.METRIC_ALIASES) & metrics.STUDY_METRICS
     assert search.ESTIMATORS is pipeline.ESTIMATORS
     for family, kinds in pipeline.ESTIMATORS.items():
         assert set(kinds) <= {"classification", "regression"}, family
         for path in kinds.values():
             module, _, name = path.partition(":")
             assert hasattr(__import__(module, fromlist=[name]), name), path
-    assert pipeline.metrics_for_task("binary_classification", [0, 1]) >= {"roc_auc", "f1", "neg_log_loss"}
-    assert "f1" not in pipeline.metrics_for_task("binary_classification", ["no", "yes"])
-    assert "roc_auc" not in pipeline.metrics_for_task("multiclass_classification", ["a", "b", "c"])
+    assert metrics.metrics_for_task("binary_classification", [0, 1]) >= {"roc_auc", "f1", "neg_log_loss"}
+    assert "f1" not in metrics.metrics_for_task("binary_classification", ["no", "yes"])
+    assert "roc_auc" not in metrics.metrics_for_task("multiclass_classification", ["a", "b", "c"])
 
 
 def test_each_metric_works_for_its_task():
@@ -180,7 +180,7 @@ def test_each_metric_works_for_its_task():
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.metrics import get_scorer
 
-    from airloop.core.pipeline import metrics_for_task
+    from airloop.core.metrics import metrics_for_task
 
     rng = np.random.default_rng(0)
     X = rng.random((60, 3))
