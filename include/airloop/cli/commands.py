@@ -81,6 +81,7 @@ def cmd_init(args) -> int:
     settings = get_settings()
     for sub in ("airflow/logs", "mlflow/artifacts", "optuna", "run", "logs", "data"):
         (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
+    settings.state_dir.chmod(0o700)  # its databases, models, logs and secrets: the owner's only
     ensure_secrets(settings)
     created = topology.ensure_databases(topology.profile_database_urls())
     if created:

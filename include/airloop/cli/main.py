@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from airloop.data.validation import write_suite
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
+    # The state folder holds databases, models, logs and secrets: whatever this process and the
+    # ones it starts (Airflow, MLflow, serving) create there is readable by its owner only.
+    os.umask(0o077)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="airloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

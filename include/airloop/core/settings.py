@@ -78,6 +78,10 @@ AIRLOOP_SERVING_BATCH_WAIT_MS = EnvVar("AIRLOOP_SERVING_BATCH_WAIT_MS", float, 2
                                        "longest micro-batching wait of a /predict request")
 AIRLOOP_SERVING_BATCH_MAX_RECORDS = EnvVar("AIRLOOP_SERVING_BATCH_MAX_RECORDS", int, 1024,
                                            "most records in one micro-batched model call (1: no batching)")
+AIRLOOP_SERVING_MAX_BODY_BYTES = EnvVar("AIRLOOP_SERVING_MAX_BODY_BYTES", int, 8 * 1024 * 1024,
+                                        "largest request body serving reads (bytes; larger: 413; 0: no limit)")
+AIRLOOP_SERVING_MAX_RECORDS = EnvVar("AIRLOOP_SERVING_MAX_RECORDS", int, 10_000,
+                                     "most records in one /predict or labels in one /feedback (more: 413)")
 AIRLOOP_SERVING_GC_FREEZE = EnvVar("AIRLOOP_SERVING_GC_FREEZE", str, "1", "0: do not gc.freeze() after start-up")
 AIRLOOP_ADMIN_TOKEN = EnvVar("AIRLOOP_ADMIN_TOKEN", str, None, "admin token of serving and the lifecycle API (secret)")
 AIRLOOP_TENANT_TOKENS = EnvVar("AIRLOOP_TENANT_TOKENS", str, None, "tenant=token,... serving tokens (secret)")
@@ -138,7 +142,8 @@ class Settings(BaseModel):
     monitoring_db_uri: str
     optuna_storage: str
     serving_url: str
-    admin_token: str | None
+    #: Secrets are left out of ``repr()`` (and so of logs and tracebacks that print settings).
+    admin_token: str | None = Field(repr=False)
     #: Per-tenant serving tokens (``AIRLOOP_TENANT_TOKENS=tenant=token,...``; see airloop.serving.gateway).
     tenant_tokens: dict[str, str] = Field(default_factory=dict, repr=False)
 
@@ -151,6 +156,11 @@ class Settings(BaseModel):
     def validation_dir(self) -> Path:
         """Great Expectations results and Data Docs, per pipeline and interval."""
         return self.state_dir / "validation"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Evidently drift reports, per pipeline, tenant and interval (monitoring writes them)."""
+        return self.state_dir / "reports"
 
     @property
     def quarantine_dir(self) -> Path:

@@ -76,6 +76,7 @@ from airloop.models.trust import ModelLoadError
 from airloop.serving.auth import add_tenant_guard
 from airloop.serving.docs import mount_offline_docs
 from airloop.serving.handlers import make_batcher
+from airloop.serving.limits import BodyLimitMiddleware
 from airloop.serving.manager import STARTUP_LOAD_WAIT_S, ModelManager
 from airloop.serving.metrics import ServingMetrics, _RequestCounter
 from airloop.serving.predict import BatchingConfig
@@ -192,6 +193,7 @@ def create_app(
         app.include_router(router)
     mount_offline_docs(app)  # /docs with Swagger UI from swagger_ui_bundle (no CDN)
     app.add_middleware(_RequestCounter, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware)  # 413 for a body over AIRLOOP_SERVING_MAX_BODY_BYTES, unread
 
     add_tenant_guard(app, config, settings)  # /t/<tenant>/<pipeline> routes, tenant token, tenant rows
     return app

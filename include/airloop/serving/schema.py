@@ -14,18 +14,20 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     StrictStr,
     ValidationError,
 )
 
 from airloop.core.pipeline import PipelineConfig
+from airloop.core.settings import AIRLOOP_SERVING_MAX_RECORDS
 from airloop.core.timeutil import to_utc
 from airloop.models.schema import MAX_REPORTED_ERRORS, FeatureDomain, RecordValidationError
 from airloop.serving import protocol as abtest
 from airloop.serving.runtime import DEFAULT_ALIAS
 
-#: Largest number of records one ``POST /predict`` may carry.
-MAX_BATCH_RECORDS = 10_000
+#: Largest number of records one ``POST /predict`` may carry (default of ``AIRLOOP_SERVING_MAX_RECORDS``).
+MAX_BATCH_RECORDS = AIRLOOP_SERVING_MAX_RECORDS.default
 
 
 #: Longest ``X-Request-Key`` header (the A/B routing key when a test's ``key_field`` is "header").
@@ -36,8 +38,23 @@ MAX_REQUEST_KEY_LENGTH = 200
 DEFAULT_TENANT = "default"
 
 
-#: Largest number of labels one ``POST /feedback`` may carry.
-MAX_FEEDBACK_ITEMS = 10_000
+#: Largest number of labels one ``POST /feedback`` may carry (default of ``AIRLOOP_SERVING_MAX_RECORDS``).
+MAX_FEEDBACK_ITEMS = AIRLOOP_SERVING_MAX_RECORDS.default
+
+
+def max_records() -> int:
+    """Most records (``/predict``) or labels (``/feedback``) one request may carry:
+    ``AIRLOOP_SERVING_MAX_RECORDS`` (default 10,000)."""
+    return AIRLOOP_SERVING_MAX_RECORDS.get()
+
+
+def load_json(body: bytes) -> Any:
+    """``json.loads`` of a request body; ``ValueError`` for bodies that are not JSON, not UTF-8, or
+    nest deeper than the parser's recursion limit (which ``json`` reports as ``RecursionError``)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("the JSON nests too deeply (records are flat objects of feature values)") from None
 
 
 #: Longest request id (the ``request_id`` column).
@@ -112,7 +129,7 @@ def parse_predict_request(body: bytes) -> PredictRequest:
     :class:`RecordValidationError` (422, or 413 for an oversized batch).
     """
     try:
-        payload = json.loads(body)
+        payload = load_json(body)
     except (ValueError, UnicodeDecodeError) as err:
         raise _request_error(f"body is not valid JSON: {err}") from None
     if not isinstance(payload, dict):
@@ -125,8 +142,8 @@ def parse_predict_request(body: bytes) -> PredictRequest:
     records = payload["records"]
     if not isinstance(records, list) or not records:
         raise _request_error('"records" must be a non-empty list of records')
-    if len(records) > MAX_BATCH_RECORDS:
-        raise _request_error(f"at most {MAX_BATCH_RECORDS} records per request, got {len(records)}", 413)
+    if len(records) > (limit := max_records()):
+        raise _request_error(f"at most {limit} records per request, got {len(records)}", 413)
     errors: list[dict[str, Any]] = []
     request_ids = event_ts = None
     if payload.get("request_ids") is not None:
@@ -173,8 +190,11 @@ class ReloadRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    alias: Annotated[str, Field(min_length=1, max_length=255)] | None = None
-    version: Annotated[str, Field(pattern=r"^[0-9]+$")] | Annotated[int, Field(ge=1)] | None = None
+    #: An alias name as MLflow stores it: letters, digits, ``_`` and ``-`` (no path characters).
+    alias: Annotated[StrictStr, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_-]+$")] | None = None
+    #: A version number (``true`` is not one): 1 .. 2**31 - 1, as a number or a string of digits.
+    version: (Annotated[StrictStr, Field(pattern=r"^[1-9][0-9]{0,9}$")]
+              | Annotated[StrictInt, Field(ge=1, le=2**31 - 1)] | None) = None
 
     def target(self) -> tuple[str | None, str | None]:
         """``(alias, version)`` with exactly one set; raise ``ValueError`` if both are given."""
@@ -261,7 +281,7 @@ def parse_feedback_body(body: bytes, config: PipelineConfig) -> list[dict[str, A
     413 for too many items).
     """
     try:
-        payload = json.loads(body)
+        payload = load_json(body)
     except (ValueError, UnicodeDecodeError) as err:
         raise _feedback_error(f"body is not valid JSON: {err}") from None
     if not isinstance(payload, dict):
@@ -272,8 +292,8 @@ def parse_feedback_body(body: bytes, config: PipelineConfig) -> list[dict[str, A
         items = payload["items"]
         if not isinstance(items, list) or not items:
             raise _feedback_error('"items" must be a non-empty list of labels', field_name="items")
-        if len(items) > MAX_FEEDBACK_ITEMS:
-            raise _feedback_error(f"at most {MAX_FEEDBACK_ITEMS} items per request, got {len(items)}", 413, "items")
+        if len(items) > (limit := max_records()):
+            raise _feedback_error(f"at most {limit} items per request, got {len(items)}", 413, "items")
     else:
         items = [payload]
     out: list[dict[str, Any]] = []
@@ -299,7 +319,7 @@ def parse_feedback_body(body: bytes, config: PipelineConfig) -> list[dict[str, A
         if item.label_ts is not None:
             try:
                 label_ts = to_utc(item.label_ts)
-            except ValueError:
+            except (ValueError, OverflowError):
                 errors.append({"item": i, "field": "label_ts",
                                "message": f"not an ISO-8601 timestamp: {item.label_ts!r:.80}"})
                 continue
