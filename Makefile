@@ -13,8 +13,9 @@ export AIRFLOW_HOME := $(CURDIR)
 export AIRLOOP_HOME := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-# Settings (.env, from .env.example), a profile (PROFILE=postgres: profiles/postgres.env) and the
-# generated secrets, exported to every command.
+# Settings (.env, from .env.example) and a profile (PROFILE=postgres: profiles/postgres.env),
+# exported to every command. The generated secrets (.airloop/secrets.env) are NOT: the airloop CLI
+# reads them and hands each process it starts only the ones it needs (core.settings.SECRET_VARS).
 -include .env
 ifdef PROFILE
 ifeq ($(wildcard profiles/$(PROFILE).env),)
@@ -22,7 +23,6 @@ $(error PROFILE=$(PROFILE): no profiles/$(PROFILE).env)
 endif
 include profiles/$(PROFILE).env
 endif
--include $(STATE)/secrets.env
 export
 
 .PHONY: help install init demo up down shell test test-fast lint lock suite check clean bench browser

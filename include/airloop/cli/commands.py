@@ -28,6 +28,7 @@ from airloop.core.settings import (
     AIRLOOP_TENANT_TOKENS,
     Settings,
     get_settings,
+    process_environ,
     read_env_file,
 )
 
@@ -184,7 +185,7 @@ def cmd_start_serving(args) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(serving_argv(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=settings.root)
+                                cwd=settings.root, env=process_environ("serving"))
     pid_file.write_text(str(proc.pid))
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

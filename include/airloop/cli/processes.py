@@ -11,7 +11,14 @@ import time
 from pathlib import Path
 
 from airloop.cli.commands import _init_mlflow, _tracking_server, cmd_start_serving, ensure_secrets, secrets_file
-from airloop.core.settings import AIRFLOW_PORT, AIRLOOP_MLFLOW_BACKEND_STORE_URI, MLFLOW_PORT, Settings, get_settings
+from airloop.core.settings import (
+    AIRFLOW_PORT,
+    AIRLOOP_MLFLOW_BACKEND_STORE_URI,
+    MLFLOW_PORT,
+    Settings,
+    get_settings,
+    process_environ,
+)
 
 
 def passwords_file(settings: Settings) -> Path:
@@ -46,9 +53,11 @@ def _signal_tree(proc: subprocess.Popen, sig: int, group: bool) -> None:
 
 
 def _start(name: str, argv: list[str], logs: Path, cwd: Path, env: dict[str, str] | None = None,
-           group: bool = False) -> subprocess.Popen:
+           group: bool = False, role: str | None = None) -> subprocess.Popen:
+    """Start ``argv`` logging to ``logs/<name>.log``, with only the secrets ``role`` (default:
+    ``name``) needs (:func:`airloop.core.settings.process_environ`)."""
     return subprocess.Popen(argv, stdout=open(logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT, cwd=cwd,
-                            env={**os.environ, **(env or {})}, start_new_session=group)
+                            env={**process_environ(role or name), **(env or {})}, start_new_session=group)
 
 
 def _wait_http(urls: dict[str, str], procs: dict[str, subprocess.Popen], logs: Path, seconds: float = 240) -> None:
@@ -92,11 +101,11 @@ def start_airflow(settings: Settings, logs: Path, port: str, triggerer: bool = T
             if component.name == "triggerer" and not triggerer:
                 continue
             procs[component.name] = _start(component.name, component.argv, logs, settings.root,
-                                           {**env, **component.env}, group=True)
+                                           {**env, **component.env}, group=True, role="airflow")
         return procs, "api-server"
     # its own process group: stopping it stops every component
     procs["airflow"] = _start("airflow-standalone", [str(bin_dir / "airflow"), "standalone"], logs,
-                              settings.root, env, group=True)
+                              settings.root, env, group=True, role="airflow")
     return procs, "airflow"
 
 

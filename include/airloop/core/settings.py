@@ -90,6 +90,26 @@ AIRLOOP_CODE_VERSION = EnvVar("AIRLOOP_CODE_VERSION", str, None, "code version t
 MLFLOW_PORT = EnvVar("MLFLOW_PORT", str, "5000", "MLflow UI port of `make up`")
 AIRFLOW_PORT = EnvVar("AIRFLOW_PORT", str, "8080", "Airflow UI/API port of `make up`")
 
+#: The secrets ``airloop init`` generates (``<state>/secrets.env``) and which processes need each:
+#: a process is started with only the secrets its role needs (:func:`process_environ`).
+SECRET_VARS: dict[str, frozenset[str]] = {
+    "AIRFLOW__CORE__FERNET_KEY": frozenset({"airflow"}),
+    "AIRFLOW__API_AUTH__JWT_SECRET": frozenset({"airflow"}),
+    "AIRFLOW__API__SECRET_KEY": frozenset({"airflow"}),
+    # Airflow's tasks reload serving (connection airloop_serving); its plugin API takes the admin token
+    "AIRFLOW_CONN_AIRLOOP_SERVING": frozenset({"airflow"}),
+    "AIRLOOP_ADMIN_TOKEN": frozenset({"airflow", "serving"}),
+    "AIRLOOP_TENANT_TOKENS": frozenset({"airflow", "serving"}),
+}
+
+
+def process_environ(role: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``environ`` (default: this process's) for a child process of ``role``
+    (``airflow``, ``serving``, ``mlflow``, ...), without the secrets that role does not need."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k not in SECRET_VARS or role in SECRET_VARS[k]}
+
+
 #: The table, by name.
 ENV_VARS: dict[str, EnvVar] = {v.name: v for v in list(globals().values()) if isinstance(v, EnvVar)}
 

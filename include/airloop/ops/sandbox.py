@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from airloop.core.security import generate_secrets
+from airloop.core.settings import SECRET_VARS
 
 #: The variables that locate airloop's own state (data, MLflow, monitoring store, Optuna).
 STATE_VARS = ("AIRLOOP_STATE_DIR", "AIRLOOP_DATA_DIR", "MLFLOW_TRACKING_URI", "AIRLOOP_MLFLOW_ARTIFACT_ROOT",
@@ -35,8 +36,7 @@ def state_environ(state: Path) -> dict[str, str]:
 
 #: Variables of a person's own install (``make init`` writes them into ``.airloop/secrets.env`` and
 #: the Makefile exports them) that a sandbox must not inherit: it sets its own or none.
-USER_SECRET_VARS = ("AIRLOOP_ADMIN_TOKEN", "AIRLOOP_TENANT_TOKENS", "AIRFLOW_CONN_AIRLOOP_SERVING",
-                    "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY")
+USER_SECRET_VARS = tuple(SECRET_VARS)
 
 
 def drop_user_secrets(environ: dict[str, str] | None = None) -> None:
