@@ -86,7 +86,7 @@ test-fast: install .env ## unit and DAG tests only (skip the slow end-to-end run
 	$(PY) -m pytest -q -m "not e2e"
 
 BENCH ?= $(sort $(notdir $(basename $(wildcard benchmarks/[!_]*.py))))
-bench: install ## run the benchmarks (BENCH="parse hpo" for some); JSON figures kept in .airloop/bench/
+bench: install ## run the benchmarks (BENCH="parse hpo" for some; estimation installs NannyML once in .airloop/bench-venvs/); JSON figures kept in .airloop/bench/
 	@mkdir -p $(STATE)/bench; failed=""; \
 	for name in $(BENCH); do \
 	  echo "== benchmarks/$$name.py"; \

@@ -10,7 +10,10 @@ Manual model lifecycle, one form each (Airflow UI → *Trigger DAG*):
   version on the same holdout); the decision is written to the promotion ledger either way.
   Promoting into the serving environment makes the version the champion and hot-reloads serving
   (smoke-tested; a failure restores the previous champion). A refused promotion fails the run
-  with the failed gates in the log; `force` overrides them (recorded as forced).
+  with the failed gates in the log; `force` overrides them (recorded as forced). An environment
+  in `promotion.require_approval` waits at `approve_<env>` (Airflow's *Required Actions*) for a
+  person: approve → `promote_<env>` judges the gates again and moves it (the ledger names the
+  approver); reject or timeout → a recorded refusal, the run ends without moving it.
 * **`<pipeline>__rollback`** — one step back: form with environment, target (`previous` or a
   version that served there before) and reason. The alias moves back, serving reloads (for the
   serving environment) and a `rollback` ledger row records who and why.
@@ -30,13 +33,15 @@ server, admin token).
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from airloop.core.pipeline import load_all_pipelines, load_pipeline_config
 from airloop.core.settings import get_settings
 from airloop_provider.context import run_actor, run_context
 from airloop_provider.dag_defaults import default_args
-from airloop_provider.operators import DeployModelOperator
+from airloop_provider.operators import DeployModelOperator, PromotionApprovalOperator
 
 
 def _common(config, action: str) -> dict:
@@ -82,11 +87,33 @@ def promotion_dag(pipeline: str):
             result = lifecycle.promote(
                 config, get_settings(), str(params["version"]), params["environment"], actor=run_actor(context),
                 reason=params["reason"], force=bool(params["force"]), run_context=run_context(context, None))
-            if not result["promoted"] and not result.get("noop"):
+            if not result["promoted"] and not result.get("noop") and not result.get("awaiting_approval"):
                 raise AirflowFailException(f"promotion refused (recorded in the ledger): {result['reason']}")
             return result
 
-        DeployModelOperator(task_id="deploy", pipeline=config.name, promotion=promote())
+        @task(trigger_rule="none_failed")  # runs when its approval task skipped (nothing was asked)
+        def promote_approved(held: dict, approval_task: str, **context) -> dict:
+            from airflow.exceptions import AirflowFailException
+
+            from airloop.tasks.approval import promote_after_approval
+
+            approval = context["ti"].xcom_pull(task_ids=approval_task)
+            result = promote_after_approval(config, get_settings(), held, approval, requested_by=run_actor(context),
+                                            run_context=run_context(context, None),
+                                            force=bool(context["params"]["force"]))
+            if result is not held and not result["promoted"] and not result.get("noop"):
+                raise AirflowFailException(f"approved, but refused by the gates judged now (recorded in the "
+                                           f"ledger): {result['reason']}")
+            return result
+
+        promotion = promote()
+        for env in (e for e in environments if config.promotion.needs_approval(e)):
+            approval = PromotionApprovalOperator(
+                task_id=f"approve_{env}", pipeline=config.name, environment=env, promotion=promotion,
+                response_timeout=timedelta(hours=config.promotion.approval_timeout_hours))
+            promotion = promote_approved.override(task_id=f"promote_{env}")(promotion, approval.task_id)
+            approval >> promotion
+        DeployModelOperator(task_id="deploy", pipeline=config.name, promotion=promotion)
 
     return promote_model()
 

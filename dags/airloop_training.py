@@ -6,6 +6,8 @@ One DAG per pipeline file in `include/pipelines/`:
 `extract → validate → prepare_study → train_trials (mapped, parallel, one shared Optuna study)
 → evaluate → register → promote → deploy`
 
+(with `promotion.require_approval: [prod]`: `promote → approve_prod → promote_prod → deploy`)
+
 * **Data interval**: the run trains "as of" its data interval end (or the `as_of` form field) on
   the `window_days` before it. Backfills (`airflow backfill create`) give each interval exactly
   what a scheduled run would have seen.
@@ -14,6 +16,9 @@ One DAG per pipeline file in `include/pipelines/`:
 * **Retraining on demand**: scheduled on time *or* on the `airloop://<pipeline>/retrain-requests`
   Asset that monitoring updates when drift or a performance drop calls for it; the request's
   as-of day and reason are carried into the run (MLflow tags, ledger).
+* **Approvals**: an environment in `promotion.require_approval` is not entered before a person
+  approves it in *Required Actions* (candidate vs incumbent shown); reject or timeout is a
+  recorded refusal, the environments before it keep their moves.
 * **Trigger from the UI** with the form: as-of date, window, number of trials, timeout, and
   *force promote* (skip the gates, recorded in the ledger).
 
@@ -22,6 +27,8 @@ All logic lives in the `airloop` library (`include/airloop/stages.py`); this fil
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from airflow.sdk import Asset, AssetOrTimeSchedule, Param, dag, task
 
 from airloop.core.pipeline import load_all_pipelines, load_pipeline_config
@@ -29,7 +36,7 @@ from airloop.core.settings import get_settings
 from airloop_provider.assets import retrain_asset_uri
 from airloop_provider.context import as_of_day, run_actor, run_context
 from airloop_provider.dag_defaults import default_args
-from airloop_provider.operators import DeployModelOperator
+from airloop_provider.operators import DeployModelOperator, PromotionApprovalOperator
 from airloop_provider.timetables import ScheduleUntilCronTrigger
 
 
@@ -79,8 +86,9 @@ def training_dag(pipeline: str):
             try:
                 as_of = as_of_day(context, config, get_settings())
                 return stages.extract(config, as_of, get_settings(), window=context["params"]["window_days"])
-            except (NoDataForRun, ConfigurationError) as err:  # nothing to train on / a wrong pipeline file:
-                raise AirflowFailException(str(err)) from err  # say what to change, in seconds, no retry
+            except (NoDataForRun, ConfigurationError, stages.ValidationFailed) as err:  # nothing to train on / a
+                # wrong pipeline file / an unreadable partition (quarantined): say what to change, in seconds, no retry
+                raise AirflowFailException(str(err)) from err
 
         @task
         def validate(snapshot: dict) -> dict:
@@ -131,6 +139,16 @@ def training_dag(pipeline: str):
                                   run_context=run_context(context, snapshot["as_of"]),
                                   force=bool(context["params"]["force_promote"]))
 
+        @task(trigger_rule="none_failed")  # runs when its approval task skipped (nothing was asked)
+        def promote_approved(registration: dict, evaluation: dict, snapshot: dict, held: dict, approval_task: str,
+                             **context) -> dict:
+            from airloop.tasks import training as stages
+
+            return stages.promote_approved(config, registration, evaluation, get_settings(), held,
+                                           context["ti"].xcom_pull(task_ids=approval_task), actor=run_actor(context),
+                                           run_context=run_context(context, snapshot["as_of"]),
+                                           force=bool(context["params"]["force_promote"]))
+
         snapshot = extract()
         validation = validate(snapshot)
         plan = prepare_study(snapshot, validation)
@@ -138,6 +156,13 @@ def training_dag(pipeline: str):
         evaluation = evaluate(snapshot, plan, workers)
         registration = register(snapshot, validation, plan, evaluation)
         promotion = promote(registration, evaluation, snapshot)
+        for env in (e.name for e in config.promotion.path() if config.promotion.needs_approval(e.name)):
+            approval = PromotionApprovalOperator(
+                task_id=f"approve_{env}", pipeline=config.name, environment=env, promotion=promotion,
+                snapshot=snapshot, response_timeout=timedelta(hours=config.promotion.approval_timeout_hours))
+            promotion = promote_approved.override(task_id=f"promote_{env}")(
+                registration, evaluation, snapshot, promotion, approval.task_id)
+            approval >> promotion
         DeployModelOperator(task_id="deploy", pipeline=config.name, promotion=promotion, snapshot=snapshot)
 
     return train_pipeline()

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import BaseOperator
 
 from airloop_provider.context import run_actor, run_context
@@ -65,3 +66,81 @@ class DeployModelOperator(BaseOperator):
         return stages.deploy(config, self.promotion, self.snapshot, self.hook.endpoint, settings,
                              actor=run_actor(context),
                              run_context=run_context(context, (self.snapshot or {}).get("as_of")))
+
+
+class PromotionApprovalOperator(ApprovalOperator):
+    """Ask a person to approve a promotion into ``environment`` (Airflow's *Required Actions*).
+
+    ``promotion`` is the previous step's result: when it awaits this environment's approval
+    (``awaiting_approval``) the request shows :func:`airloop.tasks.approval.approval_summary`
+    (candidate vs incumbent, computed when the task runs) and waits; otherwise the task skips
+    (nothing to ask). *Approve*: the task succeeds and the next task promotes, gates judged again.
+    *Reject*, or no answer within ``response_timeout`` (the default answer is *Reject*): a
+    ``refuse`` ledger row names who rejected (and their *comment*) or says it timed out, and the
+    downstream tasks are skipped: the run ends without a failure and earlier moves stay.
+
+    :param pipeline: pipeline name.
+    :param environment: the environment whose alias the approval guards.
+    :param promotion: the previous promotion step's output (XComArg or dict).
+    :param snapshot: the training run's extract output (its as-of day goes to the ledger), or ``None``.
+    """
+
+    template_fields: Sequence[str] = ("subject", "body", "pipeline", "environment", "promotion", "snapshot")
+    ui_color = "#fdf0c6"
+
+    def __init__(self, *, pipeline: str, environment: str, promotion: Any, snapshot: Any = None, **kwargs) -> None:
+        from airflow.sdk import Param
+
+        kwargs.setdefault("subject", f"{pipeline}: approve a promotion into {environment}")
+        kwargs.setdefault("defaults", ApprovalOperator.REJECT)  # what an unanswered request becomes
+        kwargs.setdefault("params", {"comment": Param(None, type=["null", "string"], maxLength=1000,
+                                                      description="Why (kept in the promotion ledger).")})
+        super().__init__(**kwargs)
+        self.pipeline = pipeline
+        self.environment = environment
+        self.promotion = promotion
+        self.snapshot = snapshot
+
+    def _config(self):
+        from airloop.core.pipeline import load_pipeline_config
+        from airloop.core.settings import get_settings
+
+        settings = get_settings()
+        return load_pipeline_config(self.pipeline, settings), settings
+
+    def execute(self, context):
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from airloop.tasks.approval import approval_subject, approval_summary
+
+        held = self.promotion or {}
+        if held.get("awaiting_approval") != self.environment:
+            raise AirflowSkipException(f"nothing to approve for {self.environment}: {held.get('reason')}")
+        config, settings = self._config()
+        self.subject = approval_subject(config, held["version"], self.environment)
+        self.body = approval_summary(config, settings, held["version"], self.environment)
+        self.log.info("asking for approval: %s (Required Actions; timeout %s)", self.subject, self.response_timeout)
+        return super().execute(context)
+
+    def execute_complete(self, context, event: dict[str, Any]) -> Any:
+        from airflow.sdk.timezone import utcnow
+
+        from airloop.tasks.approval import refuse_unapproved, responder
+
+        timed_out = bool(event.get("timedout")) or event.get("error_type") == "timeout"
+        if event.get("error_type") == "timeout":  # no default answer stored: the same as the default, Reject
+            event = {"chosen_options": [self.REJECT], "params_input": {}, "responded_at": utcnow(),
+                     "responded_by_user": None}
+        approved = list(event.get("chosen_options") or []) == [self.APPROVE]
+        outcome: dict[str, Any] = {"approved": approved, "timed_out": timed_out}
+        if not approved and not event.get("error"):
+            config, settings = self._config()  # recorded before the downstream tasks are skipped
+            refusal = refuse_unapproved(
+                config, settings, self.promotion, user=responder(event.get("responded_by_user")),
+                comment=(event.get("params_input") or {}).get("comment"), timed_out=timed_out,
+                run_context=run_context(context, (self.snapshot or {}).get("as_of")))
+            outcome["refusal"] = refusal["reason"]
+            self.log.info("%s stays on %s: %s", self.environment,
+                          f"v{refusal['previous']}" if refusal["previous"] else "no version", refusal["reason"])
+        result = super().execute_complete(context=context, event=event)
+        return dict(result) | outcome

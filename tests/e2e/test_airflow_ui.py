@@ -18,26 +18,22 @@ days of traffic served. Then:
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from airloop.ops.sandbox import free_port, restore_environ
+from tests.e2e.standalone import ARTIFACTS as ALL_ARTIFACTS
+from tests.e2e.standalone import airflow_standalone, chromium, login, shot
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 HISTORY_START, HISTORY_DAYS = date(2026, 1, 1), 40  # data of 2026-01-01 .. 2026-02-09
 TRAIN_AS_OF = date(2026, 2, 1)  # a Sunday: a tick of the weekly training schedule
 TRAFFIC_DAYS = [date(2026, 2, 2), date(2026, 2, 3), date(2026, 2, 4)]
-ARTIFACTS = Path(os.environ.get("AIRLOOP_TEST_ARTIFACTS") or ROOT / "test-artifacts") / "airflow-ui"
+ARTIFACTS = ALL_ARTIFACTS / "airflow-ui"
 
 
 @pytest.fixture(scope="module")
@@ -45,38 +41,15 @@ def airflow(settings, serving, claims_config, tmp_path_factory):
     """``airflow standalone`` on its own metadata DB and ports, with the module's stores; the
     history above made through it. Yields the REST client and the processes."""
     from airloop.cli.demo import replay_traffic, wait_for_serving_log
-    from airloop.cli.processes import _stop_all, airflow_api, start_airflow
     from airloop.core.pipeline import resolve_source_path
     from airloop.data.simulator import write_history
 
     home = tmp_path_factory.mktemp("airflow-standalone")
-    port = str(free_port())
-    env = {
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-        "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": str(home / "logs" / "dag_processor"),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port()),
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    procs = {}
-    try:
-        migrate = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True,
-                                 timeout=600)
-        assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
-        write_history(resolve_source_path(claims_config, settings), start=HISTORY_START, days=HISTORY_DAYS,
-                      pattern=claims_config.source.partition)
-        procs, _ = start_airflow(settings, home, port, triggerer=False)
-        api = airflow_api(settings, port)
-        alive = lambda: all(p.poll() is None for p in procs.values())  # noqa: E731
-        api.wait_healthy(alive=alive)
-        train, monitor = claims_config.dag_id("train"), claims_config.dag_id("monitor")
-        api.wait_dags([train, monitor])
-        for dag_id in (train, monitor):
-            api.unpause(dag_id)
+    train, monitor = claims_config.dag_id("train"), claims_config.dag_id("monitor")
+    history = lambda: write_history(resolve_source_path(claims_config, settings), start=HISTORY_START,  # noqa: E731
+                                    days=HISTORY_DAYS, pattern=claims_config.source.partition)
+    with airflow_standalone(settings, home, [train, monitor], before_start=history) as running:
+        api, alive = running["api"], running["alive"]
         # the demo-like history: a backfilled training run (forced: the gates' figures on a loaded
         # 2-core machine are tested elsewhere; the decision is still recorded), then traffic
         backfill = api.backfill(train, TRAIN_AS_OF, TRAIN_AS_OF,
@@ -87,10 +60,7 @@ def airflow(settings, serving, claims_config, tmp_path_factory):
         for day in TRAFFIC_DAYS:
             sent = replay_traffic(served, claims_config, day)
             assert wait_for_serving_log(settings, claims_config, day, sent) == sent
-        yield {"api": api, "alive": alive, "home": home, "port": port, "train": train, "monitor": monitor}
-    finally:
-        _stop_all(procs)
-        restore_environ(saved)
+        yield running | {"train": train, "monitor": monitor}
 
 
 def _interval_rows(settings, pipeline: str, day: date) -> dict:
@@ -156,38 +126,20 @@ def test_the_monitoring_form_defaults_monitor_the_newest_day_with_traffic(airflo
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium (make test does it)")
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium(ARTIFACTS) as running:
+        yield running
 
 
 def _shot(page, name: str) -> Path:
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path
+    return shot(page, ARTIFACTS, name)
 
 
 def test_the_ui_trigger_form_with_its_defaults_does_real_work(airflow, browser, serving):
     """Log in, trigger training from the form as it opens, wait, read a task log, open /docs."""
-    from airloop.ops.airflow_api import simple_auth_password
-
     api, base = airflow["api"], f"http://127.0.0.1:{airflow['port']}"
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(60_000)
-    page.goto(f"{base}/")
-    page.get_by_label(re.compile("username", re.I)).fill("admin")
-    page.get_by_label(re.compile("password", re.I)).fill(
-        simple_auth_password(Path(os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])))
-    page.get_by_role("button", name=re.compile("sign in|log in|login", re.I)).click()
-    page.wait_for_url(re.compile(r"^(?!.*auth/login).*$"))
+    login(page, base)
     _shot(page, "1-logged-in")
 
     known = {r["dag_run_id"] for r in api.runs(airflow["train"])}

@@ -281,6 +281,7 @@ def print_summary(settings: Settings, pipeline: str, timeline: list[tuple[str, s
                  if k in ("holdout_roc_auc", "holdout_pr_auc", "holdout_f1", "holdout_latency_p95_ms")}
         lines.append(f"  champion: {config.model_name} v{champion.version} ({champion.tags.get('airloop.estimator')}), "
                      f"holdout {shown}")
+        lines.append(f"  champion decision: {decision_summary(config, champion.tags, metrics)}")
     else:
         lines.append("  champion: none")
     engine = store.get_engine(settings.monitoring_db_uri)
@@ -292,6 +293,10 @@ def print_summary(settings: Settings, pipeline: str, timeline: list[tuple[str, s
                      f"v{row['from_version'] or '-'} -> v{row['to_version']} by {row['actor']}: {row['reason'][:90]}")
     for day in sorted(quarantined_days(config, settings)):
         lines.append(f"  quarantined: {day} -> {settings.quarantine_dir / config.name / day.isoformat()}")
+    from airloop.monitoring.history import daily_lines  # estimated vs realized per day, alerts opened(+)/closed(-)
+
+    lines += ["  monitoring per day (estimate from served scores; realized once the day's labels arrived):",
+              *daily_lines(engine, config)]
     try:
         answer = httpx.get(f"{settings.serving_url}/model", timeout=5)
         served = answer.json()
@@ -315,6 +320,26 @@ def print_summary(settings: Settings, pipeline: str, timeline: list[tuple[str, s
     if total_s is not None:
         lines.append(f"\nDemo finished in {total_s / 60:.1f} min.")
     print("\n".join(lines))
+
+
+def decision_summary(config, tags: dict[str, str], metrics: dict[str, float]) -> str:
+    """``threshold 0.1388 (max_f1), calibration sigmoid, holdout brier 0.0421, ece 0.0054, f1 0.2900,
+    precision 0.2310, recall 0.3870 at the threshold``: how the champion decides and how well."""
+    from airloop.registry.tags import CALIBRATION_TAG, OBJECTIVE_TAG, THRESHOLD_TAG
+
+    def figure(name: str) -> str:
+        value = metrics.get(f"holdout_{name}")
+        return f"{name} {value:.4f}" if isinstance(value, (int, float)) else f"{name} n/a"
+
+    parts = []
+    if config.task == "binary_classification":
+        threshold = tags.get(THRESHOLD_TAG)
+        parts.append(f"threshold {float(threshold):.4f} ({tags.get(OBJECTIVE_TAG, '?')})" if threshold
+                     else "threshold 0.5 (argmax; none tuned)")
+    parts.append(f"calibration {tags.get(CALIBRATION_TAG, 'none')}")
+    quality = ["brier", "ece", "f1", "precision", "recall"] if config.task == "binary_classification" else ["accuracy"]
+    at = " at the threshold" if config.task == "binary_classification" else ""
+    return ", ".join(parts) + ", holdout " + ", ".join(figure(q) for q in quality) + at
 
 
 def _experiment_url(settings: Settings, client, config) -> str:

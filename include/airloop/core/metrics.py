@@ -61,14 +61,36 @@ def metrics_for_task(task: str, classes: list[Any] | None = None) -> frozenset[s
 
 
 #: Metrics where a smaller value is better (gates, comparisons, drops and A/B tests read it).
-LOWER_IS_BETTER = frozenset({"rmse", "mae", "log_loss", "brier", "error_rate"})
+LOWER_IS_BETTER = frozenset({"rmse", "mse", "mae", "mape", "median_absolute_error", "max_error", "log_loss",
+                             "brier", "ece", "expected_cost", "error_rate"})
 #: Prefixes of metric names that are better when lower (``latency_p50_ms``, ``latency_p95_ms``, ...).
 LOWER_IS_BETTER_PREFIXES = ("latency",)
+
+#: Figures logged beside the holdout metrics that do not rank model quality: counts (``rows``,
+#: ``train_rows``, ``labelled_rows``), the CV score of the study (not the holdout) and latencies
+#: (lower is better, but a budget for the gates, not a quality rank).
+NOT_QUALITY = frozenset({"rows", "train_rows", "labelled_rows", "cv_best", "positive_predictions"})
+#: Prefixes of figures that are not quality metrics (``latency_p50_ms``, ``latency_p95_ms``, ...).
+NOT_QUALITY_PREFIXES = ("latency",)
 
 
 def higher_is_better(metric: str) -> bool:
     """Whether a larger value of ``metric`` is better."""
     return not (metric in LOWER_IS_BETTER or metric.startswith(LOWER_IS_BETTER_PREFIXES))
+
+
+def is_quality_metric(name: str) -> bool:
+    """Whether ``name`` ranks model quality (false for counts, the CV score and latencies:
+    :data:`NOT_QUALITY`); comparisons and the training log rank only these."""
+    return name not in NOT_QUALITY and not name.startswith(NOT_QUALITY_PREFIXES) and not name.endswith("_rows")
+
+
+def better_of(metric: str, a: float | None, b: float | None) -> str | None:
+    """``"a"`` or ``"b"``: the better of two values of a quality metric, by its orientation;
+    ``None`` for a tie, a missing or non-finite value, or a figure that is not a quality metric."""
+    if not is_quality_metric(metric) or not is_finite_number(a) or not is_finite_number(b) or a == b:
+        return None
+    return "b" if (b > a) == higher_is_better(metric) else "a"
 
 
 def finite_or_none(value: Any) -> float | None:

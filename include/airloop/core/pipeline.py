@@ -20,6 +20,8 @@ from airloop.core.metrics import (
     metrics_for_task,
     task_kind,
 )
+from airloop.core.decision import Calibration, DecisionConfig, check_gate_metrics
+from airloop.core.references import ReferenceConfig
 from airloop.core.names import RESERVED_ALIASES
 from airloop.core.settings import ConfigError, Settings, get_settings
 from airloop.core.timeutil import day_start
@@ -247,6 +249,10 @@ class TrainingConfig(_Strict):
     metric: str = "roc_auc"
     #: estimator family -> parameter name -> spec; families: :data:`ESTIMATORS`.
     search_space: dict[str, dict[str, ParamSpec]]
+    #: How scores become labels (binary: a threshold tuned on out-of-fold CV predictions).
+    decision: DecisionConfig = DecisionConfig()
+    #: Probability calibration of classifiers (``auto``: when it lowers the out-of-fold Brier score).
+    calibration: Calibration = "none"
 
     @field_validator("metric")
     @classmethod
@@ -284,6 +290,12 @@ class ValidationConfig(_Strict):
     max_rows_per_day: int | None = None
     #: The newest row of the newest day must be at most this old at the interval end.
     freshness_hours: float = Field(default=48, gt=0)
+    #: Share of a day's rows allowed to be whole-row duplicates (every copy of a row that appears
+    #: more than once counts, as GX ``expect_compound_columns_to_be_unique`` counts); 0: none.
+    max_duplicate_fraction: float = Field(default=0.0, ge=0, lt=1)
+    #: Classification: a day missing a class fails when the chance of that, at the class's share
+    #: in the window's other days, is below this (5 % positives, 400 rows: 0.95^400 ~ 1e-9).
+    class_absence_p: float = Field(default=1e-6, gt=0, lt=1)
     #: Explicit expectations: {"type": "expect_...", "kwargs": {...}} (GX 1.x snake_case names).
     expectations: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -349,6 +361,10 @@ class PromotionConfig(GateConfig):
     #: Training runs walk the path up to this environment (default: the serving one).
     auto_promote_to: str | None = None
     post_deploy_guard: GuardConfig = GuardConfig()
+    #: Environments a person must approve before their alias moves (an Airflow approval task,
+    #: "Required Actions"); rejected or unanswered within ``approval_timeout_hours``: refused.
+    require_approval: list[str] = Field(default_factory=list)
+    approval_timeout_hours: float = Field(default=72.0, gt=0, le=24 * 90)
 
     @model_validator(mode="after")
     def _check_environments(self) -> "PromotionConfig":
@@ -362,7 +378,18 @@ class PromotionConfig(GateConfig):
             raise ValueError("at most one environment may have 'serving: true' (default: the last)")
         if self.auto_promote_to is not None and self.auto_promote_to not in [e.name for e in self.path()]:
             raise ValueError(f"auto_promote_to {self.auto_promote_to!r} is not an environment: {names or ['prod']}")
+        path = [e.name for e in self.path()]
+        for name in self.require_approval:
+            if name not in path:
+                raise ValueError(f"require_approval: {name!r} is not an environment of the promotion path "
+                                 f"{path}{did_you_mean(name, path)}")
+        if len(set(self.require_approval)) != len(self.require_approval):
+            raise ValueError(f"require_approval lists an environment twice: {self.require_approval}")
         return self
+
+    def needs_approval(self, environment: str) -> bool:
+        """Whether moving ``environment``'s alias waits for a person's approval."""
+        return environment in self.require_approval
 
     def path(self) -> list[EnvironmentConfig]:
         """The environments in promotion order, gates resolved (inherited where not set)."""
@@ -482,17 +509,20 @@ class AlertRule(_Strict):
     out_of_domain_share (share of served rows with an input outside its declared range, declared
     values or learned vocabulary), unseen_category_share (share of served rows with a category
     outside its declared values or learned vocabulary), traffic_quality_failed (expectations of
-    the pipeline's suite the interval's served features failed).
+    the pipeline's suite the interval's served features failed), estimated_performance_drop
+    (relative drop of the label-free estimate's band, its optimistic end, vs the holdout: > 0 only
+    when the whole band is worse).
     """
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     metric: Literal["drift_share", "prediction_drift", "performance_drop", "volume_ratio", "error_rate",
-                    "latency_p95_ms", "out_of_domain_share", "unseen_category_share", "traffic_quality_failed"]
+                    "latency_p95_ms", "out_of_domain_share", "unseen_category_share", "traffic_quality_failed",
+                    "estimated_performance_drop"]
     op: Literal[">", ">=", "<", "<="]
     value: float
     severity: Severity
-    #: Request a training run when this rule fires.
-    retrain: bool = False
+    #: Retrain when it fires; unset: only (estimated_)performance_drop rules do (monitoring.rules.retrains).
+    retrain: bool | None = None
 
 
 class MonitoringConfig(_Strict):
@@ -512,6 +542,9 @@ class MonitoringConfig(_Strict):
     retrain_cooldown_days: int = Field(default=7, ge=0)
     #: Labels arrive at most this many days after the event (batch label ingest looks back so far).
     label_lookback_days: int = Field(default=45, ge=0)
+    reference: ReferenceConfig = ReferenceConfig()
+    #: An interval's estimate is checked against its realized figure once this share of its rows has labels.
+    estimate_label_coverage: float = Field(default=0.9, gt=0, le=1)
     #: Airflow connection id of the alert webhook (HTTP), and e-mail recipients (SMTP provider).
     webhook_conn_id: str | None = None
     email_to: list[str] = Field(default_factory=list)
@@ -618,9 +651,27 @@ class PipelineConfig(_Strict):
             options = [f for f, kinds in ESTIMATORS.items() if kind in kinds]
             problems.append(f"search_space: {', '.join(map(repr, unfit))} cannot do {kind} (task {task}); "
                             f"{kind} families: {', '.join(options)}")
+        if training.calibration != "none" and kind != "classification":
+            problems.append(f"calibration {training.calibration!r} is for classification tasks (task {task})")
+        try:
+            training = training.model_copy(update={"decision": training.decision.for_task(task, classes)})
+        except ValueError as err:
+            problems.append(str(err))
         if problems:
             raise ValueError("; ".join(problems))
         return training
+
+    @field_validator("promotion")
+    @classmethod
+    def _check_gate_metrics(cls, promotion: PromotionConfig, info: ValidationInfo) -> PromotionConfig:
+        """Every gate names a holdout metric of the task (a typo fails here, with did-you-mean)."""
+        task, training = info.data.get("task"), info.data.get("training")
+        if task is None or training is None:
+            return promotion
+        gates = [("promotion", promotion), *((f"environments.{e.name}", e) for e in promotion.environments)]
+        check_gate_metrics(task, training.metric, training.decision.objective,
+                           {where: list(g.thresholds) for where, g in gates}, did_you_mean)
+        return promotion
 
     @property
     def task_kind(self) -> str:

@@ -144,6 +144,14 @@ monitoring_runs = sa.Table(
     sa.Column("out_of_domain_share", sa.Float),
     sa.Column("unseen_category_share", sa.Float),
     sa.Column("out_of_domain_features", sa.Text),  # JSON {feature: share of rows}
+    # migration 8: label-free performance estimates (airloop.monitoring.estimation) and their check
+    sa.Column("estimated_performance", sa.Text),  # JSON {metric: {value, low, high, std}} + rows, threshold
+    sa.Column("estimated_metric", sa.String(50)),  # the metric judged against the holdout
+    sa.Column("estimated_value", sa.Float),
+    sa.Column("estimated_low", sa.Float),
+    sa.Column("estimated_high", sa.Float),
+    sa.Column("estimated_performance_drop", sa.Float),  # drop of the band's optimistic end vs the holdout
+    sa.Column("reference_id", sa.String(200)),  # the drift reference used: "training" or "refresh:<day>"
 )
 
 
@@ -164,6 +172,15 @@ alerts = sa.Table(
     sa.Column("delivery_status", sa.String(20), nullable=False, server_default="pending"),
     sa.Column("delivery_attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text),
+    # migration 8: one row per ongoing condition (airloop.monitoring.alerts): open until an
+    # interval is evaluated without the rule firing; delivery_* is the "opened" notice's
+    sa.Column("status", sa.String(10)),  # open | closed
+    sa.Column("first_seen", sa.DateTime(timezone=True)),  # first interval (start) it fired
+    sa.Column("last_seen", sa.DateTime(timezone=True)),  # last interval (start) it fired
+    sa.Column("fire_count", sa.Integer),  # intervals it fired
+    sa.Column("closed_at", sa.DateTime(timezone=True)),  # the interval (start) that cleared it
+    sa.Column("close_delivery_status", sa.String(20)),  # the "closed" notice: pending | delivered | ...
+    sa.Column("close_delivery_attempts", sa.Integer),
 )
 
 
@@ -278,6 +295,74 @@ traffic_quality = sa.Table(
 )
 
 
+#: Per interval and alert rule: whether the rule fired (migration 8). An interval whose metric
+#: was not judged has no row. Alert rows (conditions) are derived from these in interval order.
+alert_evaluations = sa.Table(
+    "alert_evaluations",
+    metadata,
+    sa.Column("tenant", sa.String(100), primary_key=True),
+    sa.Column("pipeline", sa.String(100), primary_key=True),
+    sa.Column("rule", sa.String(100), primary_key=True),
+    sa.Column("interval_start", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("interval_end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("fired", sa.Boolean, nullable=False),
+    sa.Column("severity", sa.String(20), nullable=False),
+    sa.Column("observed", sa.Float),
+    sa.Column("message", sa.Text),
+    sa.Column("details", sa.Text),  # JSON
+)
+
+
+#: An interval's estimate vs the realized figures of its own served rows (migration 8), written by
+#: the interval (``checked_at`` = its end) in which new labels of those rows arrived once enough were
+#: labelled: the latest check of an interval is its row with the greatest ``checked_at``.
+estimate_checks = sa.Table(
+    "estimate_checks",
+    metadata,
+    sa.Column("tenant", sa.String(100), primary_key=True),
+    sa.Column("pipeline", sa.String(100), primary_key=True),
+    sa.Column("interval_start", sa.DateTime(timezone=True), primary_key=True),  # the estimated interval
+    sa.Column("checked_at", sa.DateTime(timezone=True), primary_key=True),  # end of the checking interval
+    sa.Column("interval_end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model_version", sa.String(20)),
+    sa.Column("metric", sa.String(50)),
+    sa.Column("estimated", sa.Float),
+    sa.Column("realized", sa.Float),
+    sa.Column("error", sa.Float),  # estimated - realized
+    sa.Column("errors", sa.Text),  # JSON {metric: estimated - realized}
+    sa.Column("realized_performance", sa.Text),  # JSON: every realized metric of the rows
+    sa.Column("labelled_rows", sa.Integer, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),  # the interval's ok rows served by the version
+)
+
+
+#: Drift references refreshed from served traffic (migration 8), per model version and refresh day.
+reference_refreshes = sa.Table(
+    "reference_refreshes",
+    metadata,
+    sa.Column("tenant", sa.String(100), primary_key=True),
+    sa.Column("pipeline", sa.String(100), primary_key=True),
+    sa.Column("model_version", sa.String(20), primary_key=True),
+    sa.Column("refreshed_at", sa.DateTime(timezone=True), primary_key=True),  # business time: a refresh day
+    sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("window_end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("artifact", sa.Text),  # the reference's artifact path in the version's MLflow run
+)
+
+
+def _add_estimate_and_alert_lifecycle_columns(conn: sa.Connection) -> None:
+    _add_missing_columns(conn, monitoring_runs, [
+        "estimated_performance", "estimated_metric", "estimated_value", "estimated_low", "estimated_high",
+        "estimated_performance_drop", "reference_id"])
+    _add_missing_columns(conn, alerts, ["status", "first_seen", "last_seen", "fire_count", "closed_at",
+                                        "close_delivery_status", "close_delivery_attempts"])
+    # alerts of earlier releases were one row per rule and interval: each becomes a closed condition
+    conn.execute(alerts.update().where(alerts.c.status.is_(None)).values(
+        status="closed", first_seen=alerts.c.interval_start, last_seen=alerts.c.interval_start, fire_count=1,
+        close_delivery_status="legacy", close_delivery_attempts=0))
+
+
 def _add_out_of_domain_columns(conn: sa.Connection) -> None:
     _add_missing_columns(conn, predictions, ["out_of_domain"])
     _add_missing_columns(conn, shadow_predictions, ["out_of_domain"])
@@ -350,6 +435,8 @@ MIGRATIONS: list[tuple] = [
      _rekey_request_tables),
     (7, "out-of-domain flags of predictions, their shares per interval, traffic quality", [traffic_quality],
      _add_out_of_domain_columns),
+    (8, "performance estimates per interval, alert lifecycle (open/closed conditions), refreshed references",
+     [alert_evaluations, estimate_checks, reference_refreshes], _add_estimate_and_alert_lifecycle_columns),
 ]
 
 

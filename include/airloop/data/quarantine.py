@@ -2,7 +2,10 @@
 
 A quarantined day is ``quarantine_dir/<pipeline>/<day>/`` (``data.parquet`` + ``reason.json``,
 which records the :func:`~airloop.data.validation.validation_fingerprint` of the suite and source
-that judged it). Training runs skip quarantined days. A day leaves quarantine by
+that judged it). A day whose file cannot be read at all (empty, not CSV/Parquet, not UTF-8,
+permission denied) has byte-for-byte copies of its files under ``files/`` instead of
+``data.parquet`` (:func:`quarantine_unreadable`). Training runs skip quarantined days. A day
+leaves quarantine by
 
 * re-validation: when a run's fingerprint differs from the recorded one (the pipeline file or
   the suite changed), :func:`revalidate_quarantined` validates the day again and releases it if
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,8 +35,20 @@ from airloop.core.pipeline import ConfigurationError, PipelineConfig
 from airloop.core.settings import Settings
 from airloop.core.timeutil import day_start
 from airloop.data.check import config_problems
-from airloop.data.sources import read_days
-from airloop.data.validation import ValidationOutcome, load_suite, release_hint, validate_partitions, validation_fingerprint
+from airloop.data.sources import UnreadableFile, read_days, source_files
+from airloop.data.validation import (
+    Failure,
+    ValidationOutcome,
+    load_suite,
+    release_hint,
+    validate_partitions,
+    validation_fingerprint,
+)
+
+#: Folder of a quarantined day holding copies of its unreadable source files.
+FILES_DIR = "files"
+#: The "expectation" an unreadable file fails (it never reaches GX).
+READABLE_FILE = "airloop:file_is_readable"
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +134,56 @@ def quarantine_partitions(
     return written
 
 
+def unreadable_failure(err: UnreadableFile) -> Failure:
+    """The :class:`Failure` of a partition whose file cannot be read."""
+    return Failure(day=err.day, expectation=READABLE_FILE, column=None, observed=err.reason, details=f"file {err.path}")
+
+
+def quarantine_unreadable(config: PipelineConfig, errors: dict[date, UnreadableFile], settings: Settings,
+                          interval_end: str, suite_fingerprint: str | None) -> list[Path]:
+    """Quarantine each day of ``errors`` (its partition files cannot be read): copies of the
+    day's source files, byte for byte, go to ``quarantine_dir/<pipeline>/<day>/files/`` (a file
+    that cannot even be opened is recorded, not copied) and ``reason.json`` says why. The
+    source is never modified. Returns the quarantine folders written."""
+    written: list[Path] = []
+    for day, err in sorted(errors.items()):
+        folder = settings.quarantine_dir / config.name / day.isoformat()
+        copies_dir = folder / FILES_DIR
+        copies_dir.mkdir(parents=True, exist_ok=True)
+        copies = []
+        for index, path in enumerate(source_files(config, settings, day) or [err.path]):
+            target = copies_dir / (path.name if index == 0 else f"{index}-{path.name}")
+            try:
+                shutil.copyfile(path, target)
+                copies.append({"source": str(path), "copy": str(target), "bytes": target.stat().st_size})
+            except OSError as copy_err:
+                copies.append({"source": str(path), "copy": None, "error": f"{type(copy_err).__name__}: {copy_err}"})
+        reason = {
+            "pipeline": config.name,
+            "day": day.isoformat(),
+            "kind": "unreadable",
+            "rows": None,
+            "interval_end": interval_end,
+            "failures": [unreadable_failure(err).to_json()],
+            "files": copies,
+            "suite_fingerprint": suite_fingerprint,
+            "release": f"airloop release {config.name} {day.isoformat()}",
+        }
+        atomic_write(folder / "reason.json", (json.dumps(reason, indent=2, sort_keys=True) + "\n").encode())
+        logger.warning("%s: quarantined %s: %s; copies in %s; %s", config.name, day, err, copies_dir,
+                       release_hint(config.name))
+        written.append(folder)
+    return written
+
+
+def _is_quarantined(folder: Path) -> bool:
+    """A day folder holding its rows (``data.parquet``) or its unreadable files (``files/``)."""
+    return (folder / "data.parquet").is_file() or ((folder / FILES_DIR).is_dir() and (folder / "reason.json").is_file())
+
+
 def quarantined_days(config: PipelineConfig, settings: Settings) -> set[date]:
-    """Days of ``config`` currently in quarantine (folders holding a ``data.parquet``)."""
+    """Days of ``config`` currently in quarantine (folders holding a ``data.parquet``, or the
+    copies of unreadable files)."""
     root = settings.quarantine_dir / config.name
     days: set[date] = set()
     if not root.is_dir():
@@ -129,7 +193,7 @@ def quarantined_days(config: PipelineConfig, settings: Settings) -> set[date]:
             day = date.fromisoformat(folder.name)
         except ValueError:
             continue
-        if (folder / "data.parquet").is_file():
+        if _is_quarantined(folder):
             days.add(day)
     return days
 
@@ -147,7 +211,7 @@ def release_day(config: PipelineConfig, settings: Settings, day: date, why: str)
     ``release.json`` (``why``, when); nothing is deleted. The next run reads and validates the
     day from the source again. ``KeyError`` when the day is not quarantined."""
     folder = settings.quarantine_dir / config.name / day.isoformat()
-    if not (folder / "data.parquet").is_file():
+    if not _is_quarantined(folder):
         quarantined = ", ".join(d.isoformat() for d in sorted(quarantined_days(config, settings))) or "none"
         raise KeyError(f"{config.name}: {day} is not quarantined (quarantined days: {quarantined})")
     now = datetime.now(timezone.utc)
@@ -160,13 +224,25 @@ def release_day(config: PipelineConfig, settings: Settings, day: date, why: str)
     return target
 
 
-def _day_frames(config: PipelineConfig, settings: Settings, days: list[date]) -> dict[date, pd.DataFrame]:
-    """The days as the source has them now; the quarantined copy for a day the source lost."""
-    frames = read_days(config, days, settings)
+def _day_frames(config: PipelineConfig, settings: Settings,
+                days: list[date]) -> tuple[dict[date, pd.DataFrame], dict[date, UnreadableFile]]:
+    """The days as the source has them now (the quarantined copy for a day the source lost),
+    and the days whose source files still cannot be read."""
+    unreadable: dict[date, UnreadableFile] = {}
+    frames = read_days(config, days, settings, unreadable=unreadable)
     for day in days:
-        if day not in frames:
-            frames[day] = pd.read_parquet(settings.quarantine_dir / config.name / day.isoformat() / "data.parquet")
-    return frames
+        copy = settings.quarantine_dir / config.name / day.isoformat() / "data.parquet"
+        if day not in frames and day not in unreadable and copy.is_file():
+            frames[day] = pd.read_parquet(copy)
+    return frames, unreadable
+
+
+def _history(config: PipelineConfig, settings: Settings, days: list[date], skip: set[date]) -> dict[date, pd.DataFrame]:
+    """The readable days of the training window before the newest of ``days`` (not in ``skip``):
+    the history a day's class shares are judged against when it is re-validated alone."""
+    last = max(days)
+    window = [last - timedelta(days=i) for i in range(config.training.window_days, -1, -1)]
+    return read_days(config, [d for d in window if d not in skip], settings, unreadable={})
 
 
 def revalidate_quarantined(
@@ -195,17 +271,23 @@ def revalidate_quarantined(
         return {"released": [], "kept": []}
     logger.info("%s: re-validating %d quarantined day(s) %s under suite fingerprint %s", config.name, len(stale),
                 [d.isoformat() for d in stale], fingerprint[:12])
-    frames = _day_frames(config, settings, stale)
+    frames, unreadable = _day_frames(config, settings, stale)
     # Every day judged like an older day of a run: freshness only against the day's own start.
     interval_end = day_start(max(stale)) + timedelta(hours=config.validation.freshness_hours)
+    if unreadable:
+        quarantine_unreadable(config, unreadable, settings, interval_end.isoformat(), fingerprint)
+    if not frames:
+        return {"released": [], "kept": [d.isoformat() for d in sorted(unreadable)]}
     outcome = validate_partitions(config, frames, interval_end, settings, suite=suite,
-                                  out_dir=settings.validation_dir / config.name / f"revalidation-{fingerprint[:12]}")
-    failed = set(outcome.failed_days)
-    released = [d for d in stale if d not in failed]
+                                  out_dir=settings.validation_dir / config.name / f"revalidation-{fingerprint[:12]}",
+                                  reference=_history(config, settings, sorted(frames), quarantined))
+    failed = set(outcome.failed_days) | set(unreadable)
+    released = [d for d in stale if d not in failed and d in frames]
     for day in released:
         release_day(config, settings, day, f"re-validated under suite fingerprint {fingerprint[:12]}: passed")
-    if failed:
-        quarantine_partitions(config, {d: frames[d] for d in failed}, outcome, settings, check_config=False)
+    if outcome.failed_days:
+        quarantine_partitions(config, {d: frames[d] for d in outcome.failed_days}, outcome, settings,
+                              check_config=False)
     if released:
         logger.warning("%s: released %d day(s) from quarantine after re-validation: %s", config.name, len(released),
                        [d.isoformat() for d in released])

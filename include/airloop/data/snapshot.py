@@ -15,7 +15,7 @@ import pandas as pd
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
 from airloop.core.timeutil import day_start
-from airloop.data.sources import ExtractError, describe_source, read_days
+from airloop.data.sources import ExtractError, UnreadableFile, UnreadablePartitions, describe_source, read_days
 
 
 @dataclass(frozen=True)
@@ -70,11 +70,16 @@ def extract_window(
     """Materialise the training window ending at ``as_of`` as an immutable snapshot.
 
     Days in ``exclude`` (quarantined) are skipped and listed in the fingerprint. Raises
-    :class:`ExtractError` when the window holds no data at all.
+    :class:`UnreadablePartitions` (every dated partition whose file is empty or unreadable, before
+    anything is written), :class:`~airloop.data.sources.UnreadableFile` for an unpartitioned
+    source, and :class:`ExtractError` when the window holds no data at all.
     """
     window = window or config.training.window_days
     days = window_days(as_of, window)
-    frames = read_days(config, [d for d in days if d not in exclude], settings)
+    unreadable: dict[date, UnreadableFile] = {}
+    frames = read_days(config, [d for d in days if d not in exclude], settings, unreadable=unreadable)
+    if unreadable:
+        raise UnreadablePartitions(config.name, unreadable)
     if not frames:
         raise ExtractError(f"{config.name}: no partitions for {days[0]}..{days[-1]} in {describe_source(config, settings)}")
     fingerprint = _hash_frames(frames)

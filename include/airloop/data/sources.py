@@ -30,6 +30,26 @@ class ExtractError(RuntimeError):
     """The training window cannot be materialised (missing data, unreadable file)."""
 
 
+class UnreadablePartitions(ExtractError):
+    """Dated partitions of the window whose files cannot be read (``files``: day -> error)."""
+
+    def __init__(self, pipeline: str, files: dict[date, "UnreadableFile"]) -> None:
+        self.pipeline, self.files = pipeline, dict(sorted(files.items()))
+        super().__init__(f"{pipeline}: {len(files)} partition file(s) cannot be read:\n"
+                         + "\n".join(f"  - {err}" for err in self.files.values()))
+
+
+class UnreadableFile(ExtractError):
+    """A source file that is empty (0 bytes, or no data rows) or cannot be read as its format
+    (not CSV/Parquet, truncated, not UTF-8, permission denied): a retry cannot help, so the
+    extract quarantines its day (:func:`airloop.data.quarantine.quarantine_unreadable`).
+    ``day`` is the partition's day (None for an unpartitioned source)."""
+
+    def __init__(self, pipeline: str, path: Path, reason: str, day: date | None = None) -> None:
+        self.pipeline, self.path, self.reason, self.day = pipeline, Path(path), reason, day
+        super().__init__(f"{pipeline}: source.path: {path}: {reason}")
+
+
 #: Characters that make a file pattern a glob (``*``, ``?``, ``[...]``; ``**`` spans folders).
 GLOB_CHARS = frozenset("*?[")
 
@@ -52,15 +72,56 @@ def source_files(config: PipelineConfig, settings: Settings, day: date | None = 
     return sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
 
 
-def read_raw_files(config: PipelineConfig, files: list[Path]) -> pd.DataFrame:
-    """Concatenate ``files`` exactly as the source holds them (nothing parsed)."""
-    reader = pd.read_csv if config.source.format == "csv" else pd.read_parquet
-    frames = []
-    for path in files:
+def _utf8_error(data: bytes, chunk: int = 1 << 20) -> tuple[int, str] | None:
+    """(byte offset, reason) of the first invalid UTF-8 sequence in ``data`` (None: valid),
+    decoded a chunk at a time so a large file is never held twice as text."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    for start in range(0, len(data), chunk):
         try:
-            frames.append(reader(path))
-        except Exception as err:  # corrupt file: say which
-            raise ExtractError(f"{config.name}: source.path: {path}: cannot read {config.source.format} file: {err}") from err
+            decoder.decode(data[start:start + chunk], final=start + chunk >= len(data))
+        except UnicodeDecodeError as err:
+            pending = len(err.object) - len(data[start:start + chunk])  # bytes carried from the last chunk
+            return start - pending + err.start, err.reason
+    return None
+
+
+def read_file(config: PipelineConfig, path: Path) -> pd.DataFrame:
+    """One source file exactly as the source holds it (nothing parsed). CSV files must be UTF-8
+    text. :class:`UnreadableFile` names the file and why: empty (0 bytes), permission denied,
+    not valid UTF-8 (with the byte offset), NUL bytes (a binary file), not Parquet / truncated."""
+    import io
+
+    try:
+        data = Path(path).read_bytes()
+    except PermissionError:
+        raise UnreadableFile(config.name, path, "permission denied (cannot open the file for reading)") from None
+    except IsADirectoryError:
+        raise UnreadableFile(config.name, path, "is a folder, not a file") from None
+    if not data:
+        raise UnreadableFile(config.name, path, "empty file (0 bytes)")
+    if config.source.format == "csv":
+        bad = _utf8_error(data)
+        if bad is not None:
+            offset, why = bad
+            raise UnreadableFile(config.name, path, f"encoding error: not valid UTF-8 at byte offset {offset} "
+                                                    f"(byte 0x{data[offset]:02x}: {why}); CSV sources must be UTF-8")
+        nul = data.find(b"\0")
+        if nul >= 0:
+            raise UnreadableFile(config.name, path, f"not a CSV text file: NUL byte at byte offset {nul}")
+    try:
+        if config.source.format == "csv":
+            return pd.read_csv(io.BytesIO(data))
+        return pd.read_parquet(io.BytesIO(data))
+    except Exception as err:  # corrupt file: say which
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnreadableFile(config.name, path, f"cannot read {config.source.format} file: {first}") from err
+
+
+def read_raw_files(config: PipelineConfig, files: list[Path]) -> pd.DataFrame:
+    """Concatenate ``files`` exactly as the source holds them (nothing parsed; see :func:`read_file`)."""
+    frames = [read_file(config, path) for path in files]
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
@@ -86,11 +147,36 @@ def _split_days(config: PipelineConfig, frame: pd.DataFrame, days: list[date], w
     return {day: part.reset_index(drop=True) for day, part in frame.groupby(day_of, sort=True) if day in wanted}
 
 
-def read_days(config: PipelineConfig, days: list[date], settings: Settings) -> dict[date, pd.DataFrame]:
+def _read_partition_files(config: PipelineConfig, files: list[Path], day: date,
+                          empty_is_error: bool) -> pd.DataFrame | None:
+    """The files of one dated partition. With ``empty_is_error`` a file without data rows is
+    :class:`UnreadableFile` ("empty") unless ``validation.min_rows_per_day`` is 0, when a day
+    of empty files has no data (None); without it, empty files are read as they are."""
+    frames = []
+    for path in files:
+        try:
+            frame = read_file(config, path)
+        except UnreadableFile as err:
+            raise UnreadableFile(config.name, path, err.reason, day) from err.__cause__
+        if empty_is_error and frame.empty:
+            if config.validation.min_rows_per_day > 0:
+                raise UnreadableFile(config.name, path, f"empty partition: header only, 0 data rows "
+                                     f"(validation.min_rows_per_day is {config.validation.min_rows_per_day})", day)
+            continue
+        frames.append(frame)
+    if not frames:
+        return None
+    return _parse_timestamps(config, frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True))
+
+
+def read_days(config: PipelineConfig, days: list[date], settings: Settings,
+              unreadable: dict[date, UnreadableFile] | None = None) -> dict[date, pd.DataFrame]:
     """Read ``days`` of the source, one frame per day that has data (days without data are left
     out), as the source typed them with the timestamp columns parsed to UTC.
 
-    * files with a ``{date}`` pattern: each day's file(s), whole (the partition is the day);
+    * files with a ``{date}`` pattern: each day's file(s), whole (the partition is the day); a
+      file that cannot be read raises :class:`UnreadableFile`, or, given an ``unreadable``
+      dict, is recorded there by day (so is a file of no data rows) and its day left out;
     * files without one: every matching file once, rows split by the timestamp column's day;
     * sql: one query over ``[first day, last day + 1)`` with bound parameters, split by day.
 
@@ -105,8 +191,17 @@ def read_days(config: PipelineConfig, days: list[date], settings: Settings) -> d
         out = {}
         for day in days:
             files = source_files(config, settings, day)
-            if files:
-                out[day] = _read_files(config, files)
+            if not files:
+                continue
+            try:
+                frame = _read_partition_files(config, files, day, empty_is_error=unreadable is not None)
+            except UnreadableFile as err:
+                if unreadable is None:
+                    raise
+                unreadable[day] = err
+                continue
+            if frame is not None:
+                out[day] = frame
         return out
     files = source_files(config, settings)
     if not files:

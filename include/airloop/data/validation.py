@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from great_expectations.data_context import AbstractDataContext
 
 from airloop.core.files import atomic_write
+from airloop.data import integrity
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def _derived_expectations(config: PipelineConfig) -> list[tuple[str, dict[str, A
     out.append(
         ("expect_column_max_to_be_between", {"column": config.timestamp, "min_value": {"$PARAMETER": FRESHNESS_PARAMETER}})
     )
-    return out
+    return out + integrity.integrity_expectations(config)
 
 
 def _explicit_expectations(config: PipelineConfig) -> list[tuple[str, dict[str, Any]]]:
@@ -199,7 +200,9 @@ def build_suite(config: PipelineConfig) -> dict[str, Any]:
     column without ``values`` learns its vocabulary in training: no set here). The timestamp, id,
     target (and label timestamp) columns exist; a classification target is in ``classes``. The
     day's row count is within ``validation.min/max_rows_per_day``; the newest timestamp is at
-    least the runtime parameter ``freshness_min_ts``. Then the explicit
+    least the runtime parameter ``freshness_min_ts``. Then the integrity expectations
+    (:mod:`airloop.data.integrity`: timestamps inside the partition's day, no whole-row
+    duplicates, no class missing that the window makes near-certain), then the explicit
     ``validation.expectations``; an unknown type or bad kwargs raises :class:`ConfigError`
     naming the pipeline and the entry index.
     """
@@ -356,6 +359,9 @@ def _describe(result: dict[str, Any], context: dict[str, Any]) -> tuple[str, str
     if error:
         first_line = error.strip().splitlines()[0] if error.strip() else error
         return f"could not be evaluated: {first_line}", "GX raised an error; see result.json"
+    described = integrity.describe(kind, kwargs, res, context)
+    if described is not None:
+        return described
     if kind == "expect_column_to_exist":
         present = context.get("columns", [])
         return "column is missing", f"{len(present)} columns present: {', '.join(present)}"
@@ -420,6 +426,9 @@ def _day_failures(day: date, result: dict[str, Any], context: dict[str, Any]) ->
     for r in failed:
         kind, column = r["expectation_config"]["type"], column_of(r)
         errored = _exception_message(r.get("exception_info")) is not None
+        listed = [c for c in r["expectation_config"].get("kwargs", {}).get("column_list") or () if c in missing]
+        if errored and column is None and listed:  # a multi-column check on a missing column
+            column = listed[0]
         if (column in missing and kind != exist) or (column in mistyped and kind != typed and errored):
             folded[column] += 1
             continue
@@ -443,12 +452,16 @@ def validate_partitions(
     settings: Settings,
     suite: dict[str, Any] | None = None,
     out_dir: Path | None = None,
+    reference: dict[date, pd.DataFrame] | None = None,
 ) -> ValidationOutcome:
     """Validate each day's partition with the pipeline's suite; write results and Data Docs.
 
     One GX validation per day, one ephemeral context for the call. The freshness parameter is
     ``interval_end - freshness_hours`` for the newest day and the day's own start for the others
-    (which only checks the day is not empty/misdated). ``suite`` defaults to the committed suite
+    (which only checks the day is not empty/misdated). Each day's timestamps must lie inside
+    the day, and a classification day's labels must hold the classes the other days (and the
+    ``reference`` days, read for that only) make near-certain (:mod:`airloop.data.integrity`).
+    ``suite`` defaults to the committed suite
     (:func:`load_suite`). The full GX results for all days go to
     ``validation_dir/<pipeline>/<interval_end date>/result.json`` (atomic, overwritten on a
     re-run), with ``report.html`` and GX Data Docs (``data_docs/index.html``) beside it, or to
@@ -480,6 +493,7 @@ def validate_partitions(
     from great_expectations.core.run_identifier import RunIdentifier
 
     newest = max(partitions)
+    counts = integrity.class_counts(config, {**(reference or {}), **partitions})
     results: dict[str, Any] = {}
     failures: list[Failure] = []
     per_day: dict[str, Any] = {}
@@ -492,9 +506,12 @@ def validate_partitions(
             bound = _as_utc(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
             rule = "the start of the day (only the newest day is checked for freshness)"
         day_started = time.perf_counter()
+        params = {FRESHNESS_PARAMETER: bound, **integrity.day_parameters(config, day, counts)}
+        params = {k: _match_column_tz(frame, config.timestamp, v) if isinstance(v, pd.Timestamp) else v
+                  for k, v in params.items()}
         result = definition.run(
             batch_parameters={"dataframe": frame},
-            expectation_parameters={FRESHNESS_PARAMETER: _match_column_tz(frame, config.timestamp, bound)},
+            expectation_parameters=params,
             result_format=RESULT_FORMAT,
             run_id=RunIdentifier(run_name=f"{config.name}-{day.isoformat()}"),
         )
@@ -506,6 +523,12 @@ def validate_partitions(
             "freshness_column": config.timestamp,
             "freshness_bound": bound.isoformat(),
             "freshness_rule": rule,
+            "day": day.isoformat(),
+            "day_bounds": [b.isoformat() for b in integrity.day_bounds(day)],
+            "id_column": config.id_column,
+            "classes": integrity.class_context(config, day, counts) if not result.success else {},
+            "expected_classes": params.get(integrity.CLASSES_PARAMETER),
+            "class_absence_p": config.validation.class_absence_p,
         }
         day_failures = _day_failures(day, result_json, context_info) if not result.success else []
         failures.extend(day_failures)

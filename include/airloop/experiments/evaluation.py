@@ -79,7 +79,9 @@ def _class_key(value: Any) -> str | None:
 
 def samples(config: PipelineConfig, metric: str, labelled: pd.DataFrame) -> Samples:
     """Per-row ingredients of ``metric`` from labelled rows (``request_id``, ``label``,
-    ``prediction`` decoded, ``score``); rows without a usable label/prediction/score are left out."""
+    ``prediction`` decoded, ``score``); rows without a usable label/prediction/score are left out.
+    ``prediction`` is the label each variant served (binary: ``score >= its version's threshold``),
+    so decision metrics judge the served decisions of both versions."""
     import numpy as np
     import pandas as pd
 

@@ -7,6 +7,7 @@ import os
 import tempfile
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -14,6 +15,7 @@ import pandas as pd
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
 from airloop.models.schema import RecordSchema, feature_domain, input_example, model_signature
+from airloop.models.scoring import DECISION_METADATA_KEY
 from airloop.models.trust import ModelLoadError, UntrustedModelError, load_skops_file, quiet_skops, skops_trusted_types
 
 
@@ -37,8 +39,32 @@ def _read_input_example(mlmodel: Any, local_dir: str) -> pd.DataFrame:
     return example
 
 
+@dataclass(frozen=True)
+class ModelFiles:
+    """A version's model folder as loaded: the estimator, its request schema and input example,
+    and its decision rule (``MLmodel`` metadata :data:`DECISION_METADATA_KEY`: ``threshold``,
+    ``objective``, ``calibration``, ``positive_class``...; ``{}`` for a version without one)."""
+
+    estimator: Any
+    schema: RecordSchema
+    input_example: pd.DataFrame
+    decision: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def threshold(self) -> float | None:
+        """The binary decision threshold the version was tuned with (None: none stored)."""
+        value = self.decision.get("threshold")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def load_model_dir(local_dir: str, config: PipelineConfig | None = None) -> tuple[Any, RecordSchema, pd.DataFrame]:
-    """Read a downloaded MLflow model folder: ``(estimator, schema, input_example)``.
+    """``(estimator, schema, input_example)`` of a downloaded model folder (:func:`load_model_files`)."""
+    files = load_model_files(local_dir, config)
+    return files.estimator, files.schema, files.input_example
+
+
+def load_model_files(local_dir: str, config: PipelineConfig | None = None) -> ModelFiles:
+    """Read a downloaded MLflow model folder: estimator, schema, input example and decision rule.
 
     Checks the sklearn flavour is stored as skops, loads it with vetted types only, builds the
     request schema from the signature and reads the input example. With the model's pipeline
@@ -66,7 +92,10 @@ def load_model_dir(local_dir: str, config: PipelineConfig | None = None) -> tupl
     estimator = load_skops_file(model_file)
     if config is not None:
         schema.domain = feature_domain(config, estimator)
-    return estimator, schema, _read_input_example(mlmodel, local_dir)
+    decision = (mlmodel.metadata or {}).get(DECISION_METADATA_KEY) or {}
+    if not isinstance(decision, dict):
+        raise ModelLoadError(f"MLmodel metadata {DECISION_METADATA_KEY!r} must be a mapping, not {type(decision).__name__}")
+    return ModelFiles(estimator, schema, _read_input_example(mlmodel, local_dir), dict(decision))
 
 
 def pipeline_of_model(settings: Settings, model_name: str) -> PipelineConfig | None:
@@ -76,15 +105,17 @@ def pipeline_of_model(settings: Settings, model_name: str) -> PipelineConfig | N
     return next((c for c in load_all_pipelines(settings)[0] if c.model_name == model_name), None)
 
 
-def log_sklearn_model(config: PipelineConfig, model: Any, features: pd.DataFrame, **kwargs: Any) -> Any:
+def log_sklearn_model(config: PipelineConfig, model: Any, features: pd.DataFrame,
+                      decision: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     """Log a fitted model of ``config`` to the active MLflow run as serving and MLflow's own
     tools load it: skops with its vetted types, the signature of the pipeline's types
     (:func:`airloop.models.schema.model_signature`: ints ``long``, floats ``double``, categories
     ``string``), an input example typed the same (the first rows of ``features``), and a pyfunc
     flavour answering what serving scores (``predict_proba`` for classifiers, so that
     ``mlflow.pyfunc`` and ``mlflow models serve`` return the probabilities the signature's
-    outputs declare). ``kwargs`` go to ``mlflow.sklearn.log_model`` (e.g. ``pip_requirements``).
-    Returns its ``ModelInfo``."""
+    outputs declare) and the ``decision`` rule (threshold, objective, calibration) in the
+    ``MLmodel`` metadata, where serving reads it with the model. ``kwargs`` go to
+    ``mlflow.sklearn.log_model`` (e.g. ``pip_requirements``). Returns its ``ModelInfo``."""
     import mlflow.sklearn
 
     classifier = config.task != "regression"
@@ -94,7 +125,8 @@ def log_sklearn_model(config: PipelineConfig, model: Any, features: pd.DataFrame
         return mlflow.sklearn.log_model(
             model, name="model", serialization_format="skops", skops_trusted_types=skops_trusted_types(model),
             signature=signature, input_example=input_example(config, features),
-            pyfunc_predict_fn="predict_proba" if classifier else "predict", **kwargs)
+            pyfunc_predict_fn="predict_proba" if classifier else "predict",
+            metadata={DECISION_METADATA_KEY: decision} if decision else None, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,8 +136,15 @@ def log_sklearn_model(config: PipelineConfig, model: Any, features: pd.DataFrame
 
 def read_model_version(client: Any, settings: Settings, model_name: str, version: str,
                        config: PipelineConfig | None = None) -> tuple[Any, RecordSchema, pd.DataFrame]:
+    """``(estimator, schema, input_example)`` of a registered version (:func:`read_model_files`)."""
+    files = read_model_files(client, settings, model_name, version, config)
+    return files.estimator, files.schema, files.input_example
+
+
+def read_model_files(client: Any, settings: Settings, model_name: str, version: str,
+                     config: PipelineConfig | None = None) -> ModelFiles:
     """Read a registered version's model folder safely: in place when local, else downloaded to a
-    temp folder. Returns ``(estimator, schema, input_example)``; see :func:`load_model_dir`.
+    temp folder; see :func:`load_model_files`.
     ``config``: the model's pipeline (default: the pipeline file of ``model_name`` in
     ``settings.pipelines_dir``, :func:`pipeline_of_model`), whose domain the schema gets."""
     import mlflow.artifacts
@@ -118,7 +157,7 @@ def read_model_version(client: Any, settings: Settings, model_name: str, version
         raise ModelLoadError(f"cannot locate artifacts of version {version}: {err}") from err
     local = _existing_local_dir(download_uri)
     if local is not None:
-        return load_model_dir(local, config)
+        return load_model_files(local, config)
     with tempfile.TemporaryDirectory(prefix="airloop-serving-") as tmp:
         try:
             local_dir = mlflow.artifacts.download_artifacts(
@@ -129,7 +168,7 @@ def read_model_version(client: Any, settings: Settings, model_name: str, version
             )
         except Exception as err:
             raise ModelLoadError(f"cannot download version {version} from {download_uri}: {err}") from err
-        return load_model_dir(local_dir, config)
+        return load_model_files(local_dir, config)
 
 
 # --------------------------------------------------------------------------------------------

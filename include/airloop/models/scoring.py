@@ -61,3 +61,39 @@ def score_function(config: PipelineConfig) -> Callable[[dict[str, Any]], float |
         probabilities = item.get("probabilities")
         return max(probabilities.values()) if probabilities else None
     return multiclass
+
+
+# --------------------------------------------------------------------------------------------
+# Decisions: the label a score becomes
+# --------------------------------------------------------------------------------------------
+
+#: Key of the decision rule in the model artefact's ``MLmodel`` metadata (written by
+#: :func:`airloop.models.artifact.log_sklearn_model`, read by
+#: :func:`airloop.models.artifact.load_model_files`): ``{"threshold", "objective", "calibration",
+#: "positive_class", "class_costs"}``.
+DECISION_METADATA_KEY = "airloop_decision"
+
+#: The threshold of a binary version trained before thresholds were tuned: the argmax at 0.5.
+DEFAULT_THRESHOLD = 0.5
+
+
+def decide(config: PipelineConfig, scores: Any, threshold: float | None,
+           class_costs: dict[str, float] | None = None) -> np.ndarray:
+    """The labels of ``scores``: binary, the positive class where ``score >= threshold``
+    (``None``: :data:`DEFAULT_THRESHOLD`), else the other class; multi-class, ``scores`` is the
+    probability matrix with columns in ``config.classes`` order and the label is the class of the
+    largest ``p * cost`` (``class_costs``: the cost of missing each class, default
+    ``training.decision.class_costs``, else 1 each: the argmax)."""
+    if config.task == "binary_classification":
+        positive, negative = positive_class(config), config.classes[0]
+        t = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        hit = np.asarray(scores, dtype="float64") >= t
+        out = np.empty(hit.shape, dtype=object)
+        out[hit], out[~hit] = positive, negative
+        return out
+    if config.task == "regression":
+        raise ValueError(f"{config.name}: a regression pipeline has no decision (its score is the prediction)")
+    proba = np.asarray(scores, dtype="float64")
+    costs = class_costs if class_costs is not None else (config.training.decision.class_costs or {})
+    weights = np.array([float(costs.get(str(c), 1.0)) for c in config.classes], dtype="float64")
+    return np.asarray(config.classes, dtype=object)[np.argmax(proba * weights, axis=1)]

@@ -49,10 +49,11 @@ from airloop.core.metrics import finite_or_none
 from airloop.core.store import _dialect_insert, feature_drift, monitoring_runs
 from airloop.core.timeutil import to_utc
 from airloop.monitoring.drift import drift_summary, fast_drift_rows, save_drift_report
+from airloop.monitoring.estimates import check_estimates, interval_estimate, run_columns
 from airloop.monitoring.performance import LabelPolicy, operations, performance, performance_drop
 from airloop.monitoring.quality import out_of_domain_shares, stored_traffic_quality
 from airloop.monitoring.reference import PREDICTION_FEATURE, build_reference_profile
-from airloop.monitoring.rules import evaluate_rules
+from airloop.monitoring.rules import evaluate_rules, rule_states
 from airloop.monitoring.traffic import load_interval, trailing_volumes
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,9 @@ def _store_interval(engine: sa.Engine, key: dict[str, Any], drift: list[dict[str
         if not rows:
             return
         keys = [c.name for c in table.primary_key.columns]
-        stmt = _dialect_insert(conn, table)
-        stmt = stmt.on_conflict_do_update(index_elements=keys,
-                                          set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys})
+        stmt = _dialect_insert(conn, table)  # only the columns written here (not a later run's estimate check)
+        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={
+            c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys and c.name in rows[0]})
         conn.execute(stmt, rows)
 
     fd = feature_drift
@@ -96,7 +97,9 @@ def _store_interval(engine: sa.Engine, key: dict[str, Any], drift: list[dict[str
 def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, start: datetime, end: datetime,
                      model_version: str | int | None, reference: pd.DataFrame, report_dir: Path | str, *,
                      reference_metrics: dict[str, float] | None = None, engine: sa.Engine | None = None,
-                     labels: LabelPolicy = "arrived", profile: ReferenceProfile | None = None) -> dict:
+                     labels: LabelPolicy = "arrived", profile: ReferenceProfile | None = None,
+                     threshold: float | None = None, reference_id: str = "training",
+                     estimation_reference: pd.DataFrame | None = None) -> dict:
     """Monitor one interval ``[start, end)`` of ``tenant``'s traffic and store the outcome.
 
     1. :func:`load_interval` (labelled rows restricted to ``model_version``).
@@ -109,6 +112,11 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
     3. :func:`performance` when at least ``monitoring.min_labelled_rows`` labelled rows, and
        :func:`performance_drop` of the study metric vs ``reference_metrics`` (the version's
        holdout metrics, :func:`load_reference_metrics`) when given.
+    3b. The label-free estimate (:func:`interval_estimate`) of the ``ok`` rows served by
+       ``model_version``, at the served ``threshold`` (None: 0.5); regression's loss model is
+       fitted on ``estimation_reference`` (default ``reference``: the version's training
+       reference with its holdout's realized targets). After the store, :func:`check_estimates`
+       compares earlier intervals' estimates with their now-known labels.
     4. :func:`operations` against :func:`trailing_volumes` (``volume_baseline_days``).
     4b. Served data quality: the shares of ``ok`` rows serving flagged out of domain
        (:func:`out_of_domain_shares`) and the interval's stored traffic check
@@ -166,6 +174,11 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
     if perf is not None and ref_perf is not None and perf.get(metric) is not None and ref_perf.get(metric) is not None:
         drop = finite_or_none(performance_drop(metric, perf[metric], ref_perf[metric]))
 
+    # -- label-free estimate of the version's own traffic
+    served = ok if version is None else ok[ok["model_version"].astype(str) == version]
+    estimate = interval_estimate(config, served, threshold=threshold, version=version, holdout=ref_perf,
+                                 reference=reference if estimation_reference is None else estimation_reference)
+
     # -- operations
     ops = operations(frame, trailing_volumes(engine, config, tenant, start, mon.volume_baseline_days, end - start))
 
@@ -180,9 +193,11 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
         "labelled_rows": int(len(labelled)), "performance_judged": perf is not None,
         "performance": perf, "reference_performance": ref_perf, "metric": metric, "performance_drop": drop,
         **{k: finite_or_none(v) if isinstance(v, float) else v for k, v in ops.items()},
-        "report_uri": report_uri, **domain, **quality,
+        "report_uri": report_uri, **domain, **quality, "reference_id": reference_id,
+        "estimated": estimate, "estimated_performance_drop": None if estimate is None else estimate["band_drop"],
     }
     alerts = evaluate_rules(config, summary)
+    summary["rule_states"] = rule_states(config, summary)
     retrain = [a["message"] for a in alerts if a["retrain"]]
     summary |= {"alerts": alerts, "retrain": bool(retrain), "retrain_reason": "; ".join(retrain) or None}
 
@@ -201,8 +216,10 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
         "out_of_domain_share": domain["out_of_domain_share"], "unseen_category_share": domain["unseen_category_share"],
         "out_of_domain_features": _json(domain["out_of_domain_features"]) if domain["out_of_domain_share"] is not None
         else None,
+        **run_columns(estimate), "reference_id": reference_id,
     }
     _store_interval(engine, key, drift_db, run_db)
+    summary["estimate_checks"] = check_estimates(engine, config, tenant, start, end)
     log.info("monitored %s/%s [%s, %s): %s rows, drift %s, %s labelled, %s alerts", config.name, tenant,
              start.isoformat(), end.isoformat(), summary["rows"],
              summary["drifted_features"] if drift["drift_judged"] else "not judged", summary["labelled_rows"],
@@ -213,19 +230,20 @@ def monitor_interval(config: PipelineConfig, settings: Settings, tenant: str, st
 # ------------------------------------------------------------------------------- read side
 def stored_interval(engine: sa.Engine, pipeline: str, start: datetime, tenant: str | None = None) -> dict[str, Any]:
     """What monitoring stored for the interval starting at ``start``: the ``monitoring_runs`` row
-    (``drifted_features`` decoded) and the fired alert rules (``alerts``); ``{}`` parts when none.
+    (``drifted_features`` decoded) and the rules that fired in it (``alerts``, from
+    ``alert_evaluations``); ``{}`` parts when none.
     ``tenant`` scopes both reads (None: any tenant's, for a pipeline name only one tenant uses)."""
     import sqlalchemy as sa
 
-    runs, alerts = store.monitoring_runs, store.alerts
+    runs, evaluations = store.monitoring_runs, store.alert_evaluations
     mine = [runs.c.pipeline == pipeline, runs.c.interval_start == start]
-    fired = [alerts.c.pipeline == pipeline, alerts.c.interval_start == start]
+    fired = [evaluations.c.pipeline == pipeline, evaluations.c.interval_start == start, evaluations.c.fired.is_(True)]
     if tenant is not None:
         mine.append(runs.c.tenant == tenant)
-        fired.append(alerts.c.tenant == tenant)
+        fired.append(evaluations.c.tenant == tenant)
     with engine.connect() as conn:
         row = conn.execute(sa.select(runs).where(*mine)).mappings().first()
-        rules = conn.execute(sa.select(alerts.c.rule).where(*fired).order_by(alerts.c.id)).scalars().all()
+        rules = conn.execute(sa.select(evaluations.c.rule).where(*fired).order_by(evaluations.c.rule)).scalars().all()
     out = dict(row) if row else {}
     out["drifted_features"] = json.loads(out["drifted_features"]) if out.get("drifted_features") else []
     out["alerts"] = [{"rule": r} for r in rules]

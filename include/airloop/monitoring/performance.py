@@ -32,7 +32,9 @@ def performance(config: PipelineConfig, labelled: pd.DataFrame) -> dict:
     hold decoded JSON values, :data:`SCORE_COLUMN` the served score).
 
     Classification: accuracy, f1_macro, balanced_accuracy; binary adds f1/precision/recall of the
-    positive class (``classes[-1]``) and, from the score, roc_auc, pr_auc, log_loss, brier (None
+    positive class (``classes[-1]``) — decision metrics of the served label, which serving logs as
+    ``score >= the version's threshold`` (:class:`airloop.serving.runtime.Predictor`), so they are
+    at the served threshold — and, from the score, roc_auc, pr_auc, log_loss, brier (None
     when only one class is present). Regression: rmse, mae, r2 from the served value. The study
     metric (``training.metric``, an sklearn scorer name) is added when computable, else None.
     ``rows`` counts the rows used (labels or predictions outside the classes are left out and

@@ -132,6 +132,8 @@ def load_reference(client_or_settings: Any, config: PipelineConfig, version: str
     out[SCORE_COLUMN] = pd.to_numeric(frame[SCORE_COLUMN], errors="coerce").astype("float64")
     if calibration.DAY_COLUMN in frame.columns:  # a reference with calibrated thresholds
         out[calibration.DAY_COLUMN] = frame[calibration.DAY_COLUMN].astype(str)
+    if TARGET_COLUMN in frame.columns:  # a regression version's realized holdout targets
+        out[TARGET_COLUMN] = pd.to_numeric(frame[TARGET_COLUMN], errors="coerce").astype("float64")
     out.attrs.update(frame.attrs)  # the calibration (kept in the Parquet file's metadata)
     return out
 
@@ -186,20 +188,50 @@ REFERENCE_MAX_ROWS = 20_000
 SCORE_COLUMN = "__score__"
 
 
-def reference_frame(config: PipelineConfig, model, train):
-    """The drift reference of a model version: its training features (typed as served) plus its
-    score on them (positive-class probability, or the predicted value), at most 20k rows, seeded.
+#: Reference column of a regression version's holdout rows: the realized target (NaN on training
+#: rows), what direct loss estimation (:mod:`airloop.monitoring.estimation`) learns errors from.
+TARGET_COLUMN = "__target__"
+
+
+def reference_rows(config: PipelineConfig, train, holdout=None):
+    """The rows a version's reference is drawn from: its training rows and its holdout (the
+    newest days of its snapshot), restricted to the last ``monitoring.reference.training_days``
+    days when set. Leaving the holdout out made every retrain soon after a shift keep a reference
+    of pre-shift days only (the holdout is exactly the newest, shifted, days)."""
+    import pandas as pd
+
+    frames = [train] if holdout is None or len(holdout) == 0 else [train, holdout]
+    rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else train.reset_index(drop=True)
+    days = config.monitoring.reference.training_days
+    if days is not None and len(rows):
+        ts = pd.to_datetime(rows[config.timestamp], utc=True)
+        recent = rows[ts >= ts.max().floor("D") - pd.Timedelta(days=days - 1)]
+        rows = recent if len(recent) else rows
+    return rows
+
+
+def reference_frame(config: PipelineConfig, model, train, holdout=None):
+    """The drift reference of a model version: features (typed as served) plus its score on them
+    (positive-class probability, or the predicted value) of :func:`reference_rows` (training rows
+    and holdout), at most 20k rows, seeded; regression adds :data:`TARGET_COLUMN` on holdout rows.
 
     With ``threshold: auto`` anywhere in ``monitoring.drift`` the reference also holds each row's
     UTC day (:data:`calibration.DAY_COLUMN`) and, in ``attrs`` (written into the Parquet file's
     metadata, then into the profile by :func:`build_reference_profile`), the thresholds
     calibrated on every training day of ``train`` (:func:`calibration.calibrate_reference`)."""
+    import numpy as np
 
-    sample = train.sample(n=min(len(train), REFERENCE_MAX_ROWS), random_state=config.training.seed)
-    ordered = sample.sort_values(config.timestamp)
-    X, _ = features_and_target(config, ordered)
+    rows = reference_rows(config, train, holdout)
+    start = holdout[config.timestamp].min() if holdout is not None and len(holdout) else None
+    marked = rows.assign(__holdout__=(rows[config.timestamp] >= start) if start is not None else False)
+    sample = marked.sample(n=min(len(marked), REFERENCE_MAX_ROWS), random_state=config.training.seed)
+    ordered = sample.sort_values(config.timestamp, kind="stable")
+    X, y = features_and_target(config, ordered)
     out = X.reset_index(drop=True)
     out[SCORE_COLUMN] = model_scores(config, model, X)
+    if config.task == "regression":
+        target = np.asarray(y, dtype="float64")
+        out[TARGET_COLUMN] = np.where(ordered["__holdout__"].to_numpy(bool), target, np.nan)
     if calibration.wanted(config, SCORE_COLUMN):
         days = calibration.day_of(ordered[config.timestamp])
         out[calibration.DAY_COLUMN] = [d.isoformat() for d in days]

@@ -11,15 +11,27 @@ from airloop.core.pipeline import PipelineConfig
 #: Metrics the alert rules can test (``AlertRule.metric``), all top-level keys of the summary.
 #: ``out_of_domain_share`` / ``unseen_category_share``: shares of the interval's ok rows serving
 #: flagged (:mod:`airloop.monitoring.quality`); ``traffic_quality_failed``: expectations of the
-#: pipeline's suite the interval's served features failed (None when not checked).
+#: pipeline's suite the interval's served features failed (None when not checked);
+#: ``estimated_performance_drop``: relative drop of the label-free estimate's band (its optimistic
+#: end) vs the version's holdout figure (:mod:`airloop.monitoring.estimation`).
 RULE_METRICS = ("drift_share", "prediction_drift", "performance_drop", "volume_ratio", "error_rate", "latency_p95_ms",
-                "out_of_domain_share", "unseen_category_share", "traffic_quality_failed")
+                "out_of_domain_share", "unseen_category_share", "traffic_quality_failed", "estimated_performance_drop")
+
+#: Default retrain policy (a rule without ``retrain:``): only a realized drop, or an estimated drop
+#: beyond its band, requests training; drift and operational rules alert only.
+RETRAIN_BY_DEFAULT = ("performance_drop", "estimated_performance_drop")
 
 
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
 # ============================================================================ rules
+def retrains(rule) -> bool:
+    """Whether ``rule`` requests a training run when it fires: its ``retrain:`` when set, else
+    the default policy (:data:`RETRAIN_BY_DEFAULT`)."""
+    return rule.retrain if rule.retrain is not None else rule.metric in RETRAIN_BY_DEFAULT
+
+
 def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
@@ -30,8 +42,8 @@ def evaluate_rules(config: PipelineConfig, summary: dict) -> list[dict]:
     A rule ``metric op value`` fires when ``summary[metric]`` is a finite number satisfying it.
     A metric absent from the summary or None (drift not judged, too few labels, no baseline)
     never fires. Each alert: ``rule``, ``metric``, ``op``, ``threshold``, ``observed``,
-    ``severity``, ``retrain`` and a ``message`` naming the metric, the observed value and the
-    threshold — and, for drift rules, the drifted features (``drifted_features`` of the summary)
+    ``severity``, ``retrain`` (:func:`retrains`) and a ``message`` naming the metric, the observed
+    value and the threshold — and, for drift rules, the drifted features (``drifted_features`` of the summary)
     or the prediction's drift method.
     """
     fired = []
@@ -55,6 +67,12 @@ def evaluate_rules(config: PipelineConfig, summary: dict) -> list[dict]:
                         "reference": (summary.get("reference_performance") or {}).get(metric)}
             if details["current"] is not None and details["reference"] is not None:
                 message += f"; {metric} {_fmt(details['current'])} vs holdout {_fmt(details['reference'])}"
+        elif rule.metric == "estimated_performance_drop":
+            est = summary.get("estimated") or {}
+            details |= {k: est.get(k) for k in ("metric", "value", "low", "high", "reference")}
+            if est.get("value") is not None and est.get("reference") is not None:
+                message += (f"; estimated {est['metric']} {_fmt(est['value'])} (band {_fmt(est['low'])}.."
+                            f"{_fmt(est['high'])}) vs holdout {_fmt(est['reference'])}")
         elif rule.metric in ("out_of_domain_share", "unseen_category_share"):
             shares = dict(summary.get("out_of_domain_features") or {})
             if rule.metric == "unseen_category_share":
@@ -67,6 +85,16 @@ def evaluate_rules(config: PipelineConfig, summary: dict) -> list[dict]:
             details |= {"failures": failures, "result_uri": summary.get("traffic_quality_result_uri")}
             message += f"; served traffic failed: {'; '.join(failures) if failures else 'see the result'}"
         fired.append({"rule": rule.name, "metric": rule.metric, "op": rule.op, "threshold": rule.value,
-                      "observed": observed, "severity": rule.severity, "retrain": rule.retrain,
+                      "observed": observed, "severity": rule.severity, "retrain": retrains(rule),
                       "message": message, "details": details})
     return fired
+
+
+def rule_states(config: PipelineConfig, summary: dict) -> dict[str, bool | None]:
+    """Each rule's state in an interval: True fired, False judged and clear, None not judged
+    (its metric None or absent: the interval neither extends nor clears the rule's alert)."""
+    states: dict[str, bool | None] = {}
+    for rule in config.monitoring.alerts:
+        observed = finite_or_none(summary.get(rule.metric))
+        states[rule.name] = None if observed is None else bool(_OPS[rule.op](observed, rule.value))
+    return states

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from airloop.core import store
-from airloop.core.metrics import higher_is_better
+from airloop.core.metrics import better_of, is_quality_metric
 from airloop.core.names import CHAMPION
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
@@ -124,18 +124,21 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 def compare_versions(config: PipelineConfig, settings: Settings, a: str | int, b: str | int,
                      log_artifact: bool = True) -> dict[str, Any]:
-    """Side by side: metrics (with ``b - a``), params and data of two versions; logged as
+    """Side by side: quality metrics (with ``b - a`` and the better version by the metric's
+    orientation, :func:`airloop.core.metrics.better_of`), other figures (holdout rows, latency:
+    ``b - a`` only), params and data of two versions; logged as
     ``comparisons/v<a>_vs_v<b>.{json,md}`` on ``b``'s training run when ``log_artifact``."""
 
     client = registry.get_client(settings)
     left, right = version_record(client, config, str(a)), version_record(client, config, str(b))
-    metrics = {}
+    metrics, figures = {}, {}
     for name in sorted(set(left["metrics"]) | set(right["metrics"])):
         x, y = left["metrics"].get(name), right["metrics"].get(name)
         delta = y - x if x is not None and y is not None else None
-        better = None
-        if delta is not None and delta != 0:
-            better = right["version"] if (delta < 0) == (not higher_is_better(name)) else left["version"]
+        if not is_quality_metric(name):
+            figures[name] = {"a": x, "b": y, "delta": delta}
+            continue
+        better = {"a": left["version"], "b": right["version"], None: None}[better_of(name, x, y)]
         metrics[name] = {"a": x, "b": y, "delta": delta, "better": better}
     params = {name: {"a": left["params"].get(name), "b": right["params"].get(name),
                      "same": left["params"].get(name) == right["params"].get(name)}
@@ -146,7 +149,7 @@ def compare_versions(config: PipelineConfig, settings: Settings, a: str | int, b
                                ("study", "airloop.study"), ("code_version", "airloop.code_version"))}
     data["train_rows"] = {"a": left["train_rows"], "b": right["train_rows"]}
     result = {"model_name": config.model_name, "a": left["version"], "b": right["version"],
-              "metrics": metrics, "params": params, "data": data, "artifact": None}
+              "metrics": metrics, "figures": figures, "params": params, "data": data, "artifact": None}
     if log_artifact and right["run_id"]:
         name = f"v{left['version']}_vs_v{right['version']}"
         with tempfile.TemporaryDirectory() as tmp:
@@ -169,6 +172,10 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     for name, row in result["metrics"].items():
         better = f"v{row['better']}" if row["better"] else "—"
         lines.append(f"| {name} | {fmt(row['a'])} | {fmt(row['b'])} | {fmt(row['delta'])} | {better} |")
+    if result.get("figures"):
+        lines += ["", "## Other figures (not ranked)", "", f"| figure | v{a} | v{b} | delta (b - a) |", "|---|---|---|---|"]
+        lines += [f"| {name} | {fmt(row['a'])} | {fmt(row['b'])} | {fmt(row['delta'])} |"
+                  for name, row in result["figures"].items()]
     lines += ["", "## Data", "", f"| | v{a} | v{b} |", "|---|---|---|"]
     lines += [f"| {name} | {fmt(row['a'])} | {fmt(row['b'])} |" for name, row in result["data"].items()]
     lines += ["", "## Parameters", "", f"| param | v{a} | v{b} |", "|---|---|---|"]

@@ -14,7 +14,7 @@ from typing import Any
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import MLFLOW_PORT, Settings
 from airloop.models.artifact import read_model_version
-from airloop.registry.tags import KEY_TAG
+from airloop.registry.tags import KEY_TAG, THRESHOLD_TAG
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,17 @@ def ui_url(settings: Settings, experiment_id: str, run_id: str | None = None) ->
         base = f"http://127.0.0.1:{MLFLOW_PORT.get()}"
     page = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
     return f"{base.rstrip('/')}/#/{page}?{UI_WORKFLOW_QUERY}"
+
+
+def model_ui_url(settings: Settings, model_name: str, version: str | int | None = None) -> str:
+    """Link to a registered model (or one of its versions) in the MLflow UI (as :func:`ui_url`)."""
+    from urllib.parse import quote
+
+    base = settings.mlflow_tracking_uri
+    if not base.startswith(("http://", "https://")):
+        base = f"http://127.0.0.1:{MLFLOW_PORT.get()}"
+    page = f"models/{quote(model_name, safe='')}" + (f"/versions/{version}" if version is not None else "")
+    return f"{base.rstrip('/')}/#/{page}"
 
 
 def param_value(value: Any) -> str:
@@ -225,3 +236,22 @@ def load_sklearn_model(settings: Settings, model_name: str, version: str):
 def run_metrics(client, run_id: str) -> dict[str, float]:
     """Latest metrics of a run."""
     return dict(client.get_run(run_id).data.metrics)
+
+
+def decision_threshold(client, config: PipelineConfig, version: str | int) -> float | None:
+    """The decision threshold version ``version`` of ``config``'s model serves with (its
+    :data:`~airloop.registry.tags.THRESHOLD_TAG`): the positive class when ``score >= threshold``.
+    None for non-binary pipelines; 0.5 (the argmax) for a binary version registered before
+    thresholds were tuned. The one reader of it (monitoring, A/B tests, the summary)."""
+    from airloop.models.scoring import DEFAULT_THRESHOLD
+
+    if config.task != "binary_classification":
+        return None
+    tags = client.get_model_version(config.model_name, str(version)).tags or {}
+    raw = tags.get(THRESHOLD_TAG)
+    try:
+        return float(raw) if raw is not None else DEFAULT_THRESHOLD
+    except ValueError:
+        log.warning("version %s of %s has a malformed %s tag %r; using %s", version, config.model_name,
+                    THRESHOLD_TAG, raw, DEFAULT_THRESHOLD)
+        return DEFAULT_THRESHOLD

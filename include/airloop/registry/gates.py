@@ -49,6 +49,23 @@ class Decision:
                 "checks": [asdict(c) for c in self.checks]}
 
 
+def flags_positives(metrics: dict[str, float]) -> GateCheck | None:
+    """The built-in gate of binary tasks: at its served threshold the version predicts the
+    positive class for some holdout rows (``positive_predictions`` > 0) and finds some of them
+    (``recall`` > 0). A model that never flags anything never enters an environment. Evidence
+    with neither figure (hand-made metrics; every training run records both) is not checked
+    (None), like the latency budget without a latency."""
+    flagged, recall = metrics.get("positive_predictions"), metrics.get("recall")
+    if not is_finite_number(recall) and not is_finite_number(flagged):
+        return None
+    if not is_finite_number(recall):
+        return GateCheck("flags_positives", False, "holdout recall not available")
+    if is_finite_number(flagged) and flagged <= 0:
+        return GateCheck("flags_positives", False, "predicts no positive on the holdout at its threshold")
+    shown = f"{int(flagged)} positive predictions, " if is_finite_number(flagged) else ""
+    return GateCheck("flags_positives", recall > 0, f"{shown}recall {recall:.4f} (> 0 required)")
+
+
 def evaluate_gates(
     config: PipelineConfig,
     challenger: dict[str, float],
@@ -61,7 +78,9 @@ def evaluate_gates(
     """Apply ``environment``'s gates (default: the serving environment's) to a candidate's
     holdout metrics.
 
-    * absolute thresholds (floors, or ceilings for error metrics),
+    * absolute thresholds (floors, or ceilings for error metrics), decision metrics (f1,
+      precision, recall, expected_cost) included: they are measured at the served threshold,
+    * binary tasks, always: the version flags positives on the holdout (:func:`flags_positives`),
     * latency budget (``latency_p95_ms`` against ``latency_budget_ms``),
     * minimum data (``train_rows`` against ``min_training_rows``, when that is above 0),
     * "beats the incumbent by ``min_improvement``" on the training metric, both scored on the
@@ -80,6 +99,9 @@ def evaluate_gates(
         lower = not higher_is_better(metric)
         ok = value <= bound if lower else value >= bound
         checks.append(GateCheck(f"threshold:{metric}", ok, f"{value:.4f} {'<=' if lower else '>='} {bound} required"))
+    positives = flags_positives(challenger) if config.task == "binary_classification" else None
+    if positives is not None:
+        checks.append(positives)
     latency = challenger.get("latency_p95_ms")
     if is_finite_number(latency):
         checks.append(GateCheck("latency", latency <= gates.latency_budget_ms,

@@ -49,7 +49,8 @@ def score_on_holdout(config: PipelineConfig, settings: Settings, snapshot: dict[
         try:
             with quiet_skops():
                 model = registry.load_sklearn_model(settings, config.model_name, version)
-            out[version] = json_safe(holdout_metrics(config, model, holdout))
+            threshold = registry.decision_threshold(registry.get_client(settings), config, version)
+            out[version] = json_safe(holdout_metrics(config, model, holdout, threshold))  # at its served threshold
         except Exception as err:  # noqa: BLE001 - recorded as the incumbent's failure
             out[version] = f"{type(err).__name__}: {err}"
     return out
@@ -82,6 +83,81 @@ def _incumbent_comparison(config: PipelineConfig, settings: Settings, env: Envir
 
 
 # -------------------------------------------------------------------------------- promote
+def _judge(client: Any, engine: Any, config: PipelineConfig, settings: Settings, env: EnvironmentConfig, version: str,
+           evidence: dict[str, Any] | None) -> dict[str, Any]:
+    """The path check and ``env``'s gates for ``version`` against the environment's current
+    version, nothing written: ``{"incumbent", "noop", "record", "checks", "metrics",
+    "incumbent_metrics", "incumbent_error", "train_rows"}`` (``noop``: already there)."""
+    record = version_record(client, config, version)
+    incumbent = _alias_version(client, config, ledger_alias(env))
+    out: dict[str, Any] = {"incumbent": incumbent, "noop": incumbent == version, "record": record, "checks": [],
+                           "metrics": dict(record["metrics"]), "incumbent_metrics": None, "incumbent_error": None,
+                           "train_rows": (evidence or {}).get("train_rows", record["train_rows"])}
+    if out["noop"]:
+        return out
+    path = config.promotion.path()
+    index = [e.name for e in path].index(env.name)
+    path_check = None
+    if index > 0:
+        before = path[index - 1]
+        ok = (_alias_version(client, config, ledger_alias(before)) == version
+              or _ever_in(engine, config, before, version))
+        path_check = GateCheck("path", ok, f"v{version} {'has been' if ok else 'was never'} in {before.name}")
+    live = (evidence or {}).get("live_evidence")  # an A/B test's verdict replaces the holdout comparison
+    gates = env.model_copy(update={"min_improvement": None}) if live else env
+    metrics, incumbent_metrics, incumbent_error = _incumbent_comparison(
+        config, settings, gates, record, incumbent, evidence)
+    decision = evaluate_gates(config, metrics, incumbent_metrics, incumbent_error, force=False,
+                              environment=gates, train_rows=out["train_rows"])
+    checks = ([path_check] if path_check else []) + decision.checks
+    if live:
+        checks.append(GateCheck("beats_champion", True, str(live)))
+    return out | {"checks": checks, "metrics": metrics, "incumbent_metrics": incumbent_metrics,
+                  "incumbent_error": incumbent_error}
+
+
+def preview_promotion(config: PipelineConfig, settings: Settings, version: str | int, environment: str,
+                      evidence: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What :func:`promote_version` would decide now, without the lock and writing nothing (the
+    approval request shows it). ``checks`` as dicts; ``passed``: every gate passed."""
+    env = config.promotion.environment(environment)
+    judged = _judge(registry.get_client(settings), store.get_engine(settings.monitoring_db_uri), config, settings,
+                    env, str(version), evidence)
+    checks = [c.__dict__ for c in judged.pop("checks")]
+    return judged | {"environment": env.name, "version": str(version), "checks": checks,
+                     "passed": all(c["passed"] for c in checks)}
+
+
+def refuse_promotion(config: PipelineConfig, settings: Settings, version: str | int, environment: str, *,
+                     actor: str, reason: str, run_context: dict[str, str] | None = None,
+                     idempotency_key: str | None = None) -> dict[str, Any]:
+    """Record a refusal decided outside the gates (an approval rejected or timed out): one
+    ``refuse`` ledger row by ``actor`` with ``reason``, the alias untouched. A retried key
+    replays the recorded decision (whatever it was)."""
+    version = str(version)
+    env = config.promotion.environment(environment)
+    run_context = run_context or {}
+    engine = store.get_engine(settings.monitoring_db_uri)
+    key = idempotency_key or f"{config.name}:{env.name}:{version}:{run_context.get('dag_run_id') or _now_key()}"
+    client = registry.get_client(settings)
+    with ledger.lifecycle_lock(engine, config.name, holder=f"{actor} refuse v{version} for {env.name}") as conn:
+        recorded = ledger.find_ledger(engine, key)
+        if recorded is not None:
+            return _replay(recorded, env)
+        incumbent = _alias_version(client, config, ledger_alias(env))
+        check = GateCheck("approval", False, reason)
+        ledger.append_ledger(conn, ledger.LedgerEntry(
+            idempotency_key=key, pipeline=config.name, model_name=config.model_name, action="refuse",
+            alias=ledger_alias(env), environment=env.name, from_version=incumbent, to_version=version, actor=actor,
+            reason=f"refused: {reason}", dag_id=run_context.get("dag_id"), run_id=run_context.get("dag_run_id"),
+            data_interval_end=run_context.get("as_of") or None, metrics={"checks": [check.__dict__]}))
+        client.set_model_version_tag(config.model_name, version, f"airloop.promotion.{env.name}", "refused")
+    for line in verdict_lines(env.name, version, incumbent, [check], False):
+        log.info("%s", line)
+    return {"promoted": False, "environment": env.name, "version": version, "previous": incumbent,
+            "reason": f"refused: {reason}", "checks": [check.__dict__], "replayed": False}
+
+
 def promote_version(config: PipelineConfig, settings: Settings, version: str | int, environment: str, *,
                     actor: str, reason: str = "", force: bool = False, run_context: dict[str, str] | None = None,
                     evidence: dict[str, Any] | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
@@ -97,7 +173,6 @@ def promote_version(config: PipelineConfig, settings: Settings, version: str | i
 
     version = str(version)
     env = config.promotion.environment(environment)
-    path = config.promotion.path()
     run_context = run_context or {}
     engine = store.get_engine(settings.monitoring_db_uri)
     key = idempotency_key or f"{config.name}:{env.name}:{version}:{run_context.get('dag_run_id') or _now_key()}"
@@ -106,29 +181,14 @@ def promote_version(config: PipelineConfig, settings: Settings, version: str | i
         recorded = ledger.find_ledger(engine, key)
         if recorded is not None:
             return _replay(recorded, env)
-        record = version_record(client, config, version)
-        incumbent = _alias_version(client, config, ledger_alias(env))
-        if incumbent == version:
+        judged = _judge(client, engine, config, settings, env, version, evidence)
+        incumbent = judged["incumbent"]
+        if judged["noop"]:
             log.info("%s: v%s is already there, nothing to judge", env.name, version)
             return {"promoted": False, "environment": env.name, "version": version, "previous": incumbent,
                     "reason": f"v{version} is already in {env.name}", "checks": [], "replayed": False, "noop": True}
-        index = [e.name for e in path].index(env.name)
-        path_check = None
-        if index > 0:
-            before = path[index - 1]
-            ok = (_alias_version(client, config, ledger_alias(before)) == version
-                  or _ever_in(engine, config, before, version))
-            path_check = GateCheck("path", ok, f"v{version} {'has been' if ok else 'was never'} in {before.name}")
-        live = (evidence or {}).get("live_evidence")  # an A/B test's verdict replaces the holdout comparison
-        gates = env.model_copy(update={"min_improvement": None}) if live else env
-        metrics, incumbent_metrics, incumbent_error = _incumbent_comparison(
-            config, settings, gates, record, incumbent, evidence)
-        train_rows = (evidence or {}).get("train_rows", record["train_rows"])
-        decision = evaluate_gates(config, metrics, incumbent_metrics, incumbent_error, force=False,
-                                  environment=gates, train_rows=train_rows)
-        checks = ([path_check] if path_check else []) + decision.checks
-        if live:
-            checks.append(GateCheck("beats_champion", True, str(live)))
+        checks, metrics, train_rows = judged["checks"], judged["metrics"], judged["train_rows"]
+        incumbent_metrics, incumbent_error = judged["incumbent_metrics"], judged["incumbent_error"]
         passed = all(c.passed for c in checks)
         promote = passed or force
         summary = "; ".join(f"{c.name}: {c.detail}" for c in (checks if passed or force else [c for c in checks if not c.passed]))
@@ -201,11 +261,37 @@ def _replay(recorded: dict[str, Any], env: EnvironmentConfig) -> dict[str, Any]:
             "checks": (recorded.get("metrics") or {}).get("checks", []), "replayed": True}
 
 
+def step_key(interval_key: str, env: EnvironmentConfig) -> str:
+    """Idempotency key of a training interval's step into ``env``."""
+    return f"{interval_key}:promotion" if env.serving else f"{interval_key}:promotion:{env.name}"
+
+
+def awaiting_approval(config: PipelineConfig, settings: Settings, version: str, env: EnvironmentConfig,
+                      evidence: dict[str, Any] | None, key: str, force: bool = False) -> dict[str, Any] | None:
+    """The step that waits for a person before ``version`` enters ``env`` (``promotion.require_approval``),
+    or ``None`` when there is nothing to ask: no approval needed, already decided under ``key``,
+    already there, or (unless ``force``) its gates fail now (the refusal is then recorded as usual)."""
+    if not config.promotion.needs_approval(env.name):
+        return None
+    if ledger.find_ledger(store.get_engine(settings.monitoring_db_uri), key) is not None:
+        return None
+    preview = preview_promotion(config, settings, version, env.name, evidence)
+    if preview["noop"] or not (preview["passed"] or force):
+        return None
+    log.info("%s: v%s passes its gates now; waiting for a person's approval (asked under %s)", env.name, version, key)
+    return {"promoted": False, "environment": env.name, "version": str(version), "previous": preview["incumbent"],
+            "reason": f"v{version} into {env.name} awaits approval", "checks": preview["checks"], "replayed": False,
+            "awaiting_approval": env.name, "approval_key": key}
+
+
 def promote_along_path(config: PipelineConfig, settings: Settings, version: str, evidence: dict[str, Any], *,
                        actor: str, interval_key: str, run_context: dict[str, str], force: bool = False,
-                       ) -> dict[str, Any]:
+                       approved: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """A training run's promotion: walk the path up to ``promotion.auto_promote_to``, one gated
-    step per environment, stopping at the first refusal. Idempotent per interval.
+    step per environment, stopping at the first refusal, or before an environment in
+    ``promotion.require_approval`` that ``approved`` (``{env: {"actor", "reason"}}``) does not
+    cover yet (``awaiting_approval`` names it). Idempotent per interval: walking again after an
+    approval replays the recorded steps and judges the approved one now.
 
     Returns the serving environment's view as the deploy step needs it (``promoted`` = the
     version is now the champion) plus every step under ``"steps"``.
@@ -213,11 +299,17 @@ def promote_along_path(config: PipelineConfig, settings: Settings, version: str,
     steps = []
     target = config.promotion.auto_target
     serving = config.promotion.serving_environment
+    approved = approved or {}
     for env in config.promotion.path():
-        key = f"{interval_key}:promotion" if env.serving else f"{interval_key}:promotion:{env.name}"
-        step = promote_version(config, settings, version, env.name, actor=actor, force=force,
+        key = step_key(interval_key, env)
+        if env.name not in approved and (held := awaiting_approval(config, settings, version, env, evidence, key,
+                                                                    force)):
+            steps.append(held)
+            break
+        by = approved.get(env.name) or {}
+        step = promote_version(config, settings, version, env.name, actor=by.get("actor") or actor, force=force,
                                run_context=run_context, evidence=evidence, idempotency_key=key,
-                               reason=run_context.get("trigger_reason") or "")
+                               reason=by.get("reason") or run_context.get("trigger_reason") or "")
         steps.append(step)
         if env.name == target or not (step["promoted"] or step.get("noop")):
             break
@@ -231,6 +323,8 @@ def promote_along_path(config: PipelineConfig, settings: Settings, version: str,
         "reached": [s["environment"] for s in steps if s["promoted"] or s.get("noop")],
         "steps": steps,
         "replayed": all(s["replayed"] for s in steps),
+        "awaiting_approval": final.get("awaiting_approval"),
+        "approval_key": final.get("approval_key"),
     }
 
 

@@ -13,3 +13,22 @@ LINEAGE_TAGS = {
 
 
 KEY_TAG = "airloop.interval_key"
+
+#: Model version tags of the decision rule (binary tasks: the served threshold and its objective;
+#: every classifier: the calibration method). The artefact's ``MLmodel`` metadata holds the same
+#: (what serving reads); read them with :func:`airloop.registry.client.decision_threshold`.
+THRESHOLD_TAG = "airloop.decision.threshold"
+OBJECTIVE_TAG = "airloop.decision.objective"
+CALIBRATION_TAG = "airloop.calibration"
+
+
+def decision_tags(decision: dict) -> dict[str, str]:
+    """The version tags of a decision rule (``airloop.training.decision.Decided.decision``)."""
+    out = {}
+    if decision.get("threshold") is not None:
+        out[THRESHOLD_TAG] = repr(float(decision["threshold"]))
+    if decision.get("objective"):
+        out[OBJECTIVE_TAG] = str(decision["objective"])
+    if decision.get("calibration"):
+        out[CALIBRATION_TAG] = str(decision["calibration"])
+    return out

@@ -11,14 +11,11 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
-import pandas as pd
-
 from airloop.core import names, store
 from airloop.core.pipeline import PipelineConfig, load_pipeline_config
 from airloop.core.settings import ConfigError, Settings
 from airloop.experiments import definition
-from airloop.models.artifact import read_model_version
-from airloop.models.schema import RecordSchema
+from airloop.models.artifact import ModelFiles, read_model_files
 from airloop.models.trust import ModelLoadError
 from airloop.registry.client import get_client
 from airloop.serving.metrics import ServingMetrics
@@ -100,15 +97,16 @@ class ModelManager:
             log.warning("cannot read metrics of run %s: %s", run_id, err)
             return {}
 
-    def _read_artifacts(self, version: str) -> tuple[Any, RecordSchema, pd.DataFrame]:
-        """Read a version's model folder (see :func:`read_model_version`)."""
-        return read_model_version(self.client, self.settings, self.model_name, version)
+    def _read_artifacts(self, version: str) -> ModelFiles:
+        """Read a version's model folder (see :func:`read_model_files`)."""
+        return read_model_files(self.client, self.settings, self.model_name, version)
 
     def load(self, alias: str | None = None, version: str | None = None) -> ServedModel:
         """Resolve, read, verify, load and smoke-test one version (does not swap it in)."""
         mv = self._resolve(alias, version)
         version_str = str(mv.version)
-        estimator, schema, example = self._read_artifacts(version_str)
+        files = self._read_artifacts(version_str)
+        estimator, schema, example = files.estimator, files.schema, files.input_example
         model = ServedModel(
             name=self.model_name,
             version=version_str,
@@ -120,7 +118,7 @@ class ModelManager:
             metrics=self._run_metrics(mv.run_id),
             tags=dict(mv.tags or {}),
             schema=schema,
-            predictor=Predictor(estimator),
+            predictor=Predictor(estimator, files.decision),  # the version's threshold labels binary predictions
             input_example=example,
         )
         smoke_test(model)

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import (
     BaseModel,
+    Field,
 )
 
 from airloop.core import names as abtest
@@ -23,6 +24,40 @@ from airloop.serving.runtime import ActiveTest, ServedModel
 from airloop.serving.schema import MAX_BATCH_RECORDS, PredictRequest, out_of_domain_errors
 
 log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# The answer of POST /predict (documented in OpenAPI; the route builds the same JSON)
+# --------------------------------------------------------------------------------------------
+
+
+class ModelRef(BaseModel):
+    """The version that answered."""
+
+    name: str
+    version: str
+    alias: str | None = None
+
+
+class PredictionItem(BaseModel):
+    """One record's answer. Binary classifiers: ``prediction`` is the positive class when its
+    probability is ``>= threshold`` (the version's tuned decision threshold), else the other."""
+
+    request_id: str
+    prediction: Any = Field(description="The label (classification) or the predicted value (regression)")
+    probabilities: dict[str, float] | None = Field(default=None, description="Class -> calibrated probability")
+    threshold: float | None = Field(default=None, description="Decision threshold of the positive class's "
+                                                              "probability (binary tasks)")
+    variant: str | None = Field(default=None, description="A/B tests: champion, challenger or fallback")
+    model_version: str | None = Field(default=None, description="A/B tests: the version that answered the record")
+
+
+class PredictResponse(BaseModel):
+    """``POST /predict``'s answer."""
+
+    model: ModelRef
+    predictions: list[PredictionItem]
+    abtest: str | None = Field(default=None, description="The A/B test that routed the request, if any")
 
 
 #: Batches larger than this are predicted in a worker thread so the event loop stays responsive.

@@ -18,8 +18,9 @@ RELOAD = "/reload"
 ABTEST = "/abtest"
 ABTEST_REFRESH = "/abtest/refresh"
 METRICS = "/metrics"
+EXPLAIN = "/explain"
 #: Every route of a pipeline's app.
-ROUTES = frozenset({PREDICT, FEEDBACK, HEALTH, READY, MODEL, RELOAD, ABTEST, ABTEST_REFRESH, METRICS})
+ROUTES = frozenset({PREDICT, FEEDBACK, HEALTH, READY, MODEL, RELOAD, ABTEST, ABTEST_REFRESH, METRICS, EXPLAIN})
 #: Routes open without a tenant token (probes and Prometheus).
 OPEN_ROUTES = frozenset({HEALTH, READY, METRICS})
 

@@ -34,9 +34,15 @@ DEFAULT_VARIANT = names.CHAMPION
 
 
 class Predictor:
-    """Runs a fitted sklearn estimator or Pipeline; transforms the input once for label + proba."""
+    """Runs a fitted sklearn estimator or Pipeline; transforms the input once for label + proba.
 
-    def __init__(self, estimator: Any) -> None:
+    A binary classifier with a decision ``threshold`` (the version's ``MLmodel`` metadata,
+    :class:`airloop.models.artifact.ModelFiles`) labels a record with its positive class when
+    that class's probability is ``>= threshold`` (:func:`airloop.models.scoring.decide`'s rule),
+    and every prediction carries the ``threshold``; without one, the estimator's own label.
+    """
+
+    def __init__(self, estimator: Any, decision: dict[str, Any] | None = None) -> None:
         """Split a Pipeline into its transform steps and final estimator (shared objects)."""
         from sklearn.pipeline import Pipeline
 
@@ -51,16 +57,35 @@ class Predictor:
                 self._pre, self._final = estimator[:-1], final
         self.is_classifier = hasattr(self._final, "predict_proba") and hasattr(self._final, "classes_")
         self.class_keys: list[str] = [str(c) for c in self._final.classes_] if self.is_classifier else []
+        self.decision: dict[str, Any] = dict(decision or {})
+        self.threshold: float | None = None
+        self._positive: int | None = None
+        threshold, positive = self.decision.get("threshold"), self.decision.get("positive_class")
+        if threshold is not None:
+            if len(self.class_keys) != 2 or str(positive) not in self.class_keys:
+                raise ModelLoadError(f"decision threshold {threshold} needs a binary classifier with positive class "
+                                     f"{positive!r} (classes {self.class_keys})")
+            if not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
+                raise ModelLoadError(f"decision threshold must be a finite number, not {threshold!r}")
+            self.threshold, self._positive = float(threshold), self.class_keys.index(str(positive))
 
     def predict(self, frame: pd.DataFrame) -> list[dict[str, Any]]:
-        """``[{"prediction": ..., "probabilities": {class: p}}]`` (probabilities for classifiers)."""
+        """``[{"prediction": ..., "probabilities": {class: p}}]`` (probabilities for classifiers;
+        ``threshold`` too when the version has one)."""
         features = self._pre.transform(frame) if self._pre is not None else frame
-        labels = np.asarray(self._final.predict(features)).tolist()
         if not self.is_classifier:
-            return [{"prediction": label} for label in labels]
+            return [{"prediction": label} for label in np.asarray(self._final.predict(features)).tolist()]
         keys = self.class_keys
-        proba = np.asarray(self._final.predict_proba(features)).tolist()
-        return [{"prediction": label, "probabilities": dict(zip(keys, row))} for label, row in zip(labels, proba)]
+        proba_array = np.asarray(self._final.predict_proba(features))
+        proba = proba_array.tolist()
+        if self.threshold is None:
+            labels = np.asarray(self._final.predict(features)).tolist()
+            return [{"prediction": label, "probabilities": dict(zip(keys, row, strict=True))}
+                    for label, row in zip(labels, proba, strict=True)]
+        classes = np.asarray(self._final.classes_).tolist()
+        positive, negative, t = classes[self._positive], classes[1 - self._positive], self.threshold
+        return [{"prediction": positive if p >= t else negative, "probabilities": dict(zip(keys, row, strict=True)),
+                 "threshold": t} for p, row in zip(proba_array[:, self._positive], proba, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +123,7 @@ class ServedModel:
             "tags": self.tags,
             "task": "classification" if self.predictor.is_classifier else "regression",
             "classes": self.predictor.class_keys or None,
+            "decision": self.predictor.decision or None,
             "inputs": self.schema.describe(),
         }
 

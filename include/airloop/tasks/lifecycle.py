@@ -25,7 +25,7 @@ from airloop.registry import ledger
 from airloop.registry.audit import LifecycleError, version_record
 from airloop.registry.client import _alias_version
 from airloop.registry.ledger import _effective, version_at
-from airloop.registry.lifecycle import promote_version, promotion_key, rollback, rollback_key
+from airloop.registry.lifecycle import awaiting_approval, promote_version, promotion_key, rollback, rollback_key
 from airloop.serving.client import DeployError, refresh_abtest, reload_alias, smoke_test
 
 log = logging.getLogger(__name__)
@@ -246,11 +246,17 @@ def _undo_promotion(config: PipelineConfig, settings: Settings, version: str, pr
 def promote(config: PipelineConfig, settings: Settings, version: str, environment: str, *, actor: str, reason: str,
             force: bool, run_context: dict[str, str]) -> dict[str, Any]:
     """The ``<pipeline>__promote`` DAG's task: one gated move into ``environment``, idempotent per
-    DAG run (a retried task replays the recorded decision)."""
+    DAG run (a retried task replays the recorded decision). An environment in
+    ``promotion.require_approval`` whose gates pass is not moved: the result ``awaiting_approval``
+    names it for the approval task (:func:`airloop.tasks.approval.promote_after_approval`)."""
 
+    key = promotion_key(config, environment, version, run_context["dag_run_id"])
+    held = awaiting_approval(config, settings, str(version), config.promotion.environment(environment), None, key,
+                             force)
+    if held is not None:
+        return held | {"request_reason": reason}
     return promote_version(config, settings, str(version), environment, actor=actor, reason=reason, force=force,
-                           run_context=run_context,
-                           idempotency_key=promotion_key(config, environment, version, run_context["dag_run_id"]))
+                           run_context=run_context, idempotency_key=key)
 
 
 def rollback_environment(config: PipelineConfig, settings: Settings, environment: str, target: str, *, actor: str,

@@ -15,6 +15,7 @@ from airloop.monitoring import interval
 from airloop.monitoring import reference as monitoring_reference
 from airloop.monitoring.alerts import deliver_alerts, record_alerts
 from airloop.monitoring.labels import ingest_labels
+from airloop.monitoring.refresh import reference_for
 from airloop.monitoring.retrain import decide_retrain
 from airloop.registry import client as registry
 from airloop.registry.audit import champion_at
@@ -25,7 +26,9 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------ monitoring
 def monitor(config: PipelineConfig, settings: Settings, start: datetime | str, end: datetime | str,
             tenant: str | None = None) -> dict[str, Any]:
-    """Monitor one interval against the reference of the version that was champion then.
+    """Monitor one interval against the reference of the version that was champion then (its
+    training reference, or the one refreshed from its traffic: :func:`reference_for`), with the
+    label-free estimate at the version's served threshold.
 
     Stores per-feature drift rows and the interval summary (upserts), saves the Evidently HTML
     report and logs it to the model version's MLflow run (``monitoring/<tenant>/<day>/``).
@@ -39,12 +42,16 @@ def monitor(config: PipelineConfig, settings: Settings, start: datetime | str, e
         log.warning("%s: no champion at %s; nothing to monitor against", config.name, start)
         return {"skipped": "no champion at the interval start", "interval_start": start.isoformat()}
     client = registry.get_client(settings)
-    reference = monitoring_reference.load_reference(client, config, version, settings=settings)
+    training_reference = monitoring_reference.load_reference(client, config, version, settings=settings)
     profile = monitoring_reference.load_profile(client, config, version, settings=settings)
     reference_metrics = monitoring_reference.load_reference_metrics(client, config, version)
+    reference, profile, reference_id = reference_for(engine, config, settings, tenant, version, start,
+                                                     training_reference, profile)
     summary = interval.monitor_interval(
-        config, settings, tenant, start, end, version, reference, settings.state_dir / "reports",
-        reference_metrics=reference_metrics, engine=engine, profile=profile)
+        config, settings, tenant, start, end, version, reference, settings.reports_dir,
+        reference_metrics=reference_metrics, engine=engine, profile=profile,
+        threshold=registry.decision_threshold(client, config, version), reference_id=reference_id,
+        estimation_reference=training_reference)
     report = summary.get("report_uri")
     if report and Path(report).is_file():
         run_id = client.get_model_version(config.model_name, version).run_id

@@ -37,7 +37,10 @@ from airloop.training.evaluation import (
     predict_latency_ms,
     write_plots,
 )
-from airloop.training.search import best_config, fit_best, open_study, run_worker, split_holdout, study_history
+from airloop.registry.tags import decision_tags
+from airloop.training.decision import decision_line, fit_decided
+from airloop.training.importance import importance_line, log_importances
+from airloop.training.search import best_config, open_study, run_worker, split_holdout, study_history
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +73,17 @@ def extract(config: PipelineConfig, as_of: str, settings: Settings, window: int 
     ``as_of`` (quarantined days excluded).
 
     A wrong pipeline file (misspelled column, type no value has, stale suite) raises
-    :class:`airloop.core.pipeline.ConfigurationError` within seconds: not worth a retry.
+    :class:`airloop.core.pipeline.ConfigurationError` within seconds: not worth a retry. So does
+    a partition file that is empty or cannot be read (:class:`ValidationFailed`, its day
+    quarantined with copies of its files and the reason, :func:`~airloop.data.quarantine.quarantine_unreadable`).
     """
+    from airloop.core.timeutil import day_start
     from airloop.data.check import ensure_pipeline_ok
-    from airloop.data.quarantine import revalidate_quarantined
+    from airloop.data.integrity import failure_report
+    from airloop.data.quarantine import quarantine_unreadable, revalidate_quarantined, unreadable_failure
     from airloop.data.snapshot import window_days
-    from airloop.data.sources import ExtractError
-    from airloop.data.validation import release_hint
+    from airloop.data.sources import ExtractError, UnreadableFile, UnreadablePartitions
+    from airloop.data.validation import load_suite, release_hint, validation_fingerprint
 
     day = date.fromisoformat(as_of)
     ensure_pipeline_ok(config, settings, as_of=day)
@@ -87,6 +94,18 @@ def extract(config: PipelineConfig, as_of: str, settings: Settings, window: int 
     excluded = quarantined_days(config, settings)
     try:
         snapshot = extract_window(config, day, settings, window=window, exclude=excluded)
+    except UnreadablePartitions as err:
+        folders = quarantine_unreadable(config, err.files, settings, day_start(day).isoformat(),
+                                        validation_fingerprint(config, load_suite(config, settings)))
+        report = failure_report(config, [unreadable_failure(e) for e in err.files.values()], settings)
+        log.error("%s as of %s: unreadable partition file(s), quarantined in %s:\n%s", config.name, as_of,
+                  [str(f) for f in folders], report)
+        raise ValidationFailed(f"{config.name} as of {as_of}: {len(err.files)} partition file(s) cannot be read "
+                               f"(quarantined {[d.isoformat() for d in err.files]}, not retried):\n{report}\n"
+                               f"{release_hint(config.name)}") from err
+    except UnreadableFile as err:  # an unpartitioned source: the file holds every day, none to quarantine
+        raise ValidationFailed(f"{err} (not retried; nothing quarantined: the file holds every day of the "
+                               "window): fix or replace the file, then run again") from err
     except ExtractError as err:
         held = sorted(d.isoformat() for d in excluded if d in days)
         if not held:
@@ -100,26 +119,43 @@ def extract(config: PipelineConfig, as_of: str, settings: Settings, window: int 
 
 # ----------------------------------------------------------------------------------- validate
 def validate(config: PipelineConfig, snapshot: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Run the GX suite on every day of the snapshot; quarantine and raise on failure."""
+    """Run the GX suite on every day of the snapshot; quarantine and raise on failure. Then the
+    window check: the days that passed must hold at least 2 classes among the labels training
+    will see (:func:`airloop.data.integrity.window_class_problem`); if not, the run stops with
+    nothing quarantined (no single day is at fault)."""
     from datetime import datetime, timezone
+
+    from airloop.data.integrity import failure_report, window_class_problem
 
     partitions = load_snapshot_days(snapshot)
     interval_end = datetime.fromisoformat(snapshot["as_of"]).replace(tzinfo=timezone.utc)
     outcome = validate_partitions(config, partitions, interval_end, settings)
+    passed = {d: f for d, f in partitions.items() if d not in set(outcome.failed_days)}
+    window_problem = window_class_problem(config, passed, interval_end.date())
     summary = {
-        "success": outcome.success,
+        "success": outcome.success and window_problem is None,
         "result_path": str(outcome.result_path),
         "failed_days": [d.isoformat() for d in outcome.failed_days],
         "statistics": outcome.statistics,
+        "window_problem": window_problem,
     }
+    window_text = f"\nthe training window: {window_problem}" if window_problem else ""
     if not outcome.success:
         copies = quarantine_partitions(config, partitions, outcome, settings)
-        message = format_failures(outcome)
+        message = failure_report(config, outcome.failures, settings)
         log.error("validation failed for %s as of %s:\n%s\nquarantined: %s\nresult: %s",
-                  config.name, snapshot["as_of"], message, [str(c) for c in copies], outcome.result_path)
+                  config.name, snapshot["as_of"], format_failures(outcome), [str(c) for c in copies],
+                  outcome.result_path)
         raise ValidationFailed(f"{config.name} as of {snapshot['as_of']}: data failed validation "
-                               f"(quarantined {summary['failed_days']}; result {outcome.result_path}):\n{message}\n"
-                               f"{release_hint(config.name)}")
+                               f"(quarantined {summary['failed_days']}; result {outcome.result_path}):\n{message}"
+                               f"{window_text}\n{release_hint(config.name)}")
+    if window_problem:
+        log.error("validation failed for %s as of %s: %s", config.name, snapshot["as_of"], window_problem)
+        raise ValidationFailed(f"{config.name} as of {snapshot['as_of']}: the training window cannot be used "
+                               f"(nothing quarantined: no single day is at fault; result {outcome.result_path}): "
+                               f"{window_problem}. Check the label export of column '{config.target}' in "
+                               f"{config.source.pattern if config.source.kind == 'files' else 'the SQL source'}, "
+                               f"or train on a longer window (the form's window_days).")
     return summary
 
 
@@ -243,9 +279,12 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
     frame = load_snapshot(snapshot, config)
     train, holdout = split_holdout(config, frame, snapshot["as_of"])
     best = best_config(plan["storage"], plan["study_name"], config)
-    model = fit_best(config, train, best)
-    metrics = holdout_metrics(config, model, holdout) | predict_latency_ms(config, model, holdout)
+    decided = fit_decided(config, train, best)  # calibrated as configured; threshold tuned out of fold
+    model, decision, threshold = decided.model, decided.decision, decided.decision.get("threshold")
+    metrics = holdout_metrics(config, model, holdout, threshold) | predict_latency_ms(config, model, holdout)
     metrics["cv_best"] = best["value"]
+    if decision:
+        log.info("decision: %s", decision_line(decision, decided.cv))
     train_rows = len(train)
 
     client = registry_client.get_client(settings)
@@ -256,7 +295,9 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
         try:
             with quiet_skops():
                 champ_model = registry_client.load_sklearn_model(settings, config.model_name, champion_version.version)
-            champion = {"version": str(champion_version.version), "metrics": json_safe(holdout_metrics(config, champ_model, holdout))}
+            champ_threshold = registry_client.decision_threshold(client, config, champion_version.version)
+            champion = {"version": str(champion_version.version),
+                        "metrics": json_safe(holdout_metrics(config, champ_model, holdout, champ_threshold))}
         except Exception as err:  # noqa: BLE001 - a champion that cannot score is recorded, not fatal
             champion_error = f"{type(err).__name__}: {err}"
             log.warning("champion v%s could not score the holdout: %s", champion_version.version, champion_error)
@@ -282,14 +323,16 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
                          "best.n_finished_trials": best["n_finished"],
                          **{f"best.param.{k}": registry_client.param_value(v) for k, v in best["params"].items()}})
         mlflow.log_metrics({f"holdout_{k}": v for k, v in json_safe(metrics).items() if v is not None}
-                           | {"train_rows": train_rows})
+                           | {"train_rows": train_rows} | {k: v for k, v in json_safe(decided.cv).items() if v is not None})
+        if decision:  # the threshold is a setting of the version, not a metric to rank
+            mlflow.set_tags(decision_tags(decision))
         if champion:
             mlflow.log_metrics({f"champion_holdout_{k}": v for k, v in champion["metrics"].items() if v is not None})
         with tempfile.TemporaryDirectory() as tmp:
             history = study_history(plan["storage"], plan["study_name"], config)
-            for path in write_plots(config, model, holdout, history, Path(tmp)):
+            for path in write_plots(config, model, holdout, history, Path(tmp), threshold=threshold):
                 mlflow.log_artifact(str(path), artifact_path="plots")
-            reference = reference_frame(config, model, train)
+            reference = reference_frame(config, model, train, holdout)
             reference.to_parquet(Path(tmp) / REFERENCE_FILE, index=False)
             mlflow.log_artifact(str(Path(tmp) / REFERENCE_FILE), artifact_path=REFERENCE_DIR)
             from airloop.monitoring.reference import build_reference_profile  # the drift fast path's statistics
@@ -298,10 +341,14 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
             mlflow.log_artifact(str(Path(tmp) / PROFILE_FILE), artifact_path=REFERENCE_DIR)
             (Path(tmp) / "evaluation.json").write_text(json.dumps(
                 {"metrics": json_safe(metrics), "champion": champion, "champion_error": champion_error,
-                 "best": best, "holdout_rows": len(holdout), "train_rows": len(train)}, indent=2, default=str))
+                 "best": best, "decision": decision, "cv": json_safe(decided.cv), "holdout_rows": len(holdout), "train_rows": len(train)}, indent=2, default=str))
             mlflow.log_artifact(str(Path(tmp) / "evaluation.json"))
+        try:  # global importances of the version: importance/permutation_importance.{json,png}
+            log.info("%s", importance_line(log_importances(config, model, holdout)))
+        except Exception as err:  # noqa: BLE001 - a diagnostic; the candidate is logged without it
+            log.warning("permutation importances not logged: %s: %s", type(err).__name__, err)
         # skops + the pipeline's typed signature and input example + a pyfunc answering probabilities
-        info = log_sklearn_model(config, model, X_train)
+        info = log_sklearn_model(config, model, X_train, decision=decision)
     log.info("candidate model logged to MLflow run %s as %s", plan["parent_run_id"], info.model_uri)
     return {
         "run_id": plan["parent_run_id"],
@@ -311,6 +358,7 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
         "champion": champion,
         "champion_error": champion_error,
         "train_rows": train_rows,
+        "decision": decision,
     }
 
 
@@ -333,6 +381,7 @@ def register(config: PipelineConfig, snapshot: dict[str, Any], validation: dict[
         "airloop.replaces": (evaluation.get("champion") or {}).get("version", ""),
         "airloop.snapshot": snapshot["path"],
         "airloop.reference_artifact": f"{REFERENCE_DIR}/{REFERENCE_FILE}",
+        **decision_tags(evaluation.get("decision") or {}),
         **{f"airloop.{k}": v for k, v in run_context.items() if v},
     }
     version = registry_client.register_version(client, config.model_name, evaluation["model_uri"], evaluation["run_id"],
@@ -360,13 +409,33 @@ def promote(config: PipelineConfig, registration: dict[str, Any], evaluation: di
              "; forced by operator" if force else "")
     if run_context.get("trigger_reason"):
         log.info("run triggered because %s", run_context["trigger_reason"])
-    evidence = {"metrics": evaluation["metrics"], "champion": evaluation.get("champion"),
-                "champion_error": evaluation.get("champion_error"), "train_rows": evaluation.get("train_rows")}
     result = lifecycle.promote_along_path(
-        config, settings, registration["version"], evidence, actor=actor, interval_key=registration["interval_key"],
-        run_context=run_context, force=force)
+        config, settings, registration["version"], promotion_evidence(evaluation), actor=actor,
+        interval_key=registration["interval_key"], run_context=run_context, force=force)
     for line in promotion_lines(config, registration["version"], result):
         log.info("%s", line)
+    return result
+
+
+def promotion_evidence(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The training run's evidence for the gates (its holdout metrics, the champion on the same holdout)."""
+    return {"metrics": evaluation["metrics"], "champion": evaluation.get("champion"),
+            "champion_error": evaluation.get("champion_error"), "train_rows": evaluation.get("train_rows")}
+
+
+def promote_approved(config: PipelineConfig, registration: dict[str, Any], evaluation: dict[str, Any],
+                     settings: Settings, held: dict[str, Any], approval: dict[str, Any] | None, actor: str,
+                     run_context: dict[str, str], force: bool = False) -> dict[str, Any]:
+    """After an approval task: resume the walk of :func:`promote` with the approved environment
+    (gates judged again, the approver in the ledger); ``held`` unchanged when nothing was asked."""
+    from airloop.tasks.approval import promote_after_approval
+
+    result = promote_after_approval(config, settings, held, approval, requested_by=actor, run_context=run_context,
+                                    force=force, walk={"evidence": promotion_evidence(evaluation),
+                                                       "interval_key": registration["interval_key"]})
+    if result is not held:
+        for line in promotion_lines(config, registration["version"], result):
+            log.info("%s", line)
     return result
 
 
@@ -393,5 +462,7 @@ def promotion_lines(config: PipelineConfig, version: str, result: dict[str, Any]
         else:
             champion = f"champion ({serving}) stays {'v' + last['previous'] if last['previous'] else 'none'}"
     reached = ", ".join(result["reached"]) or "no environment"
+    if result.get("awaiting_approval"):
+        champion += f"; {result['awaiting_approval']} awaits a person's approval (Airflow: Required Actions)"
     lines.append(f"result: v{version} reached {reached}; {champion}")
     return lines

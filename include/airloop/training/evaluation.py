@@ -9,15 +9,48 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from airloop.core.metrics import higher_is_better
+from airloop.core.metrics import higher_is_better, is_quality_metric
 from airloop.core.pipeline import PipelineConfig
 from airloop.data.features import features_and_target
-from airloop.models.scoring import positive_class, scores_from_probabilities
+from airloop.models.scoring import decide, positive_class, scores_from_probabilities
 
 
-def holdout_metrics(config: PipelineConfig, model, holdout: pd.DataFrame) -> dict[str, float]:
-    """Quality metrics of ``model`` on the holdout, by task type, plus the study's CV metric."""
+def _labels_like(y: pd.Series, labels: np.ndarray) -> np.ndarray:
+    """Decided labels (:func:`airloop.models.scoring.decide`) with the dtype of the target."""
+    try:
+        return np.asarray(labels).astype(y.dtype)
+    except (TypeError, ValueError):
+        return np.asarray(labels)
+
+
+def class_probabilities(config: PipelineConfig, proba: np.ndarray, classes: Any) -> np.ndarray:
+    """``predict_proba`` columns reordered to ``config.classes`` (what :func:`decide` takes)."""
+    keys = [str(c) for c in classes]
+    return np.asarray(proba)[:, [keys.index(str(c)) for c in config.classes]]
+
+
+def decided_labels(config: PipelineConfig, model, X: pd.DataFrame, y: pd.Series, threshold: float | None) -> np.ndarray:
+    """The labels ``model`` serves for ``X``: binary at ``threshold``, multi-class by ``decide``."""
+    proba = model.predict_proba(X)
+    if config.task == "binary_classification":
+        scores = scores_from_probabilities(config, proba, model.classes_)
+    else:
+        scores = class_probabilities(config, proba, model.classes_)
+    return _labels_like(y, decide(config, scores, threshold))
+
+
+def holdout_metrics(config: PipelineConfig, model, holdout: pd.DataFrame, threshold: float | None = None
+                    ) -> dict[str, float]:
+    """Quality metrics of ``model`` on the holdout, by task type, plus the study's CV metric.
+
+    Classification labels are the served ones (:func:`airloop.models.scoring.decide`): binary at
+    the version's ``threshold`` (None: 0.5), so accuracy, f1_macro, f1, precision and recall are
+    decision metrics at the served threshold; binary tasks add ``positive_predictions`` (rows
+    flagged), ``brier`` and ``ece`` (expected calibration error) of the served score, and
+    ``expected_cost`` per row with a ``cost`` objective."""
     from sklearn import metrics as m
+
+    from airloop.training.decision import expected_calibration_error
 
     X, y = features_and_target(config, holdout)
     out: dict[str, float] = {"rows": float(len(holdout))}
@@ -30,7 +63,7 @@ def holdout_metrics(config: PipelineConfig, model, holdout: pd.DataFrame) -> dic
         }
     else:
         proba = model.predict_proba(X)
-        pred = model.predict(X)
+        pred = decided_labels(config, model, X, y, threshold)
         out |= {
             "accuracy": float(m.accuracy_score(y, pred)),
             "f1_macro": float(m.f1_score(y, pred, average="macro", zero_division=0)),
@@ -39,19 +72,29 @@ def holdout_metrics(config: PipelineConfig, model, holdout: pd.DataFrame) -> dic
             label = positive_class(config)
             positive = scores_from_probabilities(config, proba, model.classes_)  # the served score
             both = len(np.unique(y)) == 2
+            is_positive = (np.asarray(y).astype(str) == str(label)).astype(int)
+            flagged = np.asarray(pred).astype(str) == str(label)
             out |= {
                 "roc_auc": float(m.roc_auc_score(y, positive)) if both else float("nan"),
                 "pr_auc": float(m.average_precision_score(y, positive, pos_label=label)) if both else float("nan"),
                 "f1": float(m.f1_score(y, pred, pos_label=label, zero_division=0)),
                 "precision": float(m.precision_score(y, pred, pos_label=label, zero_division=0)),
                 "recall": float(m.recall_score(y, pred, pos_label=label, zero_division=0)),
+                "positive_predictions": float(flagged.sum()),
                 "log_loss": float(m.log_loss(y, proba, labels=model.classes_)),
                 "brier": float(m.brier_score_loss(y, positive, pos_label=label)),
+                "ece": expected_calibration_error(is_positive, positive),
             }
+            cost = config.training.decision.cost
+            if cost is not None:
+                fp = float((flagged & (is_positive == 0)).sum())
+                fn = float((~flagged & (is_positive == 1)).sum())
+                out["expected_cost"] = (cost.fp * fp + cost.fn * fn) / max(len(y), 1)
         else:
             out["roc_auc_ovr"] = float(m.roc_auc_score(y, proba, multi_class="ovr", labels=model.classes_))
             out["log_loss"] = float(m.log_loss(y, proba, labels=model.classes_))
-    out[config.training.metric] = float(m.get_scorer(config.training.metric)(model, X, y))
+    if config.training.metric not in out:  # a decision metric (f1, accuracy, ...) stays the one at the threshold
+        out[config.training.metric] = float(m.get_scorer(config.training.metric)(model, X, y))
     return out
 
 
@@ -68,13 +111,16 @@ def predict_latency_ms(config: PipelineConfig, model, frame: pd.DataFrame, n: in
     return {"latency_p50_ms": float(np.percentile(timings, 50)), "latency_p95_ms": float(np.percentile(timings, 95))}
 
 
-def write_plots(config: PipelineConfig, model, holdout: pd.DataFrame, history: pd.DataFrame | None, out_dir: Path) -> list[Path]:
-    """Diagnostic PNGs: confusion matrix, ROC and PR (classification) or residuals (regression),
-    permutation importances and the Optuna optimisation history."""
+def write_plots(config: PipelineConfig, model, holdout: pd.DataFrame, history: pd.DataFrame | None, out_dir: Path,
+                threshold: float | None = None) -> list[Path]:
+    """Diagnostic PNGs: confusion matrix (at the served ``threshold``), ROC, PR and the reliability
+    diagram (classification) or residuals (regression), permutation importances and the Optuna
+    optimisation history."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from sklearn.calibration import CalibrationDisplay
     from sklearn.inspection import permutation_importance
     from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
@@ -97,14 +143,22 @@ def write_plots(config: PipelineConfig, model, holdout: pd.DataFrame, history: p
         save(fig, "residuals.png")
     else:
         fig, ax = plt.subplots(figsize=(5, 4))
-        ConfusionMatrixDisplay.from_estimator(model, X, y, ax=ax, colorbar=False)
-        ax.set_title("Confusion matrix (holdout)")
+        ConfusionMatrixDisplay.from_predictions(y, decided_labels(config, model, X, y, threshold), ax=ax,
+                                                colorbar=False, labels=list(config.classes))
+        at = f" at threshold {threshold:.3f}" if config.task == "binary_classification" and threshold is not None else ""
+        ax.set_title(f"Confusion matrix (holdout{at})")
         save(fig, "confusion_matrix.png")
         if config.task == "binary_classification" and y.nunique() == 2:
             for display, name in ((RocCurveDisplay, "roc_curve.png"), (PrecisionRecallDisplay, "pr_curve.png")):
                 fig, ax = plt.subplots(figsize=(5, 4))
                 display.from_estimator(model, X, y, ax=ax, pos_label=config.classes[-1])
                 save(fig, name)
+            fig, ax = plt.subplots(figsize=(5, 4))
+            score = scores_from_probabilities(config, model.predict_proba(X), model.classes_)
+            CalibrationDisplay.from_predictions(y, score, n_bins=10, pos_label=config.classes[-1], ax=ax,
+                                                name="served score")
+            ax.set_title("Reliability diagram (holdout)")
+            save(fig, "reliability_diagram.png")
 
     sample = min(len(X), 2000)
     imp = permutation_importance(
@@ -142,10 +196,6 @@ def json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ readable task-log lines
-#: Holdout entries that are not quality metrics (shown on their own lines, or not at all).
-_NOT_QUALITY = {"rows", "cv_best", "latency_p50_ms", "latency_p95_ms"}
-
-
 def _figure(value: Any) -> str:
     """``0.8712`` for a float, ``120`` for an int, ``n/a`` for a missing or NaN value."""
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
@@ -164,7 +214,7 @@ def format_params(params: dict[str, Any]) -> str:
 
 def format_metrics(metrics: dict[str, Any], first: str | None = None) -> str:
     """``roc_auc 0.8790, accuracy 0.9512, ...``: quality metrics, ``first`` (the training metric) first."""
-    keys = [k for k in metrics if k not in _NOT_QUALITY and k != first]
+    keys = [k for k in metrics if is_quality_metric(k) and k != first]  # counts and latency on their own lines
     if first in metrics:
         keys.insert(0, first)
     return ", ".join(f"{k} {_figure(metrics[k])}" for k in keys)

@@ -51,7 +51,7 @@ def test_check_reports_every_file_and_exits_1(project, capsys):
     [report] = json.loads(capsys.readouterr().out)
     assert report["pipeline"] == "claims_fraud" and report["ok"] is False and report["sample"] is None
     assert [f["message"] for f in report["findings"] if f["level"] == "error"] == [
-        "include/gx/claims_fraud.suite.json is out of date (4 expectation(s) to add, 4 to remove): run `make suite`"]
+        "include/gx/claims_fraud.suite.json is out of date (5 expectation(s) to add, 5 to remove): run `make suite`"]
 
 
 def test_suite_writes_every_good_file_and_reports_the_bad_ones(project, capsys):

@@ -99,6 +99,11 @@ def _regression(raw: dict) -> dict:
     raw.update(task="regression")
     raw.pop("classes")
     raw["training"]["metric"] = "neg_root_mean_squared_error"
+    for binary_only in ("decision", "calibration"):  # the demo's decision threshold and calibration
+        raw["training"].pop(binary_only, None)
+    raw["promotion"]["thresholds"] = {"rmse": 100.0}  # gates name metrics of the task
+    for env in raw["promotion"].get("environments", []):
+        env.pop("thresholds", None)
     raw["training"]["search_space"] = {"ridge": {"alpha": {"type": "float", "low": 0.1, "high": 10.0}},
                                        "random_forest": {"n_estimators": {"type": "int", "low": 10, "high": 50}}}
     return raw

@@ -50,8 +50,8 @@ def columns(engine: sa.Engine, table: str) -> set[str]:
     return {c["name"] for c in sa.inspect(engine).get_columns(table)}
 
 
-def test_migration_7_is_the_latest_and_adds_the_out_of_domain_columns(engine):
-    assert [v for v, *_ in store.MIGRATIONS][-1] == 7
+def test_migration_7_adds_the_out_of_domain_columns(engine):
+    assert 7 in [v for v, *_ in store.MIGRATIONS]
     build_v6_store(engine)
     assert not any(set(cols) & columns(engine, t) for t, cols in ADDED.items())
     with engine.begin() as conn:  # a row written by a release before migration 7

@@ -7,6 +7,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from airloop.core import store
 from airloop.core.settings import load_settings
@@ -48,18 +49,63 @@ def test_champion_at_uses_business_time(local):
     assert audit.champion_at(engine, "claims_fraud", utc(date(2026, 4, 30))) == "1"
 
 
-def drift_summary(day: date) -> dict:
-    return {"interval_end": utc(day + timedelta(days=1)).isoformat(),
-            "alerts": [{"rule": "input_drift", "severity": "high", "message": f"drift on {day}", "retrain": True,
-                        "metric": "drift_share", "op": ">=", "threshold": 0.2, "observed": 0.3, "details": {}}]}
+def drift_summary(day: date, fired: bool = True) -> dict:
+    """An interval summary judging drift (every other rule not judged): input_drift fires or not."""
+    alerts_ = [{"rule": "input_drift", "severity": "high", "message": f"drift on {day}", "retrain": True,
+                "metric": "drift_share", "op": ">=", "threshold": 0.2, "observed": 0.3, "details": {}}]
+    return {"interval_end": utc(day + timedelta(days=1)).isoformat(), "drift_share": 0.3 if fired else 0.0,
+            "alerts": alerts_ if fired else []}
 
 
-def test_alerts_dedup_and_delivery_attempts_are_recorded(local, claims_config):
+def conditions(engine):
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(store.alerts).order_by(store.alerts.c.first_seen)).mappings().all()
+    return [(r["rule"], r["status"], r["first_seen"].date(), r["last_seen"].date(), r["fire_count"],
+             r["closed_at"].date() if r["closed_at"] else None) for r in rows]
+
+
+def test_alert_is_one_row_per_ongoing_condition_opened_updated_closed(local, claims_config):
     settings, engine = local
-    d1, d2 = date(2026, 4, 20), date(2026, 4, 21)
-    rows = alerts.record_alerts(claims_config, settings, utc(d1), drift_summary(d1))
-    assert [(r["rule"], r["delivery_status"]) for r in rows] == [("input_drift", "pending")]
-    assert alerts.record_alerts(claims_config, settings, utc(d1), drift_summary(d1)) == rows  # re-run: same row
+    d = [date(2026, 4, 20) + timedelta(days=i) for i in range(6)]
+    rows = alerts.record_alerts(claims_config, settings, utc(d[0]), drift_summary(d[0]))
+    assert [(r["rule"], r["status"], r["fire_count"], r["delivery_status"]) for r in rows] == \
+        [("input_drift", "open", 1, "pending")]
+    assert alerts.record_alerts(claims_config, settings, utc(d[0]), drift_summary(d[0])) == rows  # re-run: same row
+    alerts.record_alerts(claims_config, settings, utc(d[1]), drift_summary(d[1]))
+    alerts.record_alerts(claims_config, settings, utc(d[2]), {"interval_end": utc(d[3]).isoformat()})  # not judged
+    alerts.record_alerts(claims_config, settings, utc(d[3]), drift_summary(d[3]))
+    assert conditions(engine) == [("input_drift", "open", d[0], d[3], 3, None)]
+    alerts.record_alerts(claims_config, settings, utc(d[4]), drift_summary(d[4], fired=False))
+    assert conditions(engine) == [("input_drift", "closed", d[0], d[3], 3, d[4])]
+    assert alerts.interval_alerts(engine, claims_config, utc(d[4]))[0]["status"] == "closed"  # the interval closed it
+    alerts.record_alerts(claims_config, settings, utc(d[5]), drift_summary(d[5]))  # a new condition
+    assert conditions(engine)[-1] == ("input_drift", "open", d[5], d[5], 1, None)
+    before = conditions(engine)
+    for day in d[:2]:  # re-running earlier intervals changes nothing
+        alerts.record_alerts(claims_config, settings, utc(day), drift_summary(day))
+    assert conditions(engine) == before
+
+
+def test_backfill_in_any_order_gives_the_in_order_conditions(local, claims_config, tmp_path):
+    days = [date(2026, 4, 20) + timedelta(days=i) for i in range(8)]
+    firing = [True, True, False, True, True, True, False, True]
+    results = []
+    for order in (list(range(8)), [7, 3, 0, 5, 1, 6, 2, 4], list(reversed(range(8)))):
+        settings = load_settings({"AIRLOOP_HOME": str(tmp_path), "AIRLOOP_STATE_DIR": str(tmp_path / f"s{order[0]}{order[1]}")})
+        engine = store.get_engine(settings.monitoring_db_uri)
+        for i in order:
+            alerts.record_alerts(claims_config, settings, utc(days[i]), drift_summary(days[i], firing[i]))
+        results.append(conditions(engine))
+    assert results[0] == [("input_drift", "closed", days[0], days[1], 2, days[2]),
+                          ("input_drift", "closed", days[3], days[5], 3, days[6]),
+                          ("input_drift", "open", days[7], days[7], 1, None)]
+    assert results[1] == results[0] and results[2] == results[0]
+
+
+def test_notices_only_on_open_and_close_with_delivery_attempts_recorded(local, claims_config):
+    settings, engine = local
+    d1, d2, d3 = date(2026, 4, 20), date(2026, 4, 21), date(2026, 4, 22)
+    alerts.record_alerts(claims_config, settings, utc(d1), drift_summary(d1))
 
     def broken(alert):
         raise ConnectionError("webhook down")
@@ -73,11 +119,17 @@ def test_alerts_dedup_and_delivery_attempts_are_recorded(local, claims_config):
     (row,) = alerts.interval_alerts(engine, claims_config, utc(d1))
     assert (row["delivery_status"], row["delivery_attempts"], len(sent)) == ("delivered", 2, 1)
     assert alerts.deliver_alerts(claims_config, settings, utc(d1), {"webhook": sent.append}) == {"delivered": 0}
-    # the same rule the next day is the same incident: kept, not delivered again
+    # the same rule the next day is the same condition: updated, not delivered again
     (next_day,) = alerts.record_alerts(claims_config, settings, utc(d2), drift_summary(d2))
-    assert next_day["delivery_status"] == "ongoing"
-    alerts.deliver_alerts(claims_config, settings, utc(d2), {"webhook": sent.append})
-    assert len(sent) == 1
+    assert (next_day["id"], next_day["fire_count"], next_day["delivery_status"]) == (row["id"], 2, "delivered")
+    assert alerts.deliver_alerts(claims_config, settings, utc(d2), {"webhook": sent.append}) == {"delivered": 0}
+    # it clears: one "closed" notice
+    alerts.record_alerts(claims_config, settings, utc(d3), drift_summary(d3, fired=False))
+    assert alerts.deliver_alerts(claims_config, settings, utc(d3), {"webhook": sent.append}) == {"delivered": 1}
+    assert [a["event"] for a in sent] == ["opened", "closed"] and sent[1]["message"].startswith("resolved: input_drift")
+    assert alerts.deliver_alerts(claims_config, settings, utc(d3), {"webhook": sent.append}) == {"delivered": 0}
+    alerts.record_alerts(claims_config, settings, utc(d3), drift_summary(d3, fired=False))  # re-run: nothing new
+    assert alerts.deliver_alerts(claims_config, settings, utc(d3), {"webhook": sent.append}) == {"delivered": 0}
 
 
 def test_retrain_requested_once_then_cool_down(local, claims_config):

@@ -211,7 +211,9 @@ def test_reference_carries_the_calibration(auto_config, trained):
     assert all(e["days"] == 21 and e["fallback"] is None for e in cal["columns"].values())
     assert 0.05 < cal["columns"]["claim_amount"]["threshold"] < 0.5
     assert list(trained.columns) == [*auto_config.features, SCORE_COLUMN, calibration.DAY_COLUMN]
-    assert trained[calibration.DAY_COLUMN].min() == START.isoformat()
+    # the reference: the newest monitoring.reference.training_days of the window (calibrated on all of it)
+    days = auto_config.monitoring.reference.training_days or 21
+    assert trained[calibration.DAY_COLUMN].min() == (START + timedelta(days=21 - days)).isoformat()
 
 
 def test_calibration_survives_parquet_profile_and_load(auto_config, trained, tmp_path):

@@ -289,7 +289,7 @@ def test_rules_fire_only_on_present_metrics(config):
     fired = {a["rule"]: a for a in rules.evaluate_rules(config, loud)}
     assert set(fired) == {"input_drift", "prediction_drift", "performance_drop", "volume_anomaly", "error_rate", "latency"}
     drift = fired["input_drift"]
-    assert drift["severity"] == "high" and drift["retrain"] is True and drift["observed"] == 0.3
+    assert drift["severity"] == "high" and drift["retrain"] is False and drift["observed"] == 0.3  # drift alone: alert, no retrain
     assert "drift_share = 0.3 >= 0.2" in drift["message"]
     assert "claim_amount, customer_age, channel, policy_tenure_days" in drift["message"]
     assert "prediction_drift = 0.56 >= 0.2" in fired["prediction_drift"]["message"]
@@ -562,7 +562,17 @@ def test_monitor_interval_upserts_rows_and_reruns_identically(config, settings, 
     assert json.loads(run["reference_performance"]) == {"accuracy": 0.9, "roc_auc": 0.95}
     assert run["report_uri"] == summary["report_uri"] and os.path.getsize(run["report_uri"]) > 10_000
     assert {a["rule"] for a in summary["alerts"]} >= {"input_drift", "prediction_drift"}
-    assert "input_drift" in run["retrain_reason"] and summary["retrain"]
+    # drift alone does not retrain (default policy); the realized and the estimated drop do
+    assert "input_drift" not in run["retrain_reason"] and "performance_drop" in run["retrain_reason"]
+    assert summary["retrain"]
+    # the label-free estimate of the version's served rows, stored beside the realized figures
+    est = summary["estimated"]
+    assert est["metric"] == "roc_auc" and est["rows"] == len(preds) and est["low"] <= est["value"] <= est["high"]
+    assert est["reference"] == 0.95 and summary["estimated_performance_drop"] == pytest.approx((0.95 - est["high"]) / 0.95)
+    assert run["estimated_value"] == pytest.approx(est["value"]) and run["estimated_metric"] == "roc_auc"
+    assert set(json.loads(run["estimated_performance"])["metrics"]) == {"roc_auc", "f1", "precision", "recall",
+                                                                       "accuracy"}
+    assert run["reference_id"] == "training"
 
     # A re-run rewrites exactly the same rows and touches nothing else; a stale feature row of
     # this interval (e.g. a feature since removed from the config) is dropped.

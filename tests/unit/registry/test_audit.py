@@ -98,16 +98,19 @@ def test_lineage_gathers_tags_metrics_params_and_ledger(pipe):
 
 
 def test_compare_versions_ranks_each_metric_in_its_own_direction(pipe):
-    a = pipe.add_version(0.80, log_loss=0.40, latency_p95_ms=5.0, brier=0.10, rmse=1.0, params={"C": "1.0"},
+    a = pipe.add_version(0.80, log_loss=0.40, latency_p95_ms=5.0, brier=0.10, rmse=1.0, rows=900, params={"C": "1.0"},
                          tags={"airloop.data_interval": "2026-01-04/2026-03-01", "airloop.estimator": "lr"})
-    b = pipe.add_version(0.85, train_rows=7000, log_loss=0.45, latency_p95_ms=4.0, brier=0.10, pr_auc=0.3,
+    b = pipe.add_version(0.85, train_rows=7000, log_loss=0.45, latency_p95_ms=4.0, brier=0.10, pr_auc=0.3, rows=1200,
                          params={"C": "0.5", "max_iter": "300"}, tags={"airloop.estimator": "lr"})
     result = audit.compare_versions(pipe.config, pipe.store.settings, a, b)
     metrics = result["metrics"]
     assert (result["a"], result["b"]) == (a, b)
     assert metrics["roc_auc"]["delta"] == pytest.approx(0.05) and metrics["roc_auc"]["better"] == b  # higher wins
     assert metrics["log_loss"]["delta"] == pytest.approx(0.05) and metrics["log_loss"]["better"] == a  # lower wins
-    assert metrics["latency_p95_ms"]["better"] == b  # latency: lower wins
+    # counts and latency are figures, never ranked as quality (core.metrics.is_quality_metric)
+    assert "latency_p95_ms" not in metrics and "rows" not in metrics
+    assert result["figures"]["latency_p95_ms"] == {"a": 5.0, "b": 4.0, "delta": pytest.approx(-1.0)}
+    assert result["figures"]["rows"] == {"a": 900.0, "b": 1200.0, "delta": 300.0}
     assert metrics["brier"] == {"a": 0.10, "b": 0.10, "delta": 0.0, "better": None}  # a tie
     assert metrics["rmse"] == {"a": 1.0, "b": None, "delta": None, "better": None}
     assert metrics["pr_auc"]["better"] is None

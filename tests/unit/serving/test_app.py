@@ -799,6 +799,11 @@ def test_feedback_of_a_regression_pipeline_needs_numbers(tmp_path: Path, registr
     raw.pop("classes")
     raw["training"]["metric"] = "neg_root_mean_squared_error"
     raw["training"]["search_space"].pop("logistic_regression")  # a classifier only
+    for binary_only in ("decision", "calibration"):  # the demo's decision threshold and calibration
+        raw["training"].pop(binary_only, None)
+    raw["promotion"] = {k: v for k, v in raw["promotion"].items() if k != "thresholds"}  # roc_auc gates
+    for env in raw["promotion"].get("environments", []):
+        env.pop("thresholds", None)
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp_path / 'monitoring.db'}"
     settings = _settings(tmp_path, registry.uri, AIRLOOP_PIPELINE=name, AIRLOOP_PIPELINES_DIR=str(tmp_path),

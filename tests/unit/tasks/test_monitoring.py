@@ -129,11 +129,13 @@ def test_alert_task_fails_on_a_failed_delivery_and_retries_it(local, claims_conf
     with engine.connect() as conn:
         (row,) = conn.execute(sa.select(store.alerts)).mappings().all()
     assert (row["delivery_status"], row["delivery_attempts"]) == ("delivered", 2)
-    # the same rule the next day is an ongoing incident: recorded, not delivered again
+    # the same rule the next day is the same open condition: updated (fire_count 2), not delivered again
     nxt = day + timedelta(days=1)
     assert tasks.alert(claims_config, settings, utc(nxt), _summary(nxt, "input_drift"),
                        {"webhook": sent.append}) == {"delivered": 0}
-    assert len(sent) == 1 and _count(engine, store.alerts) == 2
+    assert len(sent) == 1 and _count(engine, store.alerts) == 1
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(store.alerts.c.status, store.alerts.c.fire_count)).one() == ("open", 2)
 
 
 def test_alert_task_without_senders_keeps_alerts_unrouted(local, claims_config):

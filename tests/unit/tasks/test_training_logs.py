@@ -118,7 +118,10 @@ def test_evaluate_log_states_the_best_trial_the_holdout_and_the_champion(run):
     assert any(line.startswith("candidate latency: p50 ") for line in lines)
     assert "champion: none yet; prod compares the candidate with its thresholds only" in lines
     assert set(run.out["evaluate"]) == {"run_id", "model_uri", "metrics", "best", "champion", "champion_error",
-                                        "train_rows"}
+                                        "train_rows", "decision"}
+    decision = run.out["evaluate"]["decision"]  # the tuned threshold travels to register (version tags)
+    assert decision["objective"] == "max_f1" and 0 < decision["threshold"] < 1
+    assert any(line.startswith(f"decision: threshold {decision['threshold']:.4f} (max_f1; CV f1 ") for line in lines)
 
 
 def test_promote_log_gives_the_verdict_per_environment(run):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from airloop.serving.routes import abtest, admin, feedback, metrics, model, predict
+from airloop.serving.routes import abtest, admin, explain, feedback, metrics, model, predict
 
 #: Every router of the serving app, in the order ``create_app`` includes them.
 ROUTERS: tuple[APIRouter, ...] = (
-    predict.router, feedback.router, model.router, admin.router, abtest.router, metrics.router,
+    predict.router, feedback.router, model.router, admin.router, abtest.router, metrics.router, explain.router,
 )

@@ -20,7 +20,7 @@ from airloop.serving.handlers import (
     shadow_score,
     wants_key_header,
 )
-from airloop.serving.predict import prepare_job
+from airloop.serving.predict import PredictResponse, prepare_job
 from airloop.serving.responses import _json, not_ready
 from airloop.serving.runtime import ActiveTest
 from airloop.serving.schema import PredictRequest, parse_predict_request, request_key_header, request_tenant
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-@router.post(protocol.PREDICT)
+@router.post(protocol.PREDICT, responses={200: {"model": PredictResponse, "description": "The predictions"}})
 async def predict(request: Request, ctx: PredictContextDep) -> Response:
     """Predict one record or ``{"records": [...], "request_ids"?: [...], "event_ts"?: [...]}``."""
     manager, batcher, metrics = ctx.manager, ctx.batcher, ctx.metrics
