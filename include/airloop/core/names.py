@@ -16,3 +16,11 @@ SHADOW = "shadow"
 FALLBACK = "fallback"
 #: Aliases with a fixed meaning that environments may not take.
 RESERVED_ALIASES = frozenset({CHAMPION, CHALLENGER})
+
+#: ``status`` of a ``predictions`` row: answered.
+PREDICTION_OK = "ok"
+#: ``status`` of the one row of a request the model failed on (a model error: counted in ``error_rate``).
+MODEL_ERROR = "error"
+#: ``status`` of the one row of a request that failed because of its own records (a client error:
+#: never counted in ``error_rate``, its alert or the post-deploy guard).
+CLIENT_ERROR = "client_error"

@@ -43,7 +43,7 @@ def daily_lines(engine: sa.Engine, config: PipelineConfig, tenant: str | None = 
         if end is not None:
             closed.setdefault(to_utc(end), []).append(rule)
     binary = config.task == "binary_classification"
-    head = "    day        v   reference        estimated (band)          realized"
+    head = "    day        v   reference          estimated (band)          realized"
     lines = [head + ("   | F1 est (band) realized" if binary else "") + "   alerts / retrain"]
     for row in rows:
         start = to_utc(row["interval_start"])
@@ -51,7 +51,7 @@ def daily_lines(engine: sa.Engine, config: PipelineConfig, tenant: str | None = 
         check = checked.get(start)
         real = json.loads(check["realized_performance"]) if check else {}
         metric = row["estimated_metric"] or "-"
-        text = f"    {start:%Y-%m-%d} v{row['model_version'] or '-':<3} {(row['reference_id'] or '-'):<16} "
+        text = f"    {start:%Y-%m-%d} v{row['model_version'] or '-':<3} {(row['reference_id'] or '-'):<18} "
         if est:
             text += (f"{metric} {_fig(est['value'])} ({_fig(est['low'])}..{_fig(est['high'])})  "
                      f"{_fig(real.get(metric))}")

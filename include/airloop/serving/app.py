@@ -79,6 +79,7 @@ from airloop.serving.handlers import make_batcher
 from airloop.serving.limits import BodyLimitMiddleware
 from airloop.serving.manager import STARTUP_LOAD_WAIT_S, ModelManager
 from airloop.serving.metrics import ServingMetrics, _RequestCounter
+from airloop.serving.openapi import install_openapi
 from airloop.serving.predict import BatchingConfig
 from airloop.serving.predlog import PredictionLogCollector, PredictionLogger, spool_dir_for
 from airloop.serving.routes import ROUTERS
@@ -191,6 +192,7 @@ def create_app(
     app.state.batcher = make_batcher(config.name, score, metrics, prediction_logger, batching)
     for router in ROUTERS:  # the per-resource routers of airloop.serving.routes
         app.include_router(router)
+    install_openapi(app, config)  # the hand-parsed bodies, with this pipeline's features (airloop.serving.openapi)
     mount_offline_docs(app)  # /docs with Swagger UI from swagger_ui_bundle (no CDN)
     app.add_middleware(_RequestCounter, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware)  # 413 for a body over AIRLOOP_SERVING_MAX_BODY_BYTES, unread

@@ -110,10 +110,12 @@ def shadow_score(active: ActiveTest, parsed: PredictRequest, request_ids: list[s
 
 
 def log_failed_prediction(logger: PredictionLogger | None, model: ServedModel, pipeline: str, tenant: str,
-                          parsed: PredictRequest | None, started: float, err: BaseException) -> None:
-    """Log the one ``error`` row of a request whose prediction failed."""
+                          parsed: PredictRequest | None, started: float, err: BaseException,
+                          status: str = names.MODEL_ERROR) -> None:
+    """Log the one error row (``status``: ``error``, or ``client_error``) of a request whose prediction failed."""
     latency_ms = (time.perf_counter() - started) * 1000.0
-    log_rows(logger, [error_row(model, pipeline, tenant, parsed, datetime.now(timezone.utc), latency_ms, err)])
+    log_rows(logger, [error_row(model, pipeline, tenant, parsed, datetime.now(timezone.utc), latency_ms, err,
+                                status)])
 
 
 def predict_answer(metrics: ServingMetrics, model: ServedModel, predictions: list[dict[str, Any]],

@@ -26,6 +26,15 @@ class ServingMetrics:
             "airloop_serving_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"],
             registry=self.registry,
         )
+        self.prediction_errors = Counter(
+            "airloop_serving_prediction_errors",
+            "Failed /predict requests by kind: model (the model failed on valid records: 500, one error row, "
+            "counted in error_rate) or client (a 4xx: the body, a header or the records are invalid, never in "
+            "error_rate).",
+            ["kind"], registry=self.registry,
+        )
+        for kind in ("model", "client"):
+            self.prediction_errors.labels(kind)
         self.latency = Histogram(
             "airloop_serving_prediction_latency_seconds", "Time to validate and predict one request.",
             buckets=_LATENCY_BUCKETS, registry=self.registry,

@@ -168,10 +168,11 @@ def _unchecked(features: dict[str, Any]) -> None:
 
 def error_row(
     model: ServedModel, pipeline: str, tenant: str, parsed: PredictRequest | None, now: datetime,
-    latency_ms: float, err: BaseException,
+    latency_ms: float, err: BaseException, status: str = abtest.MODEL_ERROR,
 ) -> dict[str, Any]:
     """The one ``error`` row of a request whose prediction failed (a fresh request id, so a
-    retry with the client's ids is still logged)."""
+    retry with the client's ids is still logged); ``status`` ``client_error`` when the request's
+    own records made it fail (:data:`airloop.core.names.CLIENT_ERROR`)."""
     records = parsed.records if parsed is not None else []
     features: Any = records[0] if len(records) == 1 else {"batch_size": len(records), "records": records[:10]}
     return {
@@ -186,7 +187,7 @@ def error_row(
         "prediction": None,
         "score": None,
         "latency_ms": latency_ms,
-        "status": "error",
+        "status": status,
         "error": f"{type(err).__name__}: {err}"[:2000],
     }
 

@@ -6,11 +6,55 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 
 if TYPE_CHECKING:
     from airloop.serving.manager import ModelManager
+
+
+class FieldError(BaseModel):
+    """One reason a request was refused: the record or item it concerns (None: the whole body)
+    and the field. FastAPI's own checks (``/explain``'s body) name the field with ``loc``/``msg``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    record: int | None = Field(None, description="Index of the record in the request")
+    item: int | None = Field(None, description="Index of the feedback item in the request")
+    field: str | None = Field(None, description="The field, header or feature (None: the whole body)")
+    message: str | None = None
+    loc: list[str | int] | None = None
+    msg: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """A refused request: ``detail`` lists field errors, or says why in one sentence."""
+
+    model_config = ConfigDict(extra="allow")
+
+    detail: list[FieldError] | str
+    outcome: str | None = Field(None, description="Admin routes: what became of the request")
+    status: str | None = None
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of these error ``codes`` (all :class:`ErrorResponse` bodies)."""
+    return {code: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
+
+
+#: What each error status of the serving API means.
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "A malformed request: a Content-Length that is not a number, or (POST /explain) a body that is not JSON.",
+    401: "A bearer token is required (the tenant's, or the admin token).",
+    403: "The token is not valid here, the X-Tenant is another tenant, or no admin token is configured.",
+    404: "Not found (the field or id is named).",
+    409: "A conflict with the serving state (e.g. A/B tests disabled, a test that could not be loaded).",
+    413: "The body is larger than AIRLOOP_SERVING_MAX_BODY_BYTES, or has more records than AIRLOOP_SERVING_MAX_RECORDS.",
+    422: "The body, a record or a header is invalid: each error names the record and the field.",
+    500: "The model failed on valid records (counted as a model error).",
+    502: "The registry refused or failed the request.",
+    503: "No model is loaded, or the registry / monitoring store is unavailable (retry later).",
+}
 
 
 def _json(content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None,
@@ -32,3 +76,39 @@ def field_errors(err: ValidationError | ValueError) -> list[dict[str, Any]]:
     else:
         errors = [{"loc": (), "msg": str(err)}]
     return [{"field": ".".join(map(str, e["loc"])) or None, "message": e["msg"]} for e in errors]
+
+
+class FeedbackAnswer(BaseModel):
+    """``POST /feedback``'s answer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    written: int = Field(description="Labels written to ground_truth")
+
+
+class ModelInfo(BaseModel):
+    """A loaded version as ``GET /model`` describes it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    version: str
+    alias: str | None = None
+
+
+class ReloadAnswer(BaseModel):
+    """``POST /reload``'s answer: the version now served and the one it replaced."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: ModelInfo
+    previous_version: str | None = None
+
+
+class RefreshAnswer(BaseModel):
+    """``POST /abtest/refresh``'s answer: the tests now routed and, by test id, those that failed to load."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tests: list[dict[str, Any]]
+    errors: dict[str, str]

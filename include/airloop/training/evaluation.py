@@ -114,14 +114,13 @@ def predict_latency_ms(config: PipelineConfig, model, frame: pd.DataFrame, n: in
 def write_plots(config: PipelineConfig, model, holdout: pd.DataFrame, history: pd.DataFrame | None, out_dir: Path,
                 threshold: float | None = None) -> list[Path]:
     """Diagnostic PNGs: confusion matrix (at the served ``threshold``), ROC, PR and the reliability
-    diagram (classification) or residuals (regression), permutation importances and the Optuna
-    optimisation history."""
+    diagram (classification) or residuals (regression) and the Optuna optimisation history
+    (permutation importances are :mod:`airloop.training.importance`'s, logged beside them)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.calibration import CalibrationDisplay
-    from sklearn.inspection import permutation_importance
     from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,17 +158,6 @@ def write_plots(config: PipelineConfig, model, holdout: pd.DataFrame, history: p
                                                 name="served score")
             ax.set_title("Reliability diagram (holdout)")
             save(fig, "reliability_diagram.png")
-
-    sample = min(len(X), 2000)
-    imp = permutation_importance(
-        model, X.head(sample), y.head(sample), n_repeats=3, random_state=config.training.seed,
-        scoring=config.training.metric,
-    )
-    order = np.argsort(imp.importances_mean)
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(order) + 1))
-    ax.barh(np.array(X.columns)[order], imp.importances_mean[order], xerr=imp.importances_std[order])
-    ax.set_title(f"Permutation importance ({config.training.metric}, holdout)")
-    save(fig, "feature_importance.png")
 
     if history is not None and not history.empty and "value" in history:
         done = history.dropna(subset=["value"])

@@ -28,13 +28,14 @@ def create_api_app() -> FastAPI:
     from airloop.serving.docs import mount_offline_docs
 
     from airloop_provider.api import lifecycle, monitoring, pipelines
+    from airloop_provider.api.errors import ERROR_RESPONSES
 
     app = FastAPI(title="airloop lifecycle API", docs_url=None, redoc_url=None,
                   description="The airloop MLOps loop over HTTP. Sign in as for the Airflow UI (its `_token` "
                               "cookie, or `Authorization: Bearer <jwt>` from the API server's `POST /auth/token`); "
                               "machine clients may send `Authorization: Bearer <AIRLOOP_ADMIN_TOKEN>`.")
     for module in (pipelines, monitoring, lifecycle):
-        app.include_router(module.router, prefix=API_PREFIX)
+        app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     # /docs (Swagger UI from swagger_ui_bundle, no CDN) and /openapi.json: open, read-only
     mount_offline_docs(app)
     return app

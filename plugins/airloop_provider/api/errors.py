@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import HTTPException
+from pydantic import BaseModel, ConfigDict
 
 
 def call(fn, *args, lifecycle_status: int = 409, **kwargs) -> Any:
@@ -32,3 +33,21 @@ def environment_or_404(config: Any, environment: str, status: int = 404) -> str:
         raise HTTPException(status, f"environment: pipeline {config.name} has no environment {environment!r} "
                                     f"(it has {names})")
     return environment
+
+
+class ErrorBody(BaseModel):
+    """An error answer: ``detail`` says why (a sentence), or lists FastAPI's field errors (``loc``, ``msg``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    detail: str | list[dict[str, Any]]
+
+
+#: The error answers every route of the API may give (declared in its OpenAPI document).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "A body that is not JSON."},
+    401: {"model": ErrorBody, "description": "Not signed in (no or a bad Airflow token, no admin token)."},
+    403: {"model": ErrorBody, "description": "Signed in, but not allowed for this pipeline or action."},
+    404: {"model": ErrorBody, "description": "No such pipeline, version, report or row."},
+    422: {"model": ErrorBody, "description": "An invalid parameter or body (the field is named)."},
+}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -47,7 +48,7 @@ def create_view_app() -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def error_page(request: Request, exc: StarletteHTTPException) -> HTMLResponse:
         links = _links(request)
-        login = f"{links['airflow']}/auth/login?next={request.url.path}" if exc.status_code == 401 else None
+        login = f"{links['airflow']}/auth/login?next={quote(request.url.path)}" if exc.status_code == 401 else None
         html = render("error.html", links=links, status=exc.status_code, detail=str(exc.detail), login=login)
         return HTMLResponse(html, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 

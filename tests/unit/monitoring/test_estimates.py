@@ -136,3 +136,42 @@ def test_reference_refresh_from_served_traffic(local, claims_config):
     assert refresh.refresh_day(claims_config.model_copy(update={"monitoring": claims_config.monitoring.model_copy(
         update={"reference": claims_config.monitoring.reference.model_copy(update={"refresh": None})})}),
         utc(date(2026, 4, 8))) is None
+
+
+def test_regression_interval_estimate_learns_errors_from_the_reference_holdout(settings):
+    """DLE through the store path: the version's reference rows with realized targets (its holdout)
+    fit the loss model; an interval of harder flights gets a higher estimated MAE than the holdout's."""
+    from airloop.core.pipeline import load_pipeline_config
+    from airloop.monitoring.reference import TARGET_COLUMN
+
+    config = load_pipeline_config(settings.pipelines_dir / "examples" / "flights_arrival_delay.yaml", settings)
+    rng = np.random.default_rng(6)
+
+    def flights(n, long_share):
+        frame = pd.DataFrame({name: rng.integers(0, 23, n) for name, spec in config.features.items()
+                              if spec.type == "int"})
+        for name, spec in config.features.items():
+            if spec.type == "float":
+                frame[name] = rng.uniform(100, 3000, n)
+            elif spec.type == "category":
+                frame[name] = rng.choice([str(v) for v in spec.values], n)
+        long = rng.random(n) < long_share
+        frame["distance"] = np.where(long, 2500.0, 300.0)
+        pred = rng.normal(5, 10, n)
+        actual = pred + rng.normal(0, np.where(long, 40.0, 8.0))
+        return coerce_features(config, frame, fill_missing=True).assign(**{SCORE_COLUMN: pred}), actual
+
+    reference, actual = flights(3000, 0.2)
+    reference[TARGET_COLUMN] = np.where(np.arange(len(reference)) >= 1000, actual, np.nan)  # holdout rows
+    holdout_mae = float(np.abs(actual[1000:] - reference[SCORE_COLUMN].to_numpy()[1000:]).mean())
+    served, served_actual = flights(800, 0.8)
+    est = estimates.interval_estimate(config, served, threshold=None, reference=reference, version="r1",
+                                      holdout={"mae": holdout_mae, "rmse": 20.0})
+    realized = float(np.abs(served_actual - served[SCORE_COLUMN].to_numpy()).mean())
+    assert est["metric"] in ("mae", "rmse") and set(est["metrics"]) == {"mae", "rmse"}
+    mae = est["metrics"]["mae"]
+    assert mae["value"] == pytest.approx(realized, rel=0.15) and mae["value"] > 1.5 * holdout_mae
+    assert est["threshold"] is None and est["drop"] is not None
+    # without holdout targets in the reference there is no regression estimate
+    assert estimates.interval_estimate(config, served, threshold=None, reference=reference.drop(
+        columns=[TARGET_COLUMN]), version="r2", holdout={}) is None

@@ -22,7 +22,8 @@ from airloop.serving.deps import AbTestsDep, ManagerDep, MetricsDep, SettingsDep
 from airloop.serving.handlers import refresh_tests, reload_model
 from airloop.serving.manager import ModelManager, PipelineMounts, new_pipeline_config
 from airloop.serving.metrics import ServingMetrics
-from airloop.serving.responses import _json, field_errors
+from airloop.serving.openapi import body
+from airloop.serving.responses import ReloadAnswer, RefreshAnswer, _json, error_responses, field_errors
 from airloop.serving.runtime import DEFAULT_ALIAS
 from airloop.serving.schema import ReloadRequest
 
@@ -31,7 +32,12 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-@router.post(protocol.RELOAD, dependencies=[Depends(require_admin("reload", lambda m: m.reloads))])
+@router.post(
+    protocol.RELOAD, dependencies=[Depends(require_admin("reload", lambda m: m.reloads))],
+    responses={200: {"model": ReloadAnswer, "description": "The version now served"},
+               **error_responses(400, 401, 403, 404, 409, 413, 422, 500, 503)},
+    openapi_extra=body("reload", "An alias or a version (an empty body or {}: the champion).", required=False),
+)
 async def reload(request: Request, manager: ManagerDep, metrics: MetricsDep) -> Response:
     """Load another version (admin token), smoke-test it and swap it in."""
     return await _reload(await request.body(), manager, metrics)
@@ -102,7 +108,14 @@ async def unknown_pipeline(tenant: str, pipeline: str, rest: str) -> Response:
 
 
 @router.post(protocol.ABTEST_REFRESH,
-             dependencies=[Depends(require_admin("A/B test refresh", lambda m: m.abtest_refreshes))])
+             dependencies=[Depends(require_admin("A/B test refresh", lambda m: m.abtest_refreshes))],
+             responses={200: {"model": RefreshAnswer, "description": "The tests now routed"},
+                        409: {"description": "A/B tests are disabled, or a test could not be loaded "
+                                             "(the answer lists it under errors)",
+                              "content": {"application/json": {"schema": {"anyOf": [
+                                  {"$ref": "#/components/schemas/RefreshAnswer"},
+                                  {"$ref": "#/components/schemas/ErrorResponse"}]}}}},
+                        **error_responses(401, 403, 413, 500, 503)})
 async def abtest_refresh(manager: ManagerDep, metrics: MetricsDep, ab_tests: AbTestsDep) -> Response:
     """Re-read the running tests from the monitoring store (admin token) and route by them."""
     if not ab_tests:

@@ -21,7 +21,8 @@ from airloop.models.trust import ModelLoadError
 from airloop.serving import protocol
 from airloop.serving.deps import ManagerDep, SettingsDep
 from airloop.serving.explanations import ExplainerCache, ExplainRequest, ExplainResponse, explain_request
-from airloop.serving.responses import _json
+from airloop.serving.openapi import TENANT_PARAMETER
+from airloop.serving.responses import ErrorResponse, _json, error_responses
 from airloop.serving.schema import request_tenant
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,13 @@ router = APIRouter()
 _CACHE_LOCK = threading.Lock()
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "Unknown prediction ids (named) or model version."},
-    409: {"description": "The model cannot be explained (e.g. no background rows for its method)."},
-    413: {"description": "More records or ids than /predict accepts."},
-    422: {"description": "Invalid body, records or class (the field is named)."},
-    503: {"description": "No model loaded, or the registry / monitoring store unavailable."},
+    **error_responses(400, 401, 403, 500),
+    404: {"model": ErrorResponse, "description": "Unknown prediction ids (named) or model version."},
+    409: {"model": ErrorResponse, "description": "The model cannot be explained (e.g. no background rows for its "
+                                                 "method)."},
+    413: {"model": ErrorResponse, "description": "More records or ids than /predict accepts."},
+    422: {"model": ErrorResponse, "description": "Invalid body, records or class (the field is named)."},
+    503: {"model": ErrorResponse, "description": "No model loaded, or the registry / monitoring store unavailable."},
 }
 
 
@@ -49,7 +52,8 @@ def _cache(request: Request, manager: Any) -> ExplainerCache:
     return cache
 
 
-@router.post(protocol.EXPLAIN, response_model=ExplainResponse, responses=_ERRORS)
+@router.post(protocol.EXPLAIN, response_model=ExplainResponse, responses=_ERRORS,
+             openapi_extra={"parameters": [TENANT_PARAMETER]})
 async def explain(request: Request, body: ExplainRequest, manager: ManagerDep, settings: SettingsDep) -> Any:
     """Explain ``{"records": [...]}`` or ``{"prediction_ids": [...]}`` (optional ``version``,
     ``top_k``, ``class``): per record the base value, the output and each input feature's

@@ -13,7 +13,8 @@ from airloop.models.schema import RecordValidationError
 from airloop.serving import protocol
 from airloop.serving.deps import ConfigDep, MetricsDep, SettingsDep
 from airloop.serving.handlers import feedback_rows, store_feedback
-from airloop.serving.responses import _json
+from airloop.serving.openapi import TENANT_PARAMETER, body
+from airloop.serving.responses import FeedbackAnswer, _json, error_responses
 from airloop.serving.schema import parse_feedback_body, request_tenant
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,12 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-@router.post(protocol.FEEDBACK)
+@router.post(
+    protocol.FEEDBACK,
+    responses={200: {"model": FeedbackAnswer, "description": "The labels were stored"},
+               **error_responses(400, 401, 403, 409, 413, 422, 503)},
+    openapi_extra=body("feedback", "One label, or several as {\"items\": [...]}.") | {"parameters": [TENANT_PARAMETER]},
+)
 async def feedback(request: Request, config: ConfigDep, settings: SettingsDep, metrics: MetricsDep) -> Response:
     """Labels for earlier predictions: ``{"request_id", "label", "label_ts"?}`` or
     ``{"items": [...]}``, upserted into ``ground_truth`` under (tenant, this pipeline, request id)

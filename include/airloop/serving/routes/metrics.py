@@ -12,7 +12,8 @@ from airloop.serving.deps import MetricsDep
 router = APIRouter()
 
 
-@router.get(protocol.METRICS)
+@router.get(protocol.METRICS, response_class=Response, responses={200: {
+    "description": "Prometheus text exposition", "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
 async def prometheus_metrics(metrics: MetricsDep) -> Response:
     """Prometheus text exposition of this app's registry."""
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

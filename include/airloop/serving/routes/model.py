@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from airloop.serving import protocol
 from airloop.serving.deps import ManagerDep, PredictionLogDep
 from airloop.serving.handlers import health_status
-from airloop.serving.responses import _json, not_ready
+from airloop.serving.responses import ModelInfo, _json, error_responses, not_ready
 
 router = APIRouter()
 
@@ -19,7 +19,7 @@ async def health(manager: ManagerDep, prediction_logger: PredictionLogDep) -> Re
     return _json(health_status(manager, prediction_logger))
 
 
-@router.get(protocol.READY)
+@router.get(protocol.READY, responses=error_responses(503))
 async def ready(manager: ManagerDep) -> Response:
     """200 when a model is loaded, else 503."""
     model = manager.current
@@ -28,7 +28,8 @@ async def ready(manager: ManagerDep) -> Response:
     return _json({"status": "ready", "model": model.ref()})
 
 
-@router.get(protocol.MODEL)
+@router.get(protocol.MODEL, responses={200: {"model": ModelInfo, "description": "The loaded version"},
+                                       **error_responses(401, 403, 503)})
 async def model_info(manager: ManagerDep) -> Response:
     """The loaded version: name, version, alias, run, metrics, tags, inputs."""
     model = manager.current

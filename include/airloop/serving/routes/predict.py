@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.background import BackgroundTask
 
+from airloop.core.names import CLIENT_ERROR
 from airloop.models.schema import RecordValidationError
 from airloop.serving import protocol
 from airloop.serving.deps import PredictContextDep
@@ -20,19 +22,36 @@ from airloop.serving.handlers import (
     shadow_score,
     wants_key_header,
 )
-from airloop.serving.predict import PredictResponse, prepare_job
-from airloop.serving.responses import _json, not_ready
-from airloop.serving.runtime import ActiveTest
-from airloop.serving.schema import PredictRequest, parse_predict_request, request_key_header, request_tenant
+from airloop.serving.openapi import REQUEST_KEY_PARAMETER, TENANT_PARAMETER, body
+from airloop.serving.predict import PredictJob, PredictResponse, prepare_job
+from airloop.serving.responses import _json, error_responses, not_ready
+from airloop.serving.runtime import ActiveTest, ServedModel
+from airloop.serving.schema import (
+    PredictRequest,
+    out_of_domain_errors,
+    parse_predict_request,
+    request_key_header,
+    request_tenant,
+)
 
 log = logging.getLogger(__name__)
 
 router = APIRouter()
 
 
-@router.post(protocol.PREDICT, responses={200: {"model": PredictResponse, "description": "The predictions"}})
+@router.post(
+    protocol.PREDICT,
+    responses={200: {"model": PredictResponse, "description": "The predictions"},
+               **error_responses(400, 401, 403, 413, 422, 500, 503)},
+    openapi_extra=body("predict", "One record, or a batch of records with optional request ids and event times.")
+    | {"parameters": [TENANT_PARAMETER, REQUEST_KEY_PARAMETER]},
+)
 async def predict(request: Request, ctx: PredictContextDep) -> Response:
-    """Predict one record or ``{"records": [...], "request_ids"?: [...], "event_ts"?: [...]}``."""
+    """Predict one record or ``{"records": [...], "request_ids"?: [...], "event_ts"?: [...]}``.
+
+    A request the model fails on answers 500 and logs one ``error`` row (a model error), unless
+    its records lie outside the served version's domain: then the failure is the request's (422
+    naming those fields, one ``client_error`` row, see :func:`client_failure`)."""
     manager, batcher, metrics = ctx.manager, ctx.batcher, ctx.metrics
     model = manager.current
     if model is None:
@@ -43,6 +62,7 @@ async def predict(request: Request, ctx: PredictContextDep) -> Response:
     parsed: PredictRequest | None = None
     tenant = manager.config.tenant
     active: ActiveTest | None = None
+    job: PredictJob | None = None
     background = None
     try:
         with batcher.incoming():  # a forming batch waits for this request (see airloop.serving.batching)
@@ -56,9 +76,39 @@ async def predict(request: Request, ctx: PredictContextDep) -> Response:
             background = BackgroundTask(shadow_score, active, parsed, job.request_ids, tenant, pipeline=pipeline,
                                         score=ctx.score, metrics=metrics, shadow_logger=ctx.shadow_logger)
     except RecordValidationError as err:
+        metrics.prediction_errors.labels("client").inc()
         return _json({"detail": err.errors}, err.status_code)
     except Exception as err:
+        errors = client_failure(model, job) if job is not None else []
+        if errors:
+            log.warning("prediction failed on records outside the domain of %s v%s: %s: %s",
+                        model.name, model.version, type(err).__name__, err)
+            metrics.prediction_errors.labels("client").inc()
+            log_failed_prediction(ctx.prediction_logger, model, pipeline, tenant, parsed, started, err,
+                                  status=CLIENT_ERROR)
+            return _json({"detail": errors}, 422)
         log.exception("prediction failed (model %s v%s)", model.name, model.version)
+        metrics.prediction_errors.labels("model").inc()
         log_failed_prediction(ctx.prediction_logger, model, pipeline, tenant, parsed, started, err)
         return _json({"detail": "prediction failed"}, 500)
-    return _json(predict_answer(metrics, model, predictions, active), background=background)
+    try:
+        answer = _json(predict_answer(metrics, model, predictions, active), background=background)
+    except ValueError as err:  # a non-finite output (NaN/inf): the model's failure, never sent as JSON
+        log.error("prediction of %s v%s is not finite: %s", model.name, model.version, err)
+        metrics.prediction_errors.labels("model").inc()
+        log_failed_prediction(ctx.prediction_logger, model, pipeline, tenant, parsed, started, err)
+        return _json({"detail": "prediction failed: the model returned a value that is not a finite number"}, 500)
+    return answer
+
+
+def client_failure(model: ServedModel, job: PredictJob) -> list[dict[str, Any]]:
+    """The 422 errors of a request the model failed on because of its records: one per record
+    and feature outside the version's domain (:func:`airloop.serving.schema.out_of_domain_errors`);
+    empty when every record is inside it (then the failure is the model's)."""
+    domain = model.schema.domain
+    if domain is None:
+        return []
+    errors = out_of_domain_errors(domain, [model.schema.as_dict(row) for row in job.validated])
+    for error in errors:
+        error["message"] = f"the model cannot predict this record: {error['message']}"
+    return errors
