@@ -5,9 +5,11 @@ module's own pipelines folder, headless Chromium (Debian's ``/usr/bin/chromium``
 * A training run moves dev and staging, then stops at ``approve_prod`` (``awaiting_input``); the
   Required Actions page lists it; a click on *Approve* in the browser lets the run finish: the
   prod alias and the champion moved, serving answers with the version, the ledger names the approver.
-* A second run's request rejected through Airflow's HITL REST API
-  (``PATCH /api/v2/dags/{dag}/dagRuns/{run}/taskInstances/{task}/{map_index}/hitlDetails``) leaves
-  prod unchanged, records the refusal with the comment, and the run ends without a failure.
+* A second run's request, listed in the MLOps view with Approve / Reject buttons, rejected there
+  with a comment (the view answers through Airflow's HITL REST API, ``PATCH
+  /api/v2/dags/{dag}/dagRuns/{run}/taskInstances/{task}/{map_index}/hitlDetails``; an option the
+  request does not offer is a 400), leaves prod unchanged, records the refusal with the comment,
+  and the run ends without a failure.
 
 Screenshots go to ``$AIRLOOP_TEST_ARTIFACTS/approval`` (default ``test-artifacts/approval``).
 """
@@ -16,8 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import time
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -25,17 +25,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from airloop.ops.sandbox import free_port, restore_environ
+from airloop.ops.sandbox import restore_environ
+from tests.e2e.standalone import ARTIFACTS as ALL_ARTIFACTS
+from tests.e2e.standalone import airflow_standalone, chromium, login, shot
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 HISTORY_START, HISTORY_DAYS = date(2026, 1, 1), 40  # data of 2026-01-01 .. 2026-02-09
 FIRST_AS_OF, SECOND_AS_OF = "2026-02-01", "2026-02-08"
 CONF = {"n_trials": 2, "window_days": 28, "timeout_s": 300, "force_promote": True}  # forced: the gates' figures
 # on a loaded 2-core machine are tested elsewhere; an approval is asked for a forced promotion too
-ARTIFACTS = Path(os.environ.get("AIRLOOP_TEST_ARTIFACTS") or ROOT / "test-artifacts") / "approval"
+ARTIFACTS = ALL_ARTIFACTS / "approval"
 
 
 @pytest.fixture(scope="module")
@@ -62,43 +63,19 @@ def settings(settings, tmp_path_factory):
 @pytest.fixture(scope="module")
 def airflow(settings, serving, claims_config, tmp_path_factory):
     """``airflow standalone`` with the module's stores and pipelines; the history written."""
-    from airloop.cli.processes import _stop_all, airflow_api, start_airflow
     from airloop.core.pipeline import resolve_source_path
     from airloop.data.simulator import write_history
 
     assert claims_config.promotion.require_approval == ["prod"]
-    home = tmp_path_factory.mktemp("airflow-approval")
-    env = {
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-        "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": str(home / "logs" / "dag_processor"),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port()),
-    }
-    port = str(free_port())
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    procs = {}
-    try:
-        migrate = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True,
-                                 timeout=600)
-        assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
+    train = claims_config.dag_id("train")
+
+    def history():
         write_history(resolve_source_path(claims_config, settings), start=HISTORY_START, days=HISTORY_DAYS,
                       pattern=claims_config.source.partition)
-        procs, _ = start_airflow(settings, home, port, triggerer=False)  # 3.3: awaiting input needs no triggerer
-        api = airflow_api(settings, port)
-        api.timeout = 120.0  # two training workers and the API server share two cores
-        alive = lambda: all(p.poll() is None for p in procs.values())  # noqa: E731
-        api.wait_healthy(alive=alive)
-        train = claims_config.dag_id("train")
-        api.wait_dags([train])
-        api.unpause(train)
-        yield {"api": api, "alive": alive, "home": home, "port": port, "train": train}
-    finally:
-        _stop_all(procs)
-        restore_environ(saved)
+
+    # 3.3: awaiting input needs no triggerer
+    with airflow_standalone(settings, tmp_path_factory.mktemp("airflow-approval"), [train], history) as running:
+        yield {**running, "train": train}
 
 
 def _states(api, dag_id: str, run_id: str) -> dict[str, str]:
@@ -147,34 +124,12 @@ def _aliases(settings, claims_config) -> dict[str, str | None]:
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium (make test does it)")
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium(ARTIFACTS) as running:
+        yield running
 
 
 def _shot(page, name: str) -> Path:
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path
-
-
-def _log_in(page, base: str) -> None:
-    from airloop.ops.airflow_api import simple_auth_password
-
-    page.goto(f"{base}/")
-    page.get_by_label(re.compile("username", re.I)).fill("admin")
-    page.get_by_label(re.compile("password", re.I)).fill(
-        simple_auth_password(Path(os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])))
-    page.get_by_role("button", name=re.compile("sign in|log in|login", re.I)).click()
-    page.wait_for_url(re.compile(r"^(?!.*auth/login).*$"))
+    return shot(page, ARTIFACTS, name)
 
 
 def test_an_approval_granted_in_the_browser_promotes_to_prod(airflow, browser, settings, claims_config, serving):
@@ -193,7 +148,7 @@ def test_an_approval_granted_in_the_browser_promotes_to_prod(airflow, browser, s
 
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.set_default_timeout(60_000)
-    _log_in(page, base)
+    login(page, base)
     page.goto(f"{base}/required_actions?response_received=false")
     page.get_by_text(detail["subject"]).first.wait_for()
     _shot(page, "1-required-actions-list")
@@ -220,8 +175,9 @@ def test_an_approval_granted_in_the_browser_promotes_to_prod(airflow, browser, s
     page.close()
 
 
-def test_a_rejection_through_the_rest_api_keeps_prod_and_records_the_refusal(airflow, settings, claims_config):
-    api = airflow["api"]
+def test_a_rejection_clicked_in_the_mlops_view_keeps_prod_and_records_the_refusal(airflow, browser, settings,
+                                                                                claims_config):
+    api, base = airflow["api"], f"http://127.0.0.1:{airflow['port']}"
     before = _aliases(settings, claims_config)
     assert before["prod"], "the approval test promotes first"
     run_id = _trigger(airflow, SECOND_AS_OF)
@@ -231,9 +187,22 @@ def test_a_rejection_through_the_rest_api_keeps_prod_and_records_the_refusal(air
     path = f"/dags/{airflow['train']}/dagRuns/{run_id}/taskInstances/approve_prod/-1/hitlDetails"
     with pytest.raises(Exception, match="HTTP 400"):  # not an option of the request: refused by Airflow
         api.request("PATCH", path, json={"chosen_options": ["Maybe"], "params_input": {}})
-    answer = api.request("PATCH", path, json={"chosen_options": ["Reject"],
-                                              "params_input": {"comment": "wait for the fraud team's review"}})
-    assert answer["chosen_options"] == ["Reject"] and answer["responded_by"]["name"] == "admin"
+    # the MLOps view lists the waiting request with Approve / Reject (Airflow's own HITL API answers)
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.set_default_timeout(60_000)
+    login(page, base)
+    page.goto(f"{base}/plugin/mlops/airloop/ui/pipelines/{claims_config.name}")
+    view = page.frame_locator('iframe[title="MLOps"]')
+    waiting = view.locator("#approvals .approvals-list li").filter(has_text=f"v{candidate} into prod")
+    waiting.wait_for()
+    waiting.locator("input[name=comment]").fill("wait for the fraud team's review")
+    _shot(page, "5-view-pending-approval")
+    waiting.get_by_role("button", name="Reject").click()
+    view.locator("#approvals .approval-result").filter(has_text="Reject by admin").wait_for()
+    _shot(page, "6-view-rejected")
+    page.close()
+    answer = api.request("GET", path)
+    assert answer["chosen_options"] == ["Reject"] and answer["responded_by"]["name"] == "admin", answer
     run = api.wait_run(airflow["train"], run_id, seconds=600, alive=airflow["alive"])
     states = _states(api, airflow["train"], run_id)
     assert run["state"] == "success", states  # a refused promotion is a decision, not a crash

@@ -40,6 +40,8 @@ class FuzzReport:
     statuses: Counter = field(default_factory=Counter)
     #: Answers by ``"METHOD /path"`` and status code.
     by_operation: dict[str, Counter] = field(default_factory=dict)
+    #: Answers by generation mode and status code.
+    by_mode: dict[str, Counter] = field(default_factory=dict)
     #: Operations without anything to make invalid (no negative cases).
     unnegatable: list[str] = field(default_factory=list)
 
@@ -57,6 +59,7 @@ class FuzzReport:
         return json.dumps({"fuzz": name, "cases": self.total, "2xx": self.count(200, 300),
                            "4xx": self.count(400, 500), "5xx": self.count(500, 600),
                            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+                           "by_mode": {m: {str(k): v for k, v in sorted(c.items())} for m, c in self.by_mode.items()},
                            "operations": dict(sorted(self.cases.items()))})
 
 
@@ -67,31 +70,40 @@ def operations(schema: Any) -> list[Any]:
 
 def fuzz(schema: Any, report: FuzzReport, *, headers: dict[str, str] | None = None, max_examples: int = 25,
          limits: dict[str, int] | None = None, modes: Iterable[GenerationMode] = MODES,
-         skip: Iterable[str] = ()) -> FuzzReport:
+         skip: Iterable[str] = (), path_parameters: dict[str, Any] | None = None) -> FuzzReport:
     """Fuzz every operation of ``schema`` (``"METHOD /path"`` in ``skip`` left out) with
-    ``headers`` on every request; ``limits`` caps the cases of slow operations by label."""
+    ``headers`` on every request; ``limits`` caps the cases of slow operations by label;
+    ``path_parameters`` are fixed in a second positive pass (e.g. a pipeline that exists, so
+    the cases get past its 404)."""
     limits = limits or {}
     skipped = set(skip)
     for operation in operations(schema):
         label = f"{operation.method.upper()} {operation.path}"
         if label in skipped:
             continue
+        cap = limits.get(label, max_examples)
         for mode in modes:
-            _run(operation, mode, report, headers or {}, limits.get(label, max_examples), label)
+            _run(operation, mode, report, headers or {}, cap, label)
+        fixed = {k: v for k, v in (path_parameters or {}).items() if f"{{{k}}}" in operation.path}
+        if fixed:
+            _run(operation, GenerationMode.POSITIVE, report, headers or {}, cap, label, fixed)
     return report
 
 
 def _run(operation: Any, mode: GenerationMode, report: FuzzReport, headers: dict[str, str], max_examples: int,
-         label: str) -> None:
+         label: str, path_parameters: dict[str, Any] | None = None) -> None:
+    tag = mode.value + (" fixed" if path_parameters else "")
+
     @settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,
               phases=[Phase.explicit, Phase.generate, Phase.target, Phase.shrink],
               suppress_health_check=list(HealthCheck))
-    @given(case=operation.as_strategy(generation_mode=mode))
+    @given(case=operation.as_strategy(generation_mode=mode, path_parameters=path_parameters))
     def run(case: Any) -> None:
         response = case.call(headers=headers)
-        report.cases[f"{label} ({mode.value})"] += 1
+        report.cases[f"{label} ({tag})"] += 1
         report.statuses[response.status_code] += 1
         report.by_operation.setdefault(label, Counter())[response.status_code] += 1
+        report.by_mode.setdefault(tag, Counter())[response.status_code] += 1
         case.validate_response(response, checks=CHECKS, headers=headers)
 
     try:

@@ -6,6 +6,8 @@ body schema). The figures are printed as one JSON line per run (``pytest -s``)."
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -28,8 +30,12 @@ def root(lifecycle, auth_manager):  # noqa: F811
     from airloop.core import settings as settings_module
     from airloop_provider.api import create_api_app
 
+    with socket.socket() as probe:  # a port nobody listens on: deploys and reloads fail fast, reach no real server
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    settings = lifecycle[0].settings.model_copy(update={"serving_url": f"http://127.0.0.1:{closed}"})
     patch = pytest.MonkeyPatch()
-    patch.setattr(settings_module, "get_settings", lambda: lifecycle[0].settings)
+    patch.setattr(settings_module, "get_settings", lambda: settings)
     app = FastAPI()
     init_auth_manager(app)
     app.mount("/airloop", create_api_app())
@@ -43,10 +49,11 @@ def test_the_plugin_api_never_answers_5xx_or_off_schema(root, auth_manager, who)
                "admin": bearer(TOKEN)}[who]
     headers = headers() if callable(headers) else headers
     schema = schemathesis.openapi.from_asgi("/airloop/openapi.json", root)
-    report = fuzz(schema, FuzzReport(), headers=headers, max_examples=MAX_EXAMPLES[who])
+    report = fuzz(schema, FuzzReport(), headers=headers, max_examples=MAX_EXAMPLES[who],
+                  path_parameters={"pipeline": "claims_fraud"})
     print(report.summary(f"plugin API ({who})"))
     assert report.count(500, 600) == 0
-    assert report.total >= 36 * MAX_EXAMPLES[who]
+    assert report.total >= 50 * MAX_EXAMPLES[who]
     if who == "anonymous":  # all but the docs need the login (a body is parsed first; 404: no route matches)
         assert set(report.statuses) <= {400, 401, 404, 422} and report.statuses[401] > 0, report.statuses
     else:

@@ -112,13 +112,21 @@ def performance_drop(metric: str, current: float, reference: float) -> float:
 
 # ============================================================================ operations
 def operations(pred_rows: pd.DataFrame, baseline_counts: list[int]) -> dict:
-    """Traffic health of an interval: ``volume`` (prediction rows, errors included),
+    """Traffic health of an interval: ``volume`` (prediction rows, model errors included),
     ``volume_ratio`` (volume / mean of ``baseline_counts``; None without a non-zero baseline),
-    ``error_rate`` (share of rows with status ``error``; None without rows), ``latency_p50_ms`` /
-    ``latency_p95_ms`` (over rows with a latency; None without)."""
+    ``error_rate`` (share of rows with status ``error``, the model's failures; None without rows),
+    ``latency_p50_ms`` / ``latency_p95_ms`` (over rows with a latency; None without) and
+    ``client_errors`` (rows of requests that failed because of their own records, status
+    ``client_error``: counted apart, in none of the figures above)."""
     import numpy as np
     import pandas as pd
 
+    from airloop.core.names import CLIENT_ERROR, MODEL_ERROR
+
+    client = pred_rows["status"] == CLIENT_ERROR if len(pred_rows) else pd.Series(dtype=bool)
+    client_errors = int(client.sum()) if len(pred_rows) else 0
+    if client_errors:
+        pred_rows = pred_rows[~client]
     volume = int(len(pred_rows))
     baseline = float(np.mean(baseline_counts)) if len(baseline_counts) else 0.0
     latency = pd.to_numeric(pred_rows["latency_ms"], errors="coerce").dropna() if volume else pd.Series(dtype=float)
@@ -126,7 +134,8 @@ def operations(pred_rows: pd.DataFrame, baseline_counts: list[int]) -> dict:
         "volume": volume,
         "baseline_mean": baseline if len(baseline_counts) else None,
         "volume_ratio": volume / baseline if baseline > 0 else None,
-        "error_rate": float((pred_rows["status"] == "error").mean()) if volume else None,
+        "error_rate": float((pred_rows["status"] == MODEL_ERROR).mean()) if volume else None,
         "latency_p50_ms": float(np.percentile(latency, 50)) if len(latency) else None,
         "latency_p95_ms": float(np.percentile(latency, 95)) if len(latency) else None,
+        "client_errors": client_errors,
     }

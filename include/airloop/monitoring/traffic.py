@@ -154,15 +154,18 @@ def baseline_windows(start: datetime, days: int, period: timedelta = timedelta(d
 
 def trailing_volumes(engine: sa.Engine, config: PipelineConfig, tenant: str, start: datetime, days: int,
                      period: timedelta = timedelta(days=1)) -> list[int]:
-    """Prediction rows (errors included) of ``tenant`` in each :func:`baseline_windows` window
-    before ``start``, oldest first; windows without traffic count 0."""
+    """Prediction rows (model errors included, client errors not: as :func:`operations` counts
+    ``volume``) of ``tenant`` in each :func:`baseline_windows` window before ``start``, oldest
+    first; windows without traffic count 0."""
     import sqlalchemy as sa
+
+    from airloop.core.names import CLIENT_ERROR
 
     windows = baseline_windows(start, days, period)
     counts = []
     with engine.connect() as conn:
         for a, b in windows:  # one indexed COUNT per window (portable; a handful of windows)
             query = sa.select(sa.func.count()).select_from(p).where(
-                p.c.tenant == tenant, p.c.pipeline == config.name, p.c.ts >= a, p.c.ts < b)
+                p.c.tenant == tenant, p.c.pipeline == config.name, p.c.ts >= a, p.c.ts < b, p.c.status != CLIENT_ERROR)
             counts.append(int(conn.execute(query).scalar_one()))
     return counts

@@ -44,6 +44,52 @@
     else openInAirflow(link.getAttribute("href"));
   });
 
+  // Approve / Reject of one waiting request, answered through Airflow's own REST API (the same
+  // call as its Required Actions page: PATCH …/taskInstances/{task}/{map_index}/hitlDetails), so
+  // Airflow records who answered; the promotion task then moves the alias (or records the refusal)
+  function answerForm(item, ti) {
+    var form = document.createElement("form");
+    form.className = "approval-answer";
+    var comment = document.createElement("input");
+    comment.name = "comment"; comment.placeholder = "comment (kept in the ledger)"; comment.maxLength = 1000;
+    form.appendChild(comment);
+    var result = document.createElement("span");
+    result.className = "approval-result small";
+    (item.options || ["Approve", "Reject"]).forEach(function (option) {
+      var button = document.createElement("button");
+      button.type = "button"; button.textContent = option; button.value = option;
+      button.className = option === "Reject" ? "danger" : "";
+      button.addEventListener("click", function () {
+        var path = "/api/v2/dags/" + encodeURIComponent(ti.dag_id) + "/dagRuns/" + encodeURIComponent(ti.dag_run_id) +
+          "/taskInstances/" + encodeURIComponent(ti.task_id) + "/" + (ti.map_index == null ? -1 : ti.map_index) +
+          "/hitlDetails";
+        var buttons = form.querySelectorAll("button");
+        buttons.forEach(function (b) { b.disabled = true; });
+        result.textContent = " answering …";
+        fetch(airflow + path, {
+          method: "PATCH", credentials: "same-origin",
+          headers: { "Content-Type": "application/json", "Accept": "application/json" },
+          body: JSON.stringify({ chosen_options: [option], params_input: { comment: comment.value.trim() || null } })
+        }).then(function (response) {
+          return response.json().catch(function () { return null; }).then(function (payload) {
+            if (!response.ok) throw new Error(apiError(response, payload));
+            return payload;
+          });
+        }).then(function (answer) {
+          var who = answer && answer.responded_by ? answer.responded_by.name : "you";
+          result.replaceChildren(text(" " + option + " by " + who + " · the run continues: "),
+            runLink(ti.dag_id, ti.dag_run_id));
+        }).catch(function (err) {
+          buttons.forEach(function (b) { b.disabled = false; });
+          result.textContent = " not answered: " + err.message;
+        });
+      });
+      form.appendChild(button);
+    });
+    form.appendChild(result);
+    return form;
+  }
+
   // approvals (Airflow's human-in-the-loop tasks) the pipeline's DAG runs wait for
   var approvals = document.getElementById("approvals");
   if (approvals) {
@@ -71,6 +117,7 @@
           a.textContent = item.subject;
           li.appendChild(a);
           li.appendChild(text(" · " + ti.dag_id + " · asked " + String(item.created_at || "").slice(0, 16).replace("T", " ")));
+          li.appendChild(answerForm(item, ti));
           list.appendChild(li);
         });
       })
