@@ -201,8 +201,9 @@ def test_a_rejection_clicked_in_the_mlops_view_keeps_prod_and_records_the_refusa
     view.locator("#approvals .approval-result").filter(has_text="Reject by admin").wait_for()
     _shot(page, "6-view-rejected")
     page.close()
-    answer = api.request("GET", path)
-    assert answer["chosen_options"] == ["Reject"] and answer["responded_by"]["name"] == "admin", answer
+    answer = api.request("GET", path)  # what Airflow recorded: the option and who chose it
+    assert answer["chosen_options"] == ["Reject"] and answer["responded_by_user"]["name"] == "admin", answer
+    assert answer["params_input"] == {"comment": "wait for the fraud team's review"}, answer
     run = api.wait_run(airflow["train"], run_id, seconds=600, alive=airflow["alive"])
     states = _states(api, airflow["train"], run_id)
     assert run["state"] == "success", states  # a refused promotion is a decision, not a crash

@@ -128,18 +128,27 @@ def preview_promotion(config: PipelineConfig, settings: Settings, version: str |
                      "passed": all(c["passed"] for c in checks)}
 
 
+def _decision_request(config: PipelineConfig, settings: Settings, version: str | int, environment: str,
+                      run_context: dict[str, str] | None, idempotency_key: str | None) -> tuple:
+    """What a promotion or refusal works with: ``(version, environment config, run context,
+    monitoring engine, idempotency key, registry client)``; the key defaults to one per DAG run
+    (or per call outside Airflow)."""
+    version = str(version)
+    env = config.promotion.environment(environment)
+    run_context = run_context or {}
+    engine = store.get_engine(settings.monitoring_db_uri)
+    key = idempotency_key or f"{config.name}:{env.name}:{version}:{run_context.get('dag_run_id') or _now_key()}"
+    return version, env, run_context, engine, key, registry.get_client(settings)
+
+
 def refuse_promotion(config: PipelineConfig, settings: Settings, version: str | int, environment: str, *,
                      actor: str, reason: str, run_context: dict[str, str] | None = None,
                      idempotency_key: str | None = None) -> dict[str, Any]:
     """Record a refusal decided outside the gates (an approval rejected or timed out): one
     ``refuse`` ledger row by ``actor`` with ``reason``, the alias untouched. A retried key
     replays the recorded decision (whatever it was)."""
-    version = str(version)
-    env = config.promotion.environment(environment)
-    run_context = run_context or {}
-    engine = store.get_engine(settings.monitoring_db_uri)
-    key = idempotency_key or f"{config.name}:{env.name}:{version}:{run_context.get('dag_run_id') or _now_key()}"
-    client = registry.get_client(settings)
+    version, env, run_context, engine, key, client = _decision_request(
+        config, settings, version, environment, run_context, idempotency_key)
     with ledger.lifecycle_lock(engine, config.name, holder=f"{actor} refuse v{version} for {env.name}") as conn:
         recorded = ledger.find_ledger(engine, key)
         if recorded is not None:
@@ -171,12 +180,8 @@ def promote_version(config: PipelineConfig, settings: Settings, version: str | i
     Returns ``{"promoted", "environment", "version", "previous", "reason", "checks", "replayed"}``.
     """
 
-    version = str(version)
-    env = config.promotion.environment(environment)
-    run_context = run_context or {}
-    engine = store.get_engine(settings.monitoring_db_uri)
-    key = idempotency_key or f"{config.name}:{env.name}:{version}:{run_context.get('dag_run_id') or _now_key()}"
-    client = registry.get_client(settings)
+    version, env, run_context, engine, key, client = _decision_request(
+        config, settings, version, environment, run_context, idempotency_key)
     with ledger.lifecycle_lock(engine, config.name, holder=f"{actor} promote v{version} to {env.name}") as conn:
         recorded = ledger.find_ledger(engine, key)
         if recorded is not None:
