@@ -3,25 +3,10 @@ on the real PostgreSQL server (a fresh database per run, dropped afterwards)."""
 
 from __future__ import annotations
 
-import pytest
 import sqlalchemy as sa
 
 from airloop.core import store
 from airloop.registry import ledger
-from tests.pg import fresh_database
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        eng = sa.create_engine(f"sqlite:///{tmp_path / 'm.db'}")
-        yield eng
-        eng.dispose()
-        return
-    with fresh_database() as uri:
-        eng = sa.create_engine(uri)
-        yield eng
-        eng.dispose()
 
 
 def entry(key: str, action: str = "promote", to: str = "2") -> ledger.LedgerEntry:

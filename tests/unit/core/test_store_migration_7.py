@@ -11,56 +11,32 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import pytest
 import sqlalchemy as sa
 
 from airloop.core import store
-from tests.pg import fresh_database
+from tests.unit.core.conftest import column_names, rewind_store
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 ADDED = {"predictions": ["out_of_domain"], "shadow_predictions": ["out_of_domain"],
          "monitoring_runs": ["out_of_domain_share", "unseen_category_share", "out_of_domain_features"]}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        eng = sa.create_engine(f"sqlite:///{tmp_path / 'monitoring.db'}")
-        yield eng
-        eng.dispose()
-        return
-    with fresh_database() as uri:
-        eng = sa.create_engine(uri)
-        yield eng
-        eng.dispose()
-
-
 def build_v6_store(engine: sa.Engine) -> None:
     """A store exactly at schema version 6: migrated, then what migration 7 adds taken away."""
-    store.migrate(engine)
-    with engine.begin() as conn:
-        for table, columns in ADDED.items():
-            for column in columns:
-                conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
-        conn.exec_driver_sql("DROP TABLE traffic_quality")
-        conn.execute(sa.delete(store.schema_migrations).where(store.schema_migrations.c.version == 7))
-
-
-def columns(engine: sa.Engine, table: str) -> set[str]:
-    return {c["name"] for c in sa.inspect(engine).get_columns(table)}
+    rewind_store(engine, 7, ADDED, ['traffic_quality'])
 
 
 def test_migration_7_adds_the_out_of_domain_columns(engine):
     assert 7 in [v for v, *_ in store.MIGRATIONS]
     build_v6_store(engine)
-    assert not any(set(cols) & columns(engine, t) for t, cols in ADDED.items())
+    assert not any(set(cols) & column_names(engine, t) for t, cols in ADDED.items())
     with engine.begin() as conn:  # a row written by a release before migration 7
         conn.execute(sa.text("INSERT INTO predictions (request_id, ts, tenant, pipeline, model_name, variant, "
                              "features, status) VALUES ('r1', :ts, 'default', 'p', 'p', 'champion', '{}', 'ok')"),
                      {"ts": T0})
     assert store.migrate(engine) == [7]
     for table, cols in ADDED.items():
-        assert set(cols) <= columns(engine, table), table
+        assert set(cols) <= column_names(engine, table), table
     assert sa.inspect(engine).has_table("traffic_quality")
     assert [c.name for c in store.traffic_quality.primary_key.columns] == ["tenant", "pipeline", "interval_start"]
     with engine.connect() as conn:
@@ -83,5 +59,5 @@ def test_migration_7_adds_the_out_of_domain_columns(engine):
 def test_a_new_store_has_them_directly(engine):
     assert store.migrate(engine) == [v for v, *_ in store.MIGRATIONS]
     for table, cols in ADDED.items():
-        assert set(cols) <= columns(engine, table), table
+        assert set(cols) <= column_names(engine, table), table
     assert store.migrate(engine) == []

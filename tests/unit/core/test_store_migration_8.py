@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import pytest
 import sqlalchemy as sa
 
 from airloop.core import store
-from tests.pg import fresh_database
+from tests.unit.core.conftest import column_names, rewind_store
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 ADDED = {"monitoring_runs": ["estimated_performance", "estimated_metric", "estimated_value", "estimated_low",
@@ -20,40 +19,15 @@ ADDED = {"monitoring_runs": ["estimated_performance", "estimated_metric", "estim
                     "close_delivery_attempts"]}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        eng = sa.create_engine(f"sqlite:///{tmp_path / 'monitoring.db'}")
-        yield eng
-        eng.dispose()
-        return
-    with fresh_database() as uri:
-        eng = sa.create_engine(uri)
-        yield eng
-        eng.dispose()
-
-
 def build_v7_store(engine: sa.Engine) -> None:
     """A store exactly at schema version 7: migrated, then what migration 8 adds taken away."""
-    store.migrate(engine)
-    with engine.begin() as conn:
-        for table, cols in ADDED.items():
-            for column in cols:
-                conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
-        conn.exec_driver_sql("DROP TABLE alert_evaluations")
-        conn.exec_driver_sql("DROP TABLE reference_refreshes")
-        conn.exec_driver_sql("DROP TABLE estimate_checks")
-        conn.execute(sa.delete(store.schema_migrations).where(store.schema_migrations.c.version == 8))
-
-
-def columns(engine: sa.Engine, table: str) -> set[str]:
-    return {c["name"] for c in sa.inspect(engine).get_columns(table)}
+    rewind_store(engine, 8, ADDED, ['alert_evaluations', 'reference_refreshes', 'estimate_checks'])
 
 
 def test_migration_8_is_the_latest_and_keeps_old_alerts_as_closed_conditions(engine):
     assert [v for v, *_ in store.MIGRATIONS][-1] == 8
     build_v7_store(engine)
-    assert not any(set(cols) & columns(engine, t) for t, cols in ADDED.items())
+    assert not any(set(cols) & column_names(engine, t) for t, cols in ADDED.items())
     with engine.begin() as conn:  # an alert and a run written by a release before migration 8
         conn.execute(sa.text("INSERT INTO alerts (dedup_key, tenant, pipeline, interval_start, rule, severity, "
                              "message, raised_at, delivery_status, delivery_attempts) VALUES "
@@ -62,7 +36,7 @@ def test_migration_8_is_the_latest_and_keeps_old_alerts_as_closed_conditions(eng
                              "VALUES ('default', 'p', :ts, :ts, 5)"), {"ts": T0})
     assert store.migrate(engine) == [8]
     for table, cols in ADDED.items():
-        assert set(cols) <= columns(engine, table), table
+        assert set(cols) <= column_names(engine, table), table
     for name in ("alert_evaluations", "reference_refreshes", "estimate_checks"):
         assert sa.inspect(engine).has_table(name), name
     with engine.connect() as conn:
