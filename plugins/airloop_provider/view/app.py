@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from airloop_provider.api import auth
+from airloop_provider.view.render import metric as metric_of
 from airloop_provider.view.render import render
 
 HERE = Path(__file__).resolve().parent
@@ -122,23 +123,13 @@ def performance_chart(config, runs: list[dict[str, Any]]):
     metric = config.training.metric
     ordered = sorted(runs, key=lambda r: str(r.get("interval_start")))
     series = {
-        f"live {metric}": [_metric(r.get("performance"), metric) for r in ordered],
+        f"live {metric}": [metric_of(r.get("performance"), metric) for r in ordered],
         f"estimated {metric}": [r.get("estimated_value") if r.get("estimated_metric") == metric else None
                                 for r in ordered],
-        f"holdout {metric}": [_metric(r.get("reference_performance"), metric) for r in ordered],
+        f"holdout {metric}": [metric_of(r.get("reference_performance"), metric) for r in ordered],
     }
     series = {name: values for name, values in series.items() if any(v is not None for v in values)}
     if not series:
         return None
     return charts.line_chart(f"{metric}: live vs holdout", [r.get("interval_start") for r in ordered], series)
 
-
-def _metric(value: Any, metric: str) -> Any:
-    if isinstance(value, str):
-        import json
-
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return None
-    return value.get(metric) if isinstance(value, dict) else None

@@ -4,7 +4,6 @@ live performance against the holdout. Every label is escaped; the SVG is returne
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from datetime import date, datetime
@@ -12,16 +11,10 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from airloop.core.metrics import finite_or_none
+
 WIDTH, HEIGHT = 560, 180
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 48, 12, 12, 28
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _label(value: Any) -> str:
@@ -80,8 +73,8 @@ def _path(points: list[tuple[float, float]]) -> str:
 def drift_chart(feature: str, points: Sequence[dict[str, Any]]) -> Markup:
     """One feature's drift history: a ``circle.pt`` per stored interval (``.drifted`` when it
     drifted), the statistic as a line and the threshold as a dashed line."""
-    stats = [_finite(p.get("statistic")) for p in points]
-    thresholds = [_finite(p.get("threshold")) for p in points]
+    stats = [finite_or_none(p.get("statistic")) for p in points]
+    thresholds = [finite_or_none(p.get("threshold")) for p in points]
     values = [v for v in stats + thresholds if v is not None]
     frame = _Frame(len(points), values)
     labels = [_label(p.get("interval_start")) for p in points]
@@ -114,7 +107,7 @@ def drift_chart(feature: str, points: Sequence[dict[str, Any]]) -> Markup:
 def line_chart(name: str, labels: Sequence[Any], series: dict[str, Sequence[Any]]) -> Markup:
     """Several named series over the same x labels (``None`` values leave a gap), each with a
     legend entry; a series' CSS class is the first word of its name (``live``, ``holdout``, ...)."""
-    cleaned = {key: [_finite(v) for v in values] for key, values in series.items()}
+    cleaned = {key: [finite_or_none(v) for v in values] for key, values in series.items()}
     values = [v for vs in cleaned.values() for v in vs if v is not None]
     frame = _Frame(len(labels), values)
     texts = [_label(v) for v in labels]

@@ -20,15 +20,12 @@ def _nested(depth: int) -> bytes:
     return b'{"records": [{"claim_amount": ' + b"[" * depth + b"]" * depth + b"}]}"
 
 
-@pytest.mark.parametrize("depth", [50, 5_000, 200_000])
+@pytest.mark.parametrize("depth", [5_000, 200_000])
 def test_deeply_nested_json_is_a_422(depth, claims_config):
     for parse in (parse_predict_request, lambda body: parse_feedback_body(body, claims_config)):
-        try:
-            parsed = parse(_nested(depth))
-        except RecordValidationError as err:
-            assert err.status_code == 422
-        else:  # shallow nesting parses; the record's field check refuses the list later
-            assert parsed is not None
+        with pytest.raises(RecordValidationError) as err:
+            parse(_nested(depth))
+        assert err.value.status_code == 422 and "nests too deeply" in str(err.value.errors)
 
 
 def test_overflowing_label_ts_is_a_422(claims_config):
