@@ -25,7 +25,7 @@ include profiles/$(PROFILE).env
 endif
 export
 
-.PHONY: help install init demo up down shell test test-fast lint lock suite check clean bench browser
+.PHONY: help install init demo up down token wrk shell test test-fast lint lock suite check clean bench browser
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ up: init ## start the Airflow UI, the MLflow UI and serving (Ctrl-C stops them)
 _up:
 	$(PY) -m airloop.cli up
 
+token: install .env ## print the default tenant's serving token (TENANT=name for another; ADMIN=1: the admin token)
+	@$(PY) -m airloop.cli token $(TENANT) $(if $(ADMIN),--admin)
+
 down: ## stop the background serving process
 	$(PY) -m airloop.cli stop-serving
 
@@ -71,8 +74,11 @@ shell: install .env ## open $SHELL with the project's settings (as `. bin/airloo
 	@echo "airloop shell: the settings of $(CURDIR) (bin/airloop-env); exit leaves it"
 	@. bin/airloop-env && exec "$${SHELL:-bash}"
 
-test: install .env browser ## run the whole test suite (unit, DAG integrity, end-to-end) on real services
-	$(PY) -m pytest -q
+# The suite runs its test files on TEST_WORKERS processes (pytest-xdist, one file per worker at a
+# time, so a module's fixtures are built once); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+test: install .env browser wrk ## run the whole test suite (unit, DAG integrity, end-to-end) on real services
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 # The browser tests drive Debian's Chromium (Playwright never downloads one): install it if missing.
 browser: ## install Debian's chromium for the browser tests (no-op when /usr/bin/chromium exists)
@@ -82,11 +88,19 @@ browser: ## install Debian's chromium for the browser tests (no-op when /usr/bin
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
 	@test -x /usr/bin/chromium || { echo "no /usr/bin/chromium: install Debian's chromium package"; exit 1; }
 
+# The serving benchmark drives load with wrk (a separate C process): install Debian's if missing.
+wrk: ## install Debian's wrk for the serving benchmark (no-op when it is on PATH)
+	@command -v wrk >/dev/null || { echo "installing Debian's wrk (serving benchmark)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q wrk >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q wrk >/dev/null; }; }
+	@command -v wrk >/dev/null || { echo "no wrk: install Debian's wrk package"; exit 1; }
+
 test-fast: install .env ## unit and DAG tests only (skip the slow end-to-end runs)
 	$(PY) -m pytest -q -m "not e2e"
 
 BENCH ?= $(sort $(notdir $(basename $(wildcard benchmarks/[!_]*.py))))
-bench: install ## run the benchmarks (BENCH="parse hpo" for some; estimation installs NannyML once in .airloop/bench-venvs/); JSON figures kept in .airloop/bench/
+bench: install wrk ## run the benchmarks (BENCH="parse hpo" for some; estimation installs NannyML once in .airloop/bench-venvs/); JSON figures kept in .airloop/bench/
 	@mkdir -p $(STATE)/bench; failed=""; \
 	for name in $(BENCH); do \
 	  echo "== benchmarks/$$name.py"; \

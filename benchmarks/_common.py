@@ -67,6 +67,25 @@ def emit(figures: dict[str, Any]) -> None:
     print(json.dumps(figures, sort_keys=False, default=str), flush=True)
 
 
+def bench_python(name: str, requirements: list[str]) -> Path:
+    """The interpreter of a peer tool's own virtual environment, ``<state>/bench-venvs/<name>``
+    (``AIRLOOP_STATE_DIR``, default ``.airloop``), created once with the project's ``uv`` and
+    re-created when ``requirements`` change, so that the peer's pins never touch ours."""
+    state = Path(os.environ.get("AIRLOOP_STATE_DIR") or ROOT / ".airloop")
+    venv = (state if state.is_absolute() else ROOT / state) / "bench-venvs" / name
+    python = venv / "bin" / "python"
+    marker, wanted = venv / ".installed", " ".join(requirements)
+    if marker.is_file() and marker.read_text().strip() == wanted:
+        return python
+    uv = ROOT / ".venv" / "bin" / "uv"
+    log(f"creating {venv} with {wanted} (once)")
+    if not python.is_file():
+        subprocess.run([str(uv), "venv", "--python", "3.11", str(venv)], check=True, stdout=sys.stderr)
+    subprocess.run([str(uv), "pip", "install", "--python", str(python), *requirements], check=True, stdout=sys.stderr)
+    marker.write_text(wanted)
+    return python
+
+
 def _clear_caches() -> None:
     """Forget settings and engines built for another state folder."""
     if "airloop.core.settings" in sys.modules:

@@ -25,6 +25,12 @@ frames) and releasing free heap memory (``malloc_trim``) is the baseline, the ke
 peak-RSS mark is reset there (``/proc/self/clear_refs``) and ``ours_peak_mb`` /
 ``evidently_peak_mb`` is the peak during the timed runs minus that baseline.
 
+``whylogs``: ``why.log(pandas=reference).view()`` (whylogs 1.6.4, its default profile of every
+column) on the same reference frame, in its own virtual environment (``_common.bench_python``,
+cached under the state folder) and process, read from a Parquet file; a warm-up on 10,000 rows,
+then ``--repeats`` timed runs, against ours building the stored profile (``profile_s``, also a
+median of ``--repeats`` after a warm-up): ``whylogs_s``, ``ratio_vs_whylogs``.
+
 ``agreement``: the share of per-column verdicts equal to Evidently's when both use the same method
 and threshold, over several seeded scenarios at ``--agreement-rows`` rows (every method that
 applies to each column; Evidently runs one ``ValueDrift`` per column and method), plus the verdicts
@@ -38,6 +44,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, log, median  # noqa: E402 - benchmarks/ on the path first (also fixes airloop's)
+from _common import bench_python, emit, log, median  # noqa: E402 - benchmarks/ on the path first (also fixes airloop's)
 
 NUMERIC = [f"num_{i:02d}" for i in range(20)]
 CATEGORICAL = [f"cat_{i}" for i in range(5)]
@@ -55,6 +62,26 @@ SCENARIOS = ["no_shift", "mean_shift", "scale_shift", "tail_shift", "category_mi
 MAIN_SHIFTS = {"num_00": "mean", "num_01": "mean", "num_05": "scale", "num_09": "tail", "num_12": "nulls",
                "cat_0": "mix", "cat_3": "nulls"}
 WARMUP_ROWS = 10_000
+#: whylogs in its own virtual environment (``_common.bench_python``): a known-good set of pins.
+WHYLOGS = ["whylogs==1.6.4", "numpy==1.26.4", "pandas==2.2.3", "pyarrow==17.0.0"]
+#: Run by the whylogs environment's interpreter: profile the reference frame (a Parquet file)
+#: ``repeats`` times after a warm-up on its first rows; one JSON line of seconds.
+WHYLOGS_SCRIPT = """
+import json, os, sys, time
+os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
+import pandas as pd
+import whylogs as why
+frame = pd.read_parquet(sys.argv[1])
+why.log(pandas=frame.head(%d)).view()  # imports + caches, not timed
+times, cpu = [], []
+for _ in range(int(sys.argv[2])):
+    t0, c0 = time.perf_counter(), time.process_time()
+    view = why.log(pandas=frame).view()
+    times.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
+print(json.dumps({"times": times, "cpu": cpu, "columns": len(view.get_columns()), "rows": len(frame),
+                  "version": why.__version__}))
+""" % WARMUP_ROWS
 
 
 # ============================================================================ data
@@ -199,9 +226,14 @@ def worker(side: str, rows: int, repeats: int, out: Path, sizes: list[int]) -> N
     shifts = MAIN_SHIFTS
     if side == "ours":
         reference = make_frame(rows, seed=1)
-        t0 = time.perf_counter()
-        profile = driftstats.build_profile(reference, NUMERIC, CATEGORICAL)
-        figures["profile_s"] = time.perf_counter() - t0
+        driftstats.build_profile(reference.head(WARMUP_ROWS), NUMERIC, CATEGORICAL)  # warm-up, not timed
+        figures["profile_times"], figures["profile_cpu"] = [], []
+        for _ in range(repeats):  # as whylogs is timed: the whole frame, median of the repeats
+            t0, c0 = time.perf_counter(), time.process_time()
+            profile = driftstats.build_profile(reference, NUMERIC, CATEGORICAL)
+            figures["profile_times"].append(time.perf_counter() - t0)
+            figures["profile_cpu"].append(time.process_time() - c0)
+        figures["profile_s"] = median(figures["profile_times"])
         path = profile.save(out.with_suffix(".npz"))
         figures["profile_mb"] = path.stat().st_size / 2**20
         figures["profile_grid_columns"] = sum(1 for c in profile.columns.values()
@@ -254,6 +286,20 @@ def worker(side: str, rows: int, repeats: int, out: Path, sizes: list[int]) -> N
         figures["verdicts"] = {c: [method_name(v["method"]), v["threshold"], v["score"], v["drifted"]]
                                for c, v in evidently_verdicts(snapshot).items()}
     out.write_text(json.dumps(figures))
+
+
+def whylogs_profile(rows: int, repeats: int, folder: Path) -> dict:
+    """whylogs' ``why.log`` of the same reference frame as ours profiles (seed 1), in its own
+    environment and process, from a Parquet file (writing and reading it is not timed)."""
+    python = bench_python("whylogs", WHYLOGS)
+    path = folder / "reference.parquet"
+    make_frame(rows, seed=1).to_parquet(path, index=False)
+    done = subprocess.run([str(python), "-c", WHYLOGS_SCRIPT, str(path), str(repeats)], capture_output=True, text=True,
+                          env={**os.environ, "WHYLOGS_NO_ANALYTICS": "True"})
+    path.unlink()
+    if done.returncode:
+        raise SystemExit(f"whylogs failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_worker(side: str, rows: int, repeats: int, folder: Path, sizes: list[int]) -> dict:
@@ -327,6 +373,9 @@ def main() -> None:
             f"scaling {sizes}")
         mine = run_worker("ours", args.rows, args.repeats, folder, sizes)
         log(f"ours: {mine['times']} s; evidently next (minutes at 1M rows)")
+        log(f"ours: profile {mine['profile_times']} s; whylogs profiling next")
+        why = whylogs_profile(args.rows, args.repeats, folder)
+        log(f"whylogs: {why['times']} s; evidently next")
         theirs = run_worker("evidently", args.rows, args.repeats, folder, [])
         log(f"evidently: {theirs['times']} s; agreement scenarios at {args.agreement_rows:,} rows")
     agree = agreement(args.agreement_rows)
@@ -358,6 +407,14 @@ def main() -> None:
         "full_size_max_abs_score_diff": float(f"{score_diff:.3g}"),
         "full_size_drifted": sorted(c for c, v in mine["verdicts"].items() if v[3]),
         "profile_s": round(mine["profile_s"], 3),
+        "profile_cpu_s": median(mine["profile_cpu"]),
+        "whylogs_s": median(why["times"]),
+        "whylogs_cpu_s": median(why["cpu"]),
+        "whylogs_rows_per_s": round(args.rows / median(why["times"])),
+        "ours_profile_rows_per_s": round(args.rows / mine["profile_s"]),
+        "ratio_vs_whylogs": round(median(why["times"]) / mine["profile_s"], 1),
+        "cpu_ratio_vs_whylogs": round(median(why["cpu"]) / median(mine["profile_cpu"]), 1),
+        "whylogs_version": why["version"],
         "profile_mb": round(mine["profile_mb"], 1),
         "profile_grid_columns": mine["profile_grid_columns"],
         "ours_cpu_s": median(mine["cpu"]),
@@ -373,6 +430,8 @@ def main() -> None:
         "scaling_s_per_million_rows": [round(x, 3) for x in per_m],
         "scaling_cpu_s_per_million_rows": [round(v["ours_cpu_s"] / (int(n) / 1e6), 3) for n, v in scaling.items()],
         "ours_10m_s": scaling.get("10000000", {}).get("ours_s"),
+        "ours_10m_peak_mb": scaling.get("10000000", {}).get("peak_mb"),
+        "load_1m_at_end": round(os.getloadavg()[0], 2),
         "repeats": args.repeats,
     })
 

@@ -6,7 +6,7 @@ Data: the demo simulator (claims fraud, seeded). A logistic-regression model is 
 2026-02-01..03-14; its scores are calibrated (isotonic) on the reference period 03-15..04-14, and
 both tools get the same calibrated scores, served labels (at the threshold maximising F1 on the
 reference) and daily chunks of the analysis period 04-15..05-31, which holds the covariate shift
-(from 04-20: inputs move, the fraud mechanism does not) and the concept drift (from 05-10: the
+(from 04-20: inputs move, the fraud mechanism does not) and the concept drift (from 04-30: the
 fraud mechanism changes; no score-based estimate can see that).
 
 * ``nannyml``: NannyML 0.13.1 in its own virtual environment (created once under
@@ -26,7 +26,6 @@ inside our band (``*_band_coverage``).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,9 @@ from datetime import date, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, emit, log, median, parser  # noqa: E402 - benchmarks/ on the path first
+from _common import bench_python, emit, log, median, parser  # noqa: E402 - benchmarks/ on the path first
+
+from airloop.data.simulator import DEFAULT_EVENTS  # noqa: E402
 
 NANNYML = "nannyml==0.13.1"
 #: Imported by NannyML 0.13.1 but not declared by it (plots), and the Parquet reader.
@@ -43,7 +44,7 @@ NANNYML_EXTRAS = ["statsmodels", "pyarrow"]
 TRAIN = (date(2026, 2, 1), date(2026, 3, 15))
 REFERENCE = (date(2026, 3, 15), date(2026, 4, 15))
 ANALYSIS = (date(2026, 4, 15), date(2026, 6, 1))
-SHIFT, DRIFT = date(2026, 4, 20), date(2026, 5, 10)
+SHIFT, DRIFT = DEFAULT_EVENTS["covariate_shift"], DEFAULT_EVENTS["concept_drift"]
 
 NANNYML_SCRIPT = r'''
 import json, sys, time, warnings
@@ -70,23 +71,6 @@ print(json.dumps(out))
 
 def _days(span: tuple[date, date]) -> list[date]:
     return [span[0] + timedelta(days=i) for i in range((span[1] - span[0]).days)]
-
-
-def nannyml_python(state: Path) -> Path:
-    """The benchmark's NannyML interpreter, its virtual environment created once."""
-    venv = state / "bench-venvs" / "nannyml"
-    python = venv / "bin" / "python"
-    marker = venv / ".installed"
-    if marker.is_file() and marker.read_text().strip() == NANNYML:
-        return python
-    uv = ROOT / ".venv" / "bin" / "uv"
-    log(f"creating {venv} with {NANNYML} (once; it pulls large dependencies)")
-    if not python.is_file():
-        subprocess.run([str(uv), "venv", "--python", "3.11", str(venv)], check=True, stdout=sys.stderr)
-    subprocess.run([str(uv), "pip", "install", "--python", str(python), NANNYML, *NANNYML_EXTRAS], check=True,
-                   stdout=sys.stderr)
-    marker.write_text(NANNYML)
-    return python
 
 
 def build_data():
@@ -140,9 +124,7 @@ def main() -> None:
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    state = Path(os.environ.get("AIRLOOP_STATE_DIR") or ROOT / ".airloop")
-    state = state if state.is_absolute() else ROOT / state
-    python = nannyml_python(state)
+    python = bench_python("nannyml", [NANNYML, *NANNYML_EXTRAS])  # once; it pulls large dependencies
     reference, analysis, threshold = build_data()
     log(f"reference {len(reference)} rows, analysis {len(analysis)} rows, threshold {threshold:.4f}")
     with tempfile.TemporaryDirectory() as tmp:

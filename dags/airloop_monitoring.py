@@ -110,7 +110,8 @@ def monitoring_dag(pipeline: str):
             decision = monitoring.retrain_decision(config, get_settings(), interval["start"], interval["end"], summary)
             if not decision["retrain"]:
                 raise AirflowSkipException(f"no retraining: {decision.get('reason') or 'no retrain rule fired'}")
-            context["outlet_events"][retrain].extra = {"as_of": decision["as_of"], "reason": decision["reason"][:2000]}
+            context["outlet_events"][retrain].extra = {"as_of": decision["as_of"], "reason": decision["reason"][:2000],
+                                                       "window_days": decision.get("window_days")}
             return decision
 
         @task

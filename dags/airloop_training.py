@@ -34,7 +34,7 @@ from airflow.sdk import Asset, AssetOrTimeSchedule, Param, dag, task
 from airloop.core.pipeline import load_all_pipelines, load_pipeline_config
 from airloop.core.settings import get_settings
 from airloop_provider.assets import retrain_asset_uri
-from airloop_provider.context import as_of_day, run_actor, run_context
+from airloop_provider.context import as_of_day, run_actor, run_context, training_window
 from airloop_provider.dag_defaults import default_args
 from airloop_provider.operators import DeployModelOperator, PromotionApprovalOperator
 from airloop_provider.timetables import ScheduleUntilCronTrigger
@@ -85,7 +85,7 @@ def training_dag(pipeline: str):
 
             try:
                 as_of = as_of_day(context, config, get_settings())
-                return stages.extract(config, as_of, get_settings(), window=context["params"]["window_days"])
+                return stages.extract(config, as_of, get_settings(), window=training_window(context, config))
             except (NoDataForRun, ConfigurationError, stages.ValidationFailed) as err:  # nothing to train on / a
                 # wrong pipeline file / an unreadable partition (quarantined): say what to change, in seconds, no retry
                 raise AirflowFailException(str(err)) from err

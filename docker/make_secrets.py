@@ -40,12 +40,12 @@ PIPELINES_DIR = Path(__file__).resolve().parent.parent / "include" / "pipelines"
 
 
 def named_tenants(pipelines_dir: Path = PIPELINES_DIR) -> list[str]:
-    """Tenants named by the pipeline files (their top-level ``tenant:``), without ``default``."""
+    """Tenants of the pipeline files (their top-level ``tenant:``; ``default`` for a file without
+    one): every one gets a serving token, since serving's write routes are closed by default."""
     tenants = set()
     for path in sorted(pipelines_dir.glob("*.yaml")):
         match = re.search(r"^tenant:\s*[\"']?([\w.-]+)", path.read_text(), flags=re.M)
-        if match and match.group(1) != "default":
-            tenants.add(match.group(1))
+        tenants.add(match.group(1) if match else "default")
     return sorted(tenants)
 
 

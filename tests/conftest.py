@@ -24,14 +24,33 @@ ROOT = Path(__file__).resolve().parent.parent
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="airloop-test-"))
 STATE = _SESSION_DIR / "state"
 
+#: The test session's own serving tokens (serving's routes are closed by default): the admin
+#: token and one per tenant; never the user's (:func:`drop_user_secrets`).
+ADMIN_TOKEN = "test-admin-token"
+TENANT_TOKENS = {"default": "test-default-token", "globex": "test-globex-token", "acme": "test-acme-token"}
+
 drop_user_secrets()  # `make test` after `make demo` exports the person's own tokens: the tests never use them
 os.environ.update(isolated_environ(ROOT, _SESSION_DIR, secret_values={
-    "AIRLOOP_ADMIN_TOKEN": "test-admin-token",
+    "AIRLOOP_ADMIN_TOKEN": ADMIN_TOKEN,
+    "AIRLOOP_TENANT_TOKENS": ",".join(f"{tenant}={token}" for tenant, token in TENANT_TOKENS.items()),
     "AIRFLOW__CORE__FERNET_KEY": "x7B3QbhXlrIWmZUQ0y8y5bY6Fq1TB0Z3tPj1xRkZb0c=",
     "AIRFLOW__API_AUTH__JWT_SECRET": "airloop-test-jwt-secret-not-for-production",
     "AIRFLOW__API__SECRET_KEY": "airloop-test-api-secret-not-for-production",
 }))
 (STATE / "mlflow").mkdir(parents=True, exist_ok=True)
+
+
+def serving_headers(tenant: str | None = None, token: str | None = None, replay=None, **extra: str) -> dict[str, str]:
+    """Headers of a request to serving with the session's tokens: the admin token (accepted on
+    every route), or ``tenant``'s own token (:data:`TENANT_TOKENS`), or an explicit ``token``;
+    ``replay``: ``(start, end)`` datetimes or dates sent as ``X-Airloop-Replay-Interval`` (the
+    historical event times of a replay; admin token only); ``extra`` headers added
+    (``X_Tenant="acme"`` becomes ``X-Tenant: acme``)."""
+    chosen = token or (TENANT_TOKENS[tenant] if tenant is not None else ADMIN_TOKEN)
+    headers = {"Authorization": f"Bearer {chosen}", **{k.replace("_", "-"): v for k, v in extra.items()}}
+    if replay is not None:
+        headers["X-Airloop-Replay-Interval"] = "/".join(t.isoformat() for t in replay)
+    return headers
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -17,12 +17,19 @@ def retrain_asset_uri(config: PipelineConfig) -> str:
     return f"airloop://{config.name}/retrain-requests"
 
 
-def as_of_from_asset_events(events: Any) -> tuple[str | None, str | None]:
-    """(as_of, reason) of the newest retrain request among triggering asset events."""
-    newest = None
+def retrain_request_from_asset_events(events: Any) -> dict[str, Any]:
+    """The newest retrain request among triggering asset events (``as_of``, ``reason`` and, for a
+    performance drop, ``window_days``), or ``{}``."""
+    newest: dict[str, Any] = {}
     for asset_events in (events or {}).values():
         for event in asset_events:
             extra = getattr(event, "extra", None) or {}
-            if extra.get("as_of") and (newest is None or extra["as_of"] > newest.get("as_of", "")):
-                newest = extra
-    return (newest or {}).get("as_of"), (newest or {}).get("reason")
+            if extra.get("as_of") and extra["as_of"] > newest.get("as_of", ""):
+                newest = dict(extra)
+    return newest
+
+
+def as_of_from_asset_events(events: Any) -> tuple[str | None, str | None]:
+    """(as_of, reason) of the newest retrain request among triggering asset events."""
+    newest = retrain_request_from_asset_events(events)
+    return newest.get("as_of"), newest.get("reason")

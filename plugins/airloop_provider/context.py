@@ -42,6 +42,22 @@ def as_of_day(context, config, settings) -> str:
     return as_of
 
 
+def training_window(context, config) -> int:
+    """The run's training window in days: the form's ``window_days`` for a manual run, else the
+    retrain request's (a performance drop's recent window, ``monitoring.retrain_window_days``),
+    else the form's default (``training.window_days``). The choice goes to the task log."""
+    import logging
+
+    from airloop_provider.assets import retrain_request_from_asset_events
+
+    form = int(context["params"].get("window_days") or config.training.window_days)
+    requested = retrain_request_from_asset_events(context.get("triggering_asset_events")).get("window_days")
+    window, why = (int(requested), "the retrain request's recent window") if requested and not is_manual(context) \
+        else (form, "the run's window_days")
+    logging.getLogger(__name__).info("%s: training on %s days (%s)", config.name, window, why)
+    return window
+
+
 def monitored_interval(context, config, settings) -> dict[str, str]:
     """The interval a monitoring run covers (``start``, ``end`` ISO, ``note``): the form's ``day``,
     else the data interval (a manual run's moved to the newest day with served traffic)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServerThread, free_port
+from tests.conftest import ServerThread, free_port, serving_headers  # noqa: F401 - serving_headers: the e2e tests' tokens
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ import pytest
 from airloop.ops.sandbox import restore_environ
 from tests.e2e.standalone import ARTIFACTS as ALL_ARTIFACTS
 from tests.e2e.standalone import airflow_standalone, chromium, login, shot
+from tests.conftest import serving_headers
 
 pytestmark = pytest.mark.e2e
 
@@ -168,7 +169,7 @@ def test_an_approval_granted_in_the_browser_promotes_to_prod(airflow, browser, s
     row = _prod_rows(settings, claims_config)[-1]
     assert (row["action"], row["to_version"], row["actor"]) == ("promote", version, "approved-by:admin"), row
     assert row["reason"].startswith("approved by admin (requested by user:admin)"), row["reason"]
-    assert str(httpx.get(f"{serving.url}/model", timeout=10).json().get("version")) == version
+    assert str(httpx.get(f"{serving.url}/model", timeout=10, headers=serving_headers()).json().get("version")) == version
     page.goto(f"{base}/dags/{airflow['train']}/runs/{run_id}")
     page.get_by_text("success").first.wait_for()
     _shot(page, "4-approved-run-succeeded")

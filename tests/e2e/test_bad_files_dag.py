@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.conftest import run_dag, task_states
 from tests.unit.tasks.test_bad_days import ALIASES, register_champion
+from tests.conftest import serving_headers
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +45,7 @@ def state(settings, claims_config, serving) -> dict:
     return {"aliases": {a: str(registry.alias_version(client, claims_config.model_name, a).version) for a in ALIASES},
             "versions": len(client.search_model_versions(f"name = '{claims_config.model_name}'")),
             "ledger": ledger.ledger_rows(store.get_engine(settings.monitoring_db_uri), claims_config.name),
-            "served": httpx.get(f"{serving.url}/model").json()["version"]}
+            "served": httpx.get(f"{serving.url}/model", headers=serving_headers()).json()["version"]}
 
 
 def test_an_empty_partition_file_fails_extract_once_and_is_quarantined(training_dag, serving, settings,

@@ -19,6 +19,7 @@ import pytest
 
 from tests.e2e.conftest import load_dag, run_dag, task_states
 from tests.e2e.racer import promote_when_released
+from tests.conftest import serving_headers
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +78,7 @@ class Traffic:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, headers=serving_headers()) as client:
             i = 0
             while not self._stop.is_set():
                 response = client.post(f"{self.url}/predict", json=self.records[i % len(self.records)])
@@ -119,7 +120,7 @@ def test_promote_and_rollback_forms_with_zero_errors_under_traffic(versions, set
         if aliases(settings)["prod"] == v2:  # v2 won prod on its own: step back first
             run = trigger(rollback_dag, {"environment": "prod", "reason": "start from v1"})
             assert str(run.state) == "success", task_states(run)
-        assert httpx.get(f"{serving.url}/model").json()["version"] == v1
+        assert httpx.get(f"{serving.url}/model", headers=serving_headers()).json()["version"] == v1
         if aliases(settings)["staging"] != v2:
             run = trigger(promote_dag, {"version": int(v2), "environment": "staging",
                                                       "reason": "staging review", "force": True})
@@ -130,7 +131,7 @@ def test_promote_and_rollback_forms_with_zero_errors_under_traffic(versions, set
         assert str(run.state) == "success", task_states(run)
         assert task_states(run)["deploy"] == "success"
         assert aliases(settings)["prod"] == v2
-        assert httpx.get(f"{serving.url}/model").json()["version"] == v2
+        assert httpx.get(f"{serving.url}/model", headers=serving_headers()).json()["version"] == v2
         promoted = ledger(settings, environment="prod", to_version=v2)[-1]
         assert promoted["action"] == "promote" and promoted["actor"].startswith(("user:", "airflow:"))
         assert promoted["reason"].startswith("release 2")
@@ -139,7 +140,7 @@ def test_promote_and_rollback_forms_with_zero_errors_under_traffic(versions, set
                                                    "reason": "error spike after release 2"})
         assert str(run.state) == "success", task_states(run)
         assert aliases(settings)["prod"] == v1
-        assert httpx.get(f"{serving.url}/model").json()["version"] == v1
+        assert httpx.get(f"{serving.url}/model", headers=serving_headers()).json()["version"] == v1
     last = ledger(settings, environment="prod")[-1]
     assert (last["action"], last["from_version"], last["to_version"]) == ("rollback", v2, v1)
     assert last["reason"] == "error spike after release 2"
@@ -267,12 +268,12 @@ def test_audit_lineage_compare_and_rollback_api(versions, settings, serving):
     promoted = api.post(f"{base}/promote", json={"version": int(v2), "environment": "prod", "force": True,
                                                  "reason": "re-release 2", "requested_by": "ops"}, headers=auth)
     assert promoted.status_code == 200, promoted.text
-    assert httpx.get(f"{serving.url}/model").json()["version"] == v2
+    assert httpx.get(f"{serving.url}/model", headers=serving_headers()).json()["version"] == v2
     back = api.post(f"{base}/rollback", json={"environment": "prod", "reason": "api rollback",
                                               "requested_by": "ops"}, headers=auth)
     assert back.status_code == 200, back.text
     assert back.json()["version"] == v1 and back.json()["serving"]["version"] == v1
-    assert httpx.get(f"{serving.url}/model").json()["version"] == v1
+    assert httpx.get(f"{serving.url}/model", headers=serving_headers()).json()["version"] == v1
     assert ledger(settings, environment="prod")[-1]["actor"] == "api:ops"
 
 
@@ -302,7 +303,7 @@ def test_post_deploy_guard_rolls_back_a_breaking_champion(versions, settings, cl
                                          actor="airflow:scheduled", endpoint=endpoint)
     assert broken["action"] == "rollback" and "error_rate = 0.2 > 0.05" in broken["reason"]
     assert aliases(settings)["prod"] == v1
-    assert httpx.get(f"{serving.url}/model").json()["version"] == v1
+    assert httpx.get(f"{serving.url}/model", headers=serving_headers()).json()["version"] == v1
     again = lifecycle.post_deploy_guard(claims_config, settings, summary | {"error_rate": 0.2},
                                         actor="airflow:scheduled", endpoint=endpoint)
     assert again["action"] == "none"  # v2 is no longer the champion: nothing more to do
@@ -330,7 +331,7 @@ def test_ab_test_from_the_forms_routes_logs_and_concludes(versions, settings, cl
     run = trigger(start_dag, {"action": "start", "challenger_version": int(v2), "traffic_pct": 50.0,
                               "success_metric": "log_loss", "min_samples": 400, "max_duration_days": 7})
     assert str(run.state) == "success", task_states(run)
-    started = httpx.get(f"{serving.url}/abtest").json()["tests"]
+    started = httpx.get(f"{serving.url}/abtest", headers=serving_headers()).json()["tests"]
     assert len(started) == 1 and started[0]["challenger_version"] == v2
 
     frame = pd.concat([generate_day(date(2026, 3, d)) for d in (1, 2, 3)], ignore_index=True)
@@ -339,7 +340,7 @@ def test_ab_test_from_the_forms_routes_logs_and_concludes(versions, settings, cl
     ids = [f"ab-{i}" for i in range(len(records))]
     seen: dict[str, set] = {"champion": set(), "challenger": set()}
     variant_of: dict[str, str] = {}
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers=serving_headers()) as client:
         for i in range(0, len(records), 100):
             answer = client.post(f"{serving.url}/predict",
                                  json={"records": records[i:i + 100], "request_ids": ids[i:i + 100]})
@@ -377,6 +378,6 @@ def test_ab_test_from_the_forms_routes_logs_and_concludes(versions, settings, cl
     assert low <= result["comparison"]["difference"] <= high
     expected = v2 if test.decision == "promote_challenger" else v1
     assert str(registry.alias_version(registry.get_client(settings), "claims_fraud", "champion").version) == expected
-    assert httpx.get(f"{serving.url}/model").json()["version"] == expected
-    assert httpx.get(f"{serving.url}/abtest").json()["tests"] == []
+    assert httpx.get(f"{serving.url}/model", headers=serving_headers()).json()["version"] == expected
+    assert httpx.get(f"{serving.url}/abtest", headers=serving_headers()).json()["tests"] == []
     print(f"A/B test {test.test_id}: {test.decision}; {result['reason']}")

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from tests.e2e.standalone import ARTIFACTS as ALL_ARTIFACTS
 from tests.e2e.standalone import airflow_standalone, chromium, login, shot
+from tests.conftest import serving_headers
 
 pytestmark = pytest.mark.e2e
 
@@ -156,7 +157,7 @@ def test_the_mlops_view_follows_and_acts_on_the_loop(airflow, page, settings, se
     assert newest.get_attribute("data-to") == first
     assert REASON in newest.inner_text()  # shown as text, not markup
     assert _champion(settings, claims_config) == first
-    assert str(httpx.get(f"{serving.url}/model", timeout=10).json()["version"]) == first
+    assert str(httpx.get(f"{serving.url}/model", timeout=10, headers=serving_headers()).json()["version"]) == first
     assert _frame(page).locator('tr[data-env="prod"] .champion-version').first.inner_text().strip() == f"v{first}"
     _frame(page).locator("section.card", has=_frame(page).locator("h2", has_text="Promotion ledger")).screenshot(
         path=str(ARTIFACTS / "5-ledger-after-rollback.png"))

@@ -21,6 +21,8 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import serving_headers
+
 pytestmark = pytest.mark.e2e
 
 SHIFT = date(2026, 4, 20)
@@ -53,7 +55,9 @@ def loop_env(settings, claims_config, airflow_db):
     assert promotion["promoted"]
 
     app = create_app(settings)
-    with TestClient(app) as client:
+    # historical traffic: the admin token and the replay interval it covers (serving's event_ts window)
+    replay = serving_headers(replay=(BACKFILL[0], BACKFILL[-1] + timedelta(days=1)))
+    with TestClient(app, headers=replay) as client:
         for day in BACKFILL:
             frame = generate_day(day)
             records = json.loads(frame[list(claims_config.features)].to_json(orient="records"))

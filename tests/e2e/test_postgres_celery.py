@@ -229,7 +229,8 @@ def test_training_on_celery_spreads_trials_over_both_workers(cluster):
     champion = registry.alias_version(client, "claims_fraud", "champion")
     assert champion is not None and str(champion.version) == str(versions[0].version)
     assert client.get_run(champion.run_id).info.artifact_uri.startswith("mlflow-artifacts:")
-    assert httpx.get(f"{cluster['settings'].serving_url}/model").json()["version"] == str(champion.version)
+    assert httpx.get(f"{cluster['settings'].serving_url}/model",
+                     headers={"Authorization": f"Bearer {cluster['settings'].admin_token}"}).json()["version"] == str(champion.version)
     with _engine(cluster, "monitoring").connect() as conn:
         ledger = conn.execute(sa.text("SELECT environment, action, to_version FROM promotion_ledger ORDER BY id")).all()
     assert [tuple(r) for r in ledger] == [("dev", "promote", "1"), ("staging", "promote", "1"), ("prod", "promote", "1")]

@@ -160,7 +160,8 @@ def traffic(trained, gateway, settings, configs):
     from airloop.models.schema import request_records, signature_inputs
 
     assert all(str(r.state) == "success" for r in trained.values())
-    headers = {"Authorization": f"Bearer {settings.admin_token}"}
+    headers = {"Authorization": f"Bearer {settings.admin_token}",  # historical flights: a replay of AS_OF
+               "X-Airloop-Replay-Interval": f"{AS_OF.isoformat()}/{(AS_OF + timedelta(days=1)).isoformat()}"}
     sent = {}
     for name, config in configs.items():
         frame = read_partition(config, AS_OF, settings)

@@ -27,6 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.e2e.conftest import load_dag, run_dag, served_to_tasks, task_states
+from tests.conftest import serving_headers
 
 pytestmark = pytest.mark.e2e
 
@@ -106,12 +107,12 @@ def test_training_dag_registers_promotes_and_deploys(trained, triage_serving, se
     rows = [r for r in _ledger(settings) if r["action"] == "promote"]
     assert [(r["environment"], r["to_version"]) for r in rows] == [("prod", version)]
 
-    info = httpx.get(f"{triage_serving.url}/model").json()
+    info = httpx.get(f"{triage_serving.url}/model", headers=serving_headers()).json()
     assert str(info["version"]) == version and info["name"] == "globex__ticket_triage"
     record = {"channel": "chat", "customer_tier": "pro", "product": "api", "language": "de",
               "account_age_days": 400, "seats": 9, "tickets_last_30d": 1, "attachments": 2, "error_codes": 3,
               "invoice_mentions": 0, "body_words": 150, "subject_words": 8, "sentiment": -0.3}
-    answer = httpx.post(f"{triage_serving.url}/predict", json=record)
+    answer = httpx.post(f"{triage_serving.url}/predict", json=record, headers=serving_headers())
     assert answer.status_code == 200, answer.text
     prediction = answer.json()["predictions"][0]
     assert set(prediction["probabilities"]) == set(config.classes)
@@ -132,11 +133,12 @@ def traffic(trained, triage_serving, settings, config):
 
     assert str(trained.state) == "success"
     sent = 0
+    replay = serving_headers(replay=(TRAFFIC[0], TRAFFIC[-1] + timedelta(days=1)))  # historical event times
     for day in TRAFFIC:
         frame = generate_ticket_day(day)
         for lo in range(0, len(frame), 100):
             part = frame.iloc[lo:lo + 100]
-            answer = httpx.post(f"{triage_serving.url}/predict", timeout=60, json={
+            answer = httpx.post(f"{triage_serving.url}/predict", timeout=60, headers=replay, json={
                 "records": json.loads(part[list(config.features)].to_json(orient="records")),
                 "request_ids": part["ticket_id"].tolist(),
                 "event_ts": [ts.isoformat() for ts in part["created_ts"]]})
@@ -146,9 +148,10 @@ def traffic(trained, triage_serving, settings, config):
     known = first[first["triaged_ts"] < datetime.combine(TRAFFIC[1], datetime.min.time(), tzinfo=timezone.utc)]
     items = [{"request_id": rid, "label": label, "label_ts": ts.isoformat()}
              for rid, label, ts in zip(known["ticket_id"], known["queue"], known["triaged_ts"])]
-    answer = httpx.post(f"{triage_serving.url}/feedback", json={"items": items})
+    answer = httpx.post(f"{triage_serving.url}/feedback", json={"items": items}, headers=serving_headers())
     assert answer.status_code == 200 and answer.json()["written"] == len(items), answer.text[:500]
-    wrong = httpx.post(f"{triage_serving.url}/feedback", json={"request_id": items[0]["request_id"], "label": "spam"})
+    wrong = httpx.post(f"{triage_serving.url}/feedback", json={"request_id": items[0]["request_id"], "label": "spam"},
+                       headers=serving_headers())
     assert wrong.status_code == 422 and "classes" in wrong.text
     assert triage_serving.app.state.prediction_logger.flush(timeout=60)
     return {"sent": sent, "feedback": len(items)}

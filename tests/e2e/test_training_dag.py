@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import run_dag, task_states
+from tests.conftest import serving_headers
 
 pytestmark = pytest.mark.e2e
 
@@ -74,13 +75,13 @@ def test_good_interval_trains_promotes_and_deploys(training_dag, serving, settin
 
     assert get_model_info(f"models:/claims_fraud/{version}").flavors["sklearn"]["serialization_format"] == "skops"
 
-    info = httpx.get(f"{serving.url}/model").json()
+    info = httpx.get(f"{serving.url}/model", headers=serving_headers()).json()
     assert str(info["version"]) == version
     record = {"claim_amount": 8000.0, "customer_age": 40, "policy_tenure_days": 300, "vehicle_age_years": 4,
               "prior_claims": 2, "days_to_report": 30, "witness_count": 0, "deductible": 500.0,
               "premium_monthly": 90.0, "incident_type": "theft", "region": "north", "channel": "online",
               "police_report": "no"}
-    answer = httpx.post(f"{serving.url}/predict", json=record)
+    answer = httpx.post(f"{serving.url}/predict", json=record, headers=serving_headers())
     assert answer.status_code == 200, answer.text
     assert str(answer.json()["model"]["version"]) == version
     assert 0.0 <= answer.json()["predictions"][0]["probabilities"]["1"] <= 1.0
@@ -120,7 +121,7 @@ def test_bad_data_day_stops_at_validation(training_dag, serving, settings, claim
     assert str(registry.alias_version(client, "claims_fraud", "champion").version) == champion_before
     assert len(client.search_model_versions("name = 'claims_fraud'")) == versions_before
     assert ledger(settings) == ledger_before
-    assert str(httpx.get(f"{serving.url}/model").json()["version"]) == champion_before
+    assert str(httpx.get(f"{serving.url}/model", headers=serving_headers()).json()["version"]) == champion_before
 
 
 def test_rerun_of_an_interval_changes_nothing(training_dag, serving, settings):
@@ -143,6 +144,7 @@ def test_failed_deploy_rolls_back_to_the_previous_champion(training_dag, serving
 
     from airloop.data.snapshot import extract_window
     from airloop.registry import client as registry
+    from airloop.registry import lifecycle
     from airloop.serving.client import DeployError, ServingEndpoint
     from airloop.tasks import lifecycle as stages
 
@@ -153,10 +155,16 @@ def test_failed_deploy_rolls_back_to_the_previous_champion(training_dag, serving
     shutil.copytree(source.removeprefix("file://"), broken_dir)
     (broken_dir / "model.skops").write_bytes(b"not a skops archive")
     broken = str(client.create_model_version("claims_fraud", str(broken_dir)).version)
-    client.set_registered_model_alias("claims_fraud", "champion", broken)
+    # promoted the way a training run promotes (ledger row, then aliases: the reconciler's truth),
+    # with the good version's evaluation as its evidence and the gates overridden
+    good_metrics = dict(lifecycle.version_record(client, claims_config, good)["metrics"])
+    promotion = lifecycle.promote_version(
+        claims_config, settings, broken, claims_config.promotion.serving_environment.name, actor="test", force=True,
+        evidence={"metrics": good_metrics, "champion": {"version": good, "metrics": good_metrics}},
+        run_context={"dag_id": "t", "dag_run_id": "rollback-test", "as_of": GOOD_AS_OF})
+    assert promotion["promoted"] and str(registry.alias_version(client, "claims_fraud", "champion").version) == broken
 
     snapshot = extract_window(claims_config, date.fromisoformat(GOOD_AS_OF), settings, window=28).to_dict()
-    promotion = {"promoted": True, "version": broken, "previous": good}
     endpoint = ServingEndpoint(serving.url, settings.admin_token)
     with pytest.raises(DeployError, match=f"rolled back to v{good}"):
         stages.deploy(claims_config, promotion, snapshot, endpoint, settings, actor="test",
@@ -165,5 +173,6 @@ def test_failed_deploy_rolls_back_to_the_previous_champion(training_dag, serving
     assert str(registry.alias_version(client, "claims_fraud", "champion").version) == good
     last = ledger(settings)[-1]
     assert (last["action"], last["from_version"], last["to_version"]) == ("rollback", broken, good)
-    assert str(httpx.get(f"{serving.url}/model").json()["version"]) == good
-    assert httpx.post(f"{serving.url}/predict", json={"records": stages.smoke_records(claims_config, snapshot, 3)}).status_code == 200
+    assert str(httpx.get(f"{serving.url}/model", headers=serving_headers()).json()["version"]) == good
+    assert httpx.post(f"{serving.url}/predict", json={"records": stages.smoke_records(claims_config, snapshot, 3)},
+                      headers=serving_headers()).status_code == 200

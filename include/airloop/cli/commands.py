@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from airloop.core.pipeline import load_pipeline_config
+from airloop.core.process import pid_alive
 from airloop.core.security import SECRET_GENERATORS, tenant_token
 from airloop.core.settings import (
     AIRLOOP_SERVING_HOST,
@@ -46,15 +47,15 @@ def ensure_secrets(settings: Settings) -> dict[str, str]:
     for key, make in SECRET_GENERATORS.items():
         if not values.get(key):  # a secret given by the environment (containers) wins over a new one
             values[key] = os.environ.get(key) or make()
-    # one serving token per named tenant of the pipeline files (kept once generated); the
-    # "default" tenant (single-tenant use) stays open unless AIRLOOP_TENANT_TOKENS names it
+    # one serving token per tenant of the pipeline files, "default" included (kept once
+    # generated): every write route of serving needs a token (airloop.serving.auth)
     from airloop.core.pipeline import load_all_pipelines
     from airloop.core.settings import parse_tenant_tokens
 
     # the file's tokens, and the environment's (containers) over them for the tenants it names
     tokens = {**parse_tenant_tokens(values.get(AIRLOOP_TENANT_TOKENS.name) or ""),
               **parse_tenant_tokens(AIRLOOP_TENANT_TOKENS.get() or "")}
-    named = {c.tenant for c in load_all_pipelines(settings)[0] if c.tenant != "default"}
+    named = {c.tenant for c in load_all_pipelines(settings)[0]}
     for tenant in sorted(named - set(tokens)):
         tokens[tenant] = tenant_token()
     values["AIRLOOP_TENANT_TOKENS"] = ",".join(f"{t}={v}" for t, v in sorted(tokens.items()))
@@ -72,6 +73,33 @@ def ensure_secrets(settings: Settings) -> dict[str, str]:
     # a shell sourced before a tenant was added holds a stale list: serving must know every tenant
     os.environ[AIRLOOP_TENANT_TOKENS.name] = values["AIRLOOP_TENANT_TOKENS"]
     return values
+
+
+def settings_with_secrets() -> Settings:
+    """The settings, read again after :func:`ensure_secrets` put the generated secrets into this
+    process's environment (the Makefile does not export them): the admin and tenant tokens a
+    client of serving (the demo, ``airloop replay``) sends."""
+    ensure_secrets(get_settings())
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def cmd_token(args) -> int:
+    """Print one serving token (the tenant's, or the admin's with ``--admin``) for a client such
+    as ``curl``: every route but the probes needs one (``.airloop/secrets.env`` holds them)."""
+    from airloop.core.settings import parse_tenant_tokens
+
+    values = ensure_secrets(get_settings())
+    if args.admin:
+        print(values["AIRLOOP_ADMIN_TOKEN"])
+        return 0
+    tokens = parse_tenant_tokens(values.get(AIRLOOP_TENANT_TOKENS.name) or "")
+    if args.tenant not in tokens:
+        print(f"no serving token for tenant {args.tenant!r}; tenants with one: {', '.join(sorted(tokens))}",
+              file=sys.stderr)
+        return 1
+    print(tokens[args.tenant])
+    return 0
 
 
 def cmd_init(args) -> int:
@@ -163,11 +191,16 @@ def cmd_serve(args) -> int:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
+    return pid_alive(pid)
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """Whether a listener already accepts connections on ``host:port``."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex((host, port)) == 0
 
 
 def cmd_start_serving(args) -> int:
@@ -180,6 +213,13 @@ def cmd_start_serving(args) -> int:
     if pid_file.is_file() and _alive(int(pid_file.read_text())):
         print(f"serving already running (pid {pid_file.read_text().strip()}) at {settings.serving_url}")
         return 0
+    host, port = AIRLOOP_SERVING_HOST.get(), int(AIRLOOP_SERVING_PORT.get())
+    if _port_in_use(host, port):
+        # another process (often the serving of another clone or an earlier state folder) would
+        # answer /health in our place, with other tokens and models
+        print(f"port {port} on {host} is in use by another process (the serving of another checkout? "
+              f"`make down` there): stop it or set AIRLOOP_SERVING_PORT in .env", file=sys.stderr)
+        return 1
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     log_path = settings.state_dir / "logs" / "serving.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import argparse
 import time
 from datetime import date, datetime, timezone
 
-from airloop.cli.commands import cmd_simulate, cmd_start_serving, ensure_secrets
+from airloop.cli.commands import cmd_simulate, cmd_start_serving, ensure_secrets, settings_with_secrets
 from airloop.core.pipeline import load_pipeline_config
 from airloop.core.settings import AIRFLOW_PORT, MLFLOW_PORT, Settings, get_settings
 
@@ -190,8 +190,7 @@ def cmd_demo(args) -> int:
     import logging
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per REST call is noise here
-    settings = get_settings()
-    ensure_secrets(settings)
+    settings = settings_with_secrets()  # the admin token its replays and summary send to serving
     t0 = time.perf_counter()
     cmd_simulate(argparse.Namespace(pipeline=args.pipeline, days=args.days, seed=7))
     if cmd_start_serving(args) != 0:
@@ -295,10 +294,12 @@ def print_summary(settings: Settings, pipeline: str, timeline: list[tuple[str, s
         lines.append(f"  quarantined: {day} -> {settings.quarantine_dir / config.name / day.isoformat()}")
     from airloop.monitoring.history import daily_lines  # estimated vs realized per day, alerts opened(+)/closed(-)
 
-    lines += ["  monitoring per day (estimate from served scores; realized once the day's labels arrived):",
+    lines += ["  monitoring per day (estimate from served scores; realized once the day's labels arrived; "
+              "trailing: the version's rows labelled so far, what the performance rules judge):",
               *daily_lines(engine, config)]
     try:
-        answer = httpx.get(f"{settings.serving_url}/model", timeout=5)
+        auth = {"Authorization": f"Bearer {settings.admin_token}"} if settings.admin_token else {}
+        answer = httpx.get(f"{settings.serving_url}/model", timeout=5, headers=auth)
         served = answer.json()
         if answer.status_code == 200:
             lines.append(f"  serving: {settings.serving_url} answers with {served.get('name')} v{served.get('version')}")
@@ -315,7 +316,8 @@ def print_summary(settings: Settings, pipeline: str, timeline: list[tuple[str, s
         f"  Ledger          {settings.monitoring_db_uri}  (table promotion_ledger)",
         f"  Monitoring      {settings.state_dir / 'reports'}  (Evidently HTML; tables monitoring_runs,"
         " feature_drift, alerts, retrain_requests)",
-        f"  Try it          curl -s {settings.serving_url}/model",
+        f"  Try it          curl -s -H \"Authorization: Bearer $(make -s token)\" {settings.serving_url}/model"
+        f"   (tokens in {settings.state_dir / 'secrets.env'})",
     ]
     if total_s is not None:
         lines.append(f"\nDemo finished in {total_s / 60:.1f} min.")
@@ -354,5 +356,5 @@ def _experiment_url(settings: Settings, client, config) -> str:
 
 def cmd_summary(args) -> int:
     """Print the summary on its own."""
-    print_summary(get_settings(), args.pipeline)
+    print_summary(settings_with_secrets(), args.pipeline)
     return 0

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from airloop.cli.commands import cmd_init, cmd_serve, cmd_simulate, cmd_start_serving, cmd_stop_serving
+from airloop.cli.commands import cmd_init, cmd_serve, cmd_simulate, cmd_start_serving, cmd_stop_serving, cmd_token
 from airloop.cli.demo import cmd_demo, cmd_summary, cmd_train
 from airloop.cli.processes import cmd_up
 from airloop.core.pipeline import load_pipeline_config
@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("start-serving").set_defaults(func=cmd_start_serving)
     sub.add_parser("up").set_defaults(func=cmd_up)
     sub.add_parser("stop-serving").set_defaults(func=cmd_stop_serving)
+    p = sub.add_parser("token", help="print a serving token (curl -H \"Authorization: Bearer $(make -s token)\")")
+    p.add_argument("tenant", nargs="?", default="default")
+    p.add_argument("--admin", action="store_true", help="the admin token (reload, corrections, replays)")
+    p.set_defaults(func=cmd_token)
     p = sub.add_parser("train")
     p.add_argument("--pipeline", default="claims_fraud")
     p.add_argument("--as-of", required=True)
@@ -42,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pipeline", default="claims_fraud")
     p.add_argument("--days", type=int, default=150)
     p.add_argument("--as-of", default="2026-03-01")
-    p.add_argument("--loop-from", default="2026-04-15", help="first day of replayed traffic + monitoring")
-    p.add_argument("--loop-days", type=int, default=21)
+    p.add_argument("--loop-from", default="2026-04-17", help="first day of replayed traffic + monitoring")
+    p.add_argument("--loop-days", type=int, default=40, help="days of the loop (default: to 05-26, past the "
+                   "covariate shift of 04-20, the concept drift of 04-30, the retrain that follows it and "
+                   "the new version's recovery in its trailing realized figure)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("suite", help="regenerate the GX suites in include/gx from the pipeline files")
     p.add_argument("pipelines", nargs="*", help="pipeline names (default: all under include/pipelines)")

@@ -9,13 +9,14 @@ import sys
 from datetime import date, timedelta
 
 from airloop.core.pipeline import load_pipeline_config
-from airloop.core.settings import get_settings
+from airloop.cli.commands import settings_with_secrets
 from airloop.serving.replay import DEFAULT_BATCH, ReplayError, replay_day, replay_endpoint
 
 DESCRIPTION = """\
 Send the source rows of each day D1..D2 (inclusive) of a pipeline through serving's /predict, as
 the business would have: request ids = the pipeline's id_column, event times = its timestamp
-column, the tenant's token from AIRLOOP_TENANT_TOKENS. Prints, per day, the rows sent, accepted
+column, the admin token (AIRLOOP_ADMIN_TOKEN) and the day as the replay interval (serving accepts
+event times outside its window around now only so). Prints, per day, the rows sent, accepted
 and rejected (with serving's reasons). Re-running is safe: the same request ids are sent again
 and serving's prediction log keeps one row per id."""
 
@@ -41,7 +42,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """Replay the days; 0 when every day was sent (rejected rows are reported, not fatal), 1 when
     serving could not be reached or kept failing, 2 on bad arguments."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    settings = get_settings()
+    settings = settings_with_secrets()  # the admin token a replay sends (from .airloop/secrets.env)
     config = load_pipeline_config(args.pipeline, settings)
     end = args.end or args.start
     if end < args.start:

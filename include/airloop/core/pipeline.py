@@ -540,6 +540,10 @@ class MonitoringConfig(_Strict):
     alerts: list[AlertRule] = Field(default_factory=list)
     #: No new retrain request within this many days of the previous one.
     retrain_cooldown_days: int = Field(default=7, ge=0)
+    #: A retrain requested by a (realized or estimated) performance drop trains on this many recent
+    #: days (None: ``training.window_days``): a changed concept is learnt from the days after it,
+    #: not outvoted by weeks of the old one. Must exceed ``training.holdout_days``.
+    retrain_window_days: int | None = Field(default=None, gt=1)
     #: Labels arrive at most this many days after the event (batch label ingest looks back so far).
     label_lookback_days: int = Field(default=45, ge=0)
     reference: ReferenceConfig = ReferenceConfig()
@@ -621,6 +625,10 @@ class PipelineConfig(_Strict):
             raise ValueError("'classes' is only for classification tasks (this pipeline has task 'regression')")
         if self.classes and len({repr(c) for c in self.classes}) != len(self.classes):
             raise ValueError(f"classes must be distinct: {self.classes}")
+        window = self.monitoring.retrain_window_days
+        if window is not None and window <= self.training.holdout_days:
+            raise ValueError(f"monitoring.retrain_window_days ({window}) must exceed training.holdout_days "
+                             f"({self.training.holdout_days})")
         return self
 
     @field_validator("training")

@@ -82,11 +82,24 @@ AIRLOOP_SERVING_MAX_BODY_BYTES = EnvVar("AIRLOOP_SERVING_MAX_BODY_BYTES", int, 8
                                         "largest request body serving reads (bytes; larger: 413; 0: no limit)")
 AIRLOOP_SERVING_MAX_RECORDS = EnvVar("AIRLOOP_SERVING_MAX_RECORDS", int, 10_000,
                                      "most records in one /predict or labels in one /feedback (more: 413)")
+AIRLOOP_SERVING_OPEN_ROUTES = EnvVar("AIRLOOP_SERVING_OPEN_ROUTES", str, "",
+                                     "serving routes opened without a token (comma list: predict, feedback, "
+                                     "explain, model, abtest; default none: every route but the probes needs one)")
+AIRLOOP_EVENT_TS_MAX_AGE_S = EnvVar("AIRLOOP_EVENT_TS_MAX_AGE_S", float, 7 * 86400.0,
+                                    "oldest event_ts /predict accepts, in seconds before now (older: 422)")
+AIRLOOP_EVENT_TS_MAX_AHEAD_S = EnvVar("AIRLOOP_EVENT_TS_MAX_AHEAD_S", float, 300.0,
+                                      "latest event_ts /predict accepts, in seconds after now (later: 422)")
 AIRLOOP_SERVING_GC_FREEZE = EnvVar("AIRLOOP_SERVING_GC_FREEZE", str, "1", "0: do not gc.freeze() after start-up")
 AIRLOOP_ADMIN_TOKEN = EnvVar("AIRLOOP_ADMIN_TOKEN", str, None, "admin token of serving and the lifecycle API (secret)")
 AIRLOOP_TENANT_TOKENS = EnvVar("AIRLOOP_TENANT_TOKENS", str, None, "tenant=token,... serving tokens (secret)")
 AIRLOOP_PRELOAD = EnvVar("AIRLOOP_PRELOAD", str, None, "auto | off | module list the scheduler/workers pre-import")
 AIRLOOP_CODE_VERSION = EnvVar("AIRLOOP_CODE_VERSION", str, None, "code version tag (default: git describe)")
+AIRLOOP_TASK_RETRIES = EnvVar("AIRLOOP_TASK_RETRIES", int, None,
+                              "retries of every airloop DAG task (default: per DAG family)")
+AIRLOOP_RETRY_DELAY_S = EnvVar("AIRLOOP_RETRY_DELAY_S", float, None,
+                               "seconds between task retries of every airloop DAG (default: per DAG family)")
+AIRLOOP_FAULT_AT = EnvVar("AIRLOOP_FAULT_AT", str, None,
+                          "tests only: folder of armed fault points (airloop.registry.reconcile.fault_point)")
 MLFLOW_PORT = EnvVar("MLFLOW_PORT", str, "5000", "MLflow UI port of `make up`")
 AIRFLOW_PORT = EnvVar("AIRFLOW_PORT", str, "8080", "Airflow UI/API port of `make up`")
 
@@ -166,6 +179,8 @@ class Settings(BaseModel):
     admin_token: str | None = Field(repr=False)
     #: Per-tenant serving tokens (``AIRLOOP_TENANT_TOKENS=tenant=token,...``; see airloop.serving.gateway).
     tenant_tokens: dict[str, str] = Field(default_factory=dict, repr=False)
+    #: Serving routes the operator opened without a token (``AIRLOOP_SERVING_OPEN_ROUTES``; default none).
+    serving_open_routes: frozenset[str] = frozenset()
 
     @property
     def snapshots_dir(self) -> Path:
@@ -235,7 +250,14 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         serving_url=AIRLOOP_SERVING_URL.get(env).rstrip("/"),
         admin_token=AIRLOOP_ADMIN_TOKEN.get(env),
         tenant_tokens=parse_tenant_tokens(AIRLOOP_TENANT_TOKENS.get(env)),
+        serving_open_routes=parse_route_names(AIRLOOP_SERVING_OPEN_ROUTES.get(env)),
     )
+
+
+def parse_route_names(value: str | None) -> frozenset[str]:
+    """``"predict, /feedback"`` → ``{"predict", "feedback"}`` (which names serving accepts is
+    checked where the app is built, :func:`airloop.serving.auth.open_routes`)."""
+    return frozenset(name.strip().strip("/").lower() for name in (value or "").split(",") if name.strip().strip("/"))
 
 
 def parse_tenant_tokens(value: str | None) -> dict[str, str]:

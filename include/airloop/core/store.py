@@ -351,6 +351,26 @@ reference_refreshes = sa.Table(
 )
 
 
+#: Labels that differ from a stored one (migration 9): ``ground_truth`` is first-write-wins, so a
+#: later, different label of a (tenant, pipeline, request id) is kept here — refused (``applied``
+#: false: ``POST /feedback`` answered 409) or applied as a correction (an admin's
+#: ``POST /feedback?correct=true``, or a label file of the monitoring DAG: actor ``ingest``).
+label_revisions = sa.Table(
+    "label_revisions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("pipeline", sa.String(100), nullable=False),
+    sa.Column("old_label", sa.Text, nullable=False),  # JSON, the label stored when this one arrived
+    sa.Column("new_label", sa.Text, nullable=False),  # JSON
+    sa.Column("actor", sa.String(200), nullable=False),  # admin | tenant:<name> | anonymous | ingest
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("applied", sa.Boolean, nullable=False),
+    sa.Index("ix_label_revisions_key", "tenant", "pipeline", "request_id"),
+)
+
+
 def _add_estimate_and_alert_lifecycle_columns(conn: sa.Connection) -> None:
     _add_missing_columns(conn, monitoring_runs, [
         "estimated_performance", "estimated_metric", "estimated_value", "estimated_low", "estimated_high",
@@ -437,6 +457,7 @@ MIGRATIONS: list[tuple] = [
      _add_out_of_domain_columns),
     (8, "performance estimates per interval, alert lifecycle (open/closed conditions), refreshed references",
      [alert_evaluations, estimate_checks, reference_refreshes], _add_estimate_and_alert_lifecycle_columns),
+    (9, "label revisions: first-write-wins labels, later ones kept and audited", [label_revisions]),
 ]
 
 
@@ -530,7 +551,8 @@ def migrate(engine: sa.Engine) -> list[int]:
     return applied
 
 
-def _dialect_insert(engine_or_conn, table: sa.Table):
+def dialect_insert(engine_or_conn, table: sa.Table):
+    """The dialect's ``INSERT`` of ``table`` (with ``on_conflict_do_*``): SQLite or PostgreSQL."""
     name = engine_or_conn.dialect.name
     if name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -541,6 +563,9 @@ def _dialect_insert(engine_or_conn, table: sa.Table):
     return insert(table)
 
 
+_dialect_insert = dialect_insert  # the earlier private name (registry.ledger, monitoring.interval import it)
+
+
 def upsert(engine: sa.Engine, table: sa.Table, rows: list[dict[str, Any]]) -> int:
     """Insert ``rows`` or overwrite the existing rows with the same primary key (one transaction).
 
@@ -549,7 +574,7 @@ def upsert(engine: sa.Engine, table: sa.Table, rows: list[dict[str, Any]]) -> in
     if not rows:
         return 0
     keys = [c.name for c in table.primary_key.columns]
-    stmt = _dialect_insert(engine, table)
+    stmt = dialect_insert(engine, table)
     stmt = stmt.on_conflict_do_update(
         index_elements=keys,
         set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
@@ -592,7 +617,7 @@ def _insert_ignore_plan(engine: sa.Engine, table: sa.Table, columns: tuple[str, 
     positional style: the SQL, the column of each placeholder and the bind conversions."""
     dialect = engine.dialect
     positional = dialect.__class__(paramstyle="qmark" if dialect.name == "sqlite" else "format")
-    compiled = _dialect_insert(engine, table).on_conflict_do_nothing().compile(
+    compiled = dialect_insert(engine, table).on_conflict_do_nothing().compile(
         dialect=positional, column_keys=list(columns))
     keys = tuple(compiled.positiontup)
     unknown = set(keys) - set(columns)

@@ -12,8 +12,10 @@ Scripted events (dates in :data:`DEFAULT_EVENTS`, also written to ``events.json`
 * ``covariate_shift``: from that day on, claim amounts are larger, customers younger and more
   claims arrive through online/app channels (the inputs move; the fraud mechanism does not).
 * ``concept_drift``: from that day on, fraud behaves differently (police reports stop being
-  protective; fraud shifts to small glass claims filed quickly) — the inputs barely move, but a
-  model's accuracy drops once the delayed labels arrive.
+  protective; fraud shifts from large, late-reported and theft claims to small glass claims
+  reported at once) — the inputs barely move, but a model's accuracy drops (ROC AUC ~0.76 to
+  ~0.35) once the delayed labels arrive; the new pattern is as learnable (~0.8 for a model trained
+  on two weeks of it).
 
 A second dataset, support-ticket triage (:func:`generate_ticket_day`, multi-class: which of five
 queues a ticket belongs to), drives the ``ticket_triage`` pipeline. :data:`DATASETS` maps each
@@ -53,7 +55,7 @@ DEFAULT_DAYS = 150
 DEFAULT_EVENTS: dict[str, date] = {
     "bad_data": date(2026, 3, 10),
     "covariate_shift": date(2026, 4, 20),
-    "concept_drift": date(2026, 5, 10),
+    "concept_drift": date(2026, 4, 30),
 }
 
 
@@ -101,8 +103,9 @@ def generate_day(day: date, seed: int = 7, events: dict[str, date] | None = None
         - 0.35 * witness_count
         - 0.0004 * policy_tenure_days
     )
-    if drifted:
-        logit += 0.3 * (police == "yes") + 2.2 * ((incident == "glass") & (days_to_report <= 2)) - 0.9 * z_amount
+    if drifted:  # a new fraud pattern, as learnable as the old one: small glass claims reported at once
+        logit += (0.3 * (police == "yes") + 3.2 * ((incident == "glass") & (days_to_report <= 2))
+                  - 2.0 * z_amount - 1.2 * (days_to_report > 14) - 1.0 * (incident == "theft") - 0.9)
     else:
         logit += -1.0 * (police == "yes")
     is_fraud = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -97,6 +98,111 @@ def _to_array(column: InputColumn, values: list[Any]) -> Any:
     return np.array(values, dtype=dtype)  # floats: None -> NaN
 
 
+class ValidatedRecords(Sequence):
+    """Validated request records held column-wise: per signature column, the values in record
+    order as the request validator produced them (absent optional columns as None, ints of float
+    columns as floats). Indexing or iterating yields one record as ``{column: value}`` in
+    signature order (built once, on first use); :meth:`RecordSchema.to_frame` reads the columns
+    directly, without records."""
+
+    __slots__ = ("names", "columns", "_records")
+
+    def __init__(self, names: Sequence[str], columns: list[list[Any]]) -> None:
+        self.names = tuple(names)
+        #: One list per signature column, all of the same length.
+        self.columns = columns
+        self._records: list[dict[str, Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.columns[0]) if self.columns else 0
+
+    def records(self) -> list[dict[str, Any]]:
+        """The records as dicts (signature order); the same list on every call."""
+        if self._records is None:
+            names = self.names
+            self._records = [dict(zip(names, values)) for values in zip(*self.columns)]
+        return self._records
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.records()[i]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.records())
+
+    def column(self, name: str) -> list[Any]:
+        """The values of one column."""
+        return self.columns[self.names.index(name)]
+
+    def take(self, idx: Sequence[int]) -> "ValidatedRecords":
+        """The records at positions ``idx``, in that order."""
+        if len(idx) == len(self) and all(i == j for j, i in enumerate(idx)):
+            return self
+        return ValidatedRecords(self.names, [[col[i] for i in idx] for col in self.columns])
+
+    @classmethod
+    def concat(cls, parts: Sequence["ValidatedRecords"]) -> "ValidatedRecords":
+        """The records of several parts (same signature) one after the other."""
+        if len(parts) == 1:
+            return parts[0]
+        width = len(parts[0].names)
+        return cls(parts[0].names, [[v for part in parts for v in part.columns[k]] for k in range(width)])
+
+
+#: Fewer records than this are validated by pydantic alone: for one record its per-record model
+#: is faster than a pass per column (15 vs 70 us for 13 columns); from about this many on, the
+#: column-wise pass wins (100 records: about half the time, and no pydantic object per record).
+COLUMNWISE_MIN_RECORDS = 8
+
+
+#: A column the record does not have (the column-wise validator's placeholder).
+_ABSENT = object()
+
+
+#: Python types the column-wise validator accepts per MLflow type, exactly as the strict pydantic
+#: field does (``bool`` is no ``int``; ``int`` is accepted for float columns and becomes a float).
+_FAST_TYPES: dict[str, frozenset[type]] = {
+    "boolean": frozenset({bool}), "integer": frozenset({int}), "long": frozenset({int}),
+    "float": frozenset({float, int}), "double": frozenset({float, int}), "string": frozenset({str}),
+}
+
+
+def _fast_column(column: InputColumn, values: list[Any]) -> list[Any] | None:
+    """``values`` of one column as the strict pydantic field validates them, or None when any of
+    them would fail (or is of a type this check leaves to pydantic): one pass per check."""
+    kinds = set(map(type, values))
+    if object in kinds:  # absent from some records
+        if column.required:
+            return None
+        values = [None if v is _ABSENT else v for v in values]
+        kinds.discard(object)
+        kinds.add(type(None))
+    if type(None) in kinds:
+        if column.required:
+            return None
+        kinds.discard(type(None))
+        present = [v for v in values if v is not None]
+    else:
+        present = values
+    if not kinds <= _FAST_TYPES[column.type]:
+        return None
+    if not present:  # every value null (an optional column)
+        return values
+    if column.type in ("float", "double"):
+        if int in kinds:
+            try:
+                values = [float(v) if v.__class__ is int else v for v in values]
+            except OverflowError:
+                return None
+            present = [v for v in values if v is not None]
+        if not all(map(math.isfinite, present)):
+            return None
+    elif column.type in ("integer", "long"):
+        low, high = _INT32 if column.type == "integer" else _INT64
+        if min(present) < low or max(present) > high:
+            return None
+    return values
+
+
 class RecordSchema:
     """Validates request records against a model signature and turns them into a DataFrame."""
 
@@ -127,6 +233,8 @@ class RecordSchema:
             title, __config__=ConfigDict(extra="forbid", populate_by_name=False), **fields
         )
         self._many = TypeAdapter(list[self.model])  # type: ignore[name-defined]
+        #: Whether every column has a type the column-wise validator checks (else pydantic does it all).
+        self._columnwise = all(c.type in _FAST_TYPES for c in columns)
         #: The inputs the model version was trained for (set when the version is loaded with its
         #: pipeline, :func:`feature_domain`); None: nothing is checked.
         self.domain: FeatureDomain | None = None
@@ -135,8 +243,20 @@ class RecordSchema:
         """The input columns as JSON-friendly dicts."""
         return [{"name": c.name, "type": c.type, "required": c.required} for c in self.columns]
 
-    def validate(self, records: list[Any]) -> list[BaseModel]:
-        """Validate ``records``; raise :class:`RecordValidationError` with field-level messages."""
+    def validate(self, records: list[Any]) -> ValidatedRecords:
+        """Validate ``records``; raise :class:`RecordValidationError` with field-level messages.
+
+        Column-wise first (:meth:`validate_columns`: one pass per column and check over all
+        records, no object per record); when that finds any problem — or meets a value it leaves
+        to pydantic — the records go through the pydantic model, whose errors (record index,
+        field, message) are the answer, exactly as without the column-wise pass."""
+        fast = self.validate_columns(records) if len(records) >= COLUMNWISE_MIN_RECORDS else None
+        if fast is not None:
+            return fast
+        return self._columns_of(self.validate_models(records))
+
+    def validate_models(self, records: list[Any]) -> list[BaseModel]:
+        """Validate ``records`` one pydantic object per record (the reference validator)."""
         try:
             if len(records) == 1:
                 return [self.model.model_validate(records[0])]
@@ -144,23 +264,55 @@ class RecordSchema:
         except ValidationError as err:
             raise RecordValidationError(_field_errors(err, single=len(records) == 1)) from None
 
-    def as_dict(self, row: BaseModel) -> dict[str, Any]:
+    def validate_columns(self, records: list[Any]) -> ValidatedRecords | None:
+        """The records validated column by column (types, nulls, required columns, integer ranges,
+        finite floats, unknown fields), or None when any record fails a check or holds something
+        only pydantic decides (a non-dict record, a datetime or binary column, a subclass of a
+        JSON type): :meth:`validate` then lets pydantic find and word the errors."""
+        if not self._columnwise or not records or not all(r.__class__ is dict for r in records):
+            return None
+        columns = []
+        found = 0
+        for column in self.columns:
+            name = column.name
+            values = [r.get(name, _ABSENT) for r in records]
+            checked = _fast_column(column, values)
+            if checked is None:
+                return None
+            found += len(values) - values.count(_ABSENT)
+            columns.append(checked)
+        if found != sum(map(len, records)):  # some record has a field the signature does not
+            return None
+        return ValidatedRecords(self.names, columns)
+
+    def _columns_of(self, rows: Sequence[BaseModel]) -> ValidatedRecords:
+        dicts = [row.__dict__ for row in rows]
+        return ValidatedRecords(self.names, [[d[c.attr] for d in dicts] for c in self.columns])
+
+    def as_dict(self, row: BaseModel | dict[str, Any]) -> dict[str, Any]:
         """A validated record as ``{column: value}`` in signature order (absent optional columns: None).
 
-        The model's ``__dict__`` holds exactly its fields (``extra="forbid"``) in declaration order,
-        which is the signature's."""
+        A record of :class:`ValidatedRecords` is that dict already; a pydantic model's ``__dict__``
+        holds exactly its fields (``extra="forbid"``) in declaration order, which is the signature's."""
+        if isinstance(row, dict):
+            return row
         return dict(zip(self.names, row.__dict__.values()))
 
-    def to_frame(self, rows: Sequence[BaseModel]) -> pd.DataFrame:
+    def to_frame(self, rows: ValidatedRecords | Sequence[BaseModel]) -> pd.DataFrame:
         """One DataFrame with the signature's columns, dtypes and order."""
-        dicts = [row.__dict__ for row in rows]
-        data = {c.name: _to_array(c, [d[c.attr] for d in dicts]) for c in self.columns}
+        if isinstance(rows, ValidatedRecords):
+            data = {c.name: _to_array(c, values) for c, values in zip(self.columns, rows.columns)}
+        else:
+            dicts = [self.as_dict(row) for row in rows]
+            data = {c.name: _to_array(c, [d[c.name] for d in dicts]) for c in self.columns}
         return pd.DataFrame(data, columns=self.names, copy=False)
 
-    def out_of_domain(self, rows: Sequence[BaseModel]) -> list[list[str] | None]:
+    def out_of_domain(self, rows: ValidatedRecords | Sequence[BaseModel]) -> list[list[str] | None]:
         """Per validated row, the features outside :attr:`domain` (None: all within it, or no domain)."""
         if self.domain is None:
             return [None] * len(rows)
+        if isinstance(rows, ValidatedRecords):
+            return self.domain.check_columns(rows)
         check, as_dict = self.domain.check, self.as_dict
         return [check(as_dict(row)) for row in rows]
 
@@ -211,6 +363,28 @@ class FeatureDomain:
                     out = [name]
                 else:
                     out.append(name)
+        return out
+
+    def check_columns(self, records: ValidatedRecords) -> list[list[str] | None]:
+        """:meth:`check` of every record, one pass per checked feature over its column: the same
+        lists (features in the order ranges then categories), None for records within the domain."""
+        out: list[list[str] | None] = [None] * len(records)
+        index = {name: k for k, name in enumerate(records.names)}
+        for name, is_category, a, b in self._checks:
+            k = index.get(name)
+            if k is None:
+                continue
+            values = records.columns[k]
+            if is_category:
+                flagged = [i for i, v in enumerate(values) if v is not None and v not in a]
+            else:
+                flagged = [i for i, v in enumerate(values) if v is not None and (v < a or v > b)]
+            for i in flagged:
+                found = out[i]
+                if found is None:
+                    out[i] = [name]
+                else:
+                    found.append(name)
         return out
 
     def allowed(self, feature: str, max_values: int = 100) -> dict[str, Any]:

@@ -238,14 +238,12 @@ def fast_drift_rows(config: PipelineConfig, profile: ReferenceProfile,
     a column calibrated as seasonal is scored against the profile's nearest weekday.
     """
 
-    rows, skipped = [], []
-    for column, (method, threshold) in column_drift_settings(config, profile.calibration).items():
+    def judge(column: str, method: str, threshold: float) -> dict[str, Any] | None:
         ref = profile.columns.get(column)
         values = current[column] if column in current.columns else None
         cur = None if ref is None or values is None else driftstats.current_data(ref, values)
         if ref is None or ref.n == 0 or cur is None or not len(cur):
-            skipped.append(column)
-            continue
+            return None
         if column in profile.seasonal and drift_calibration.is_seasonal(profile.calibration, column):
             score = drift_calibration.best_statistic(profile.seasonal[column].values(), cur, method)
             v = driftstats.DriftVerdict(column=column, kind=ref.kind, method=method, threshold=float(threshold),
@@ -253,7 +251,7 @@ def fast_drift_rows(config: PipelineConfig, profile: ReferenceProfile,
                                         current_rows=driftstats._size(cur), reference_rows=ref.n)
         else:
             v = driftstats.verdict(column, ref, cur, method, threshold)
-        rows.append({
+        return {
             "feature": PREDICTION_FEATURE if column == SCORE_COLUMN else column,
             "method": v.method,
             "statistic": finite_or_none(v.statistic),
@@ -262,7 +260,12 @@ def fast_drift_rows(config: PipelineConfig, profile: ReferenceProfile,
             "drifted": v.drifted,
             "current_rows": v.current_rows,
             "reference_rows": v.reference_rows,
-        })
+        }
+
+    settings = column_drift_settings(config, profile.calibration)
+    judged = driftstats._in_threads([(judge, c, m, t) for c, (m, t) in settings.items()])  # columns side by side
+    rows = [row for row in judged if row is not None]
+    skipped = [c for c, row in zip(settings, judged) if row is None]
     return rows, skipped
 
 

@@ -20,7 +20,11 @@ def _fig(value) -> str:
 def daily_lines(engine: sa.Engine, config: PipelineConfig, tenant: str | None = None) -> list[str]:
     """Per monitored interval: version, drift reference, the estimate of the judged metric (and,
     for binary pipelines, F1 at the served threshold) with its band against the realized figure of
-    the interval's own rows once labelled, the alerts it opened and closed, and the retrain request."""
+    the interval's own rows once labelled, the *trailing* realized figure (the version's rows
+    labelled so far within ``monitoring.performance_window_days``, judged once there are
+    ``monitoring.min_labelled_rows`` of them, as the performance rules judge it: it shows a
+    retrained version's recovery weeks before its own days are labelled), the
+    alerts it opened and closed, and the retrain request."""
     import sqlalchemy as sa
 
     tenant = tenant or config.tenant
@@ -44,7 +48,7 @@ def daily_lines(engine: sa.Engine, config: PipelineConfig, tenant: str | None = 
             closed.setdefault(to_utc(end), []).append(rule)
     binary = config.task == "binary_classification"
     head = "    day        v   reference          estimated (band)          realized"
-    lines = [head + ("   | F1 est (band) realized" if binary else "") + "   alerts / retrain"]
+    lines = [head + ("   | F1 est (band) realized" if binary else "") + "   | trailing (labelled)   alerts / retrain"]
     for row in rows:
         start = to_utc(row["interval_start"])
         est = json.loads(row["estimated_performance"]) if row["estimated_performance"] else None
@@ -60,6 +64,9 @@ def daily_lines(engine: sa.Engine, config: PipelineConfig, tenant: str | None = 
                 text += f"   | {_fig(f1.get('value'))} ({_fig(f1.get('low'))}..{_fig(f1.get('high'))}) {_fig(real.get('f1'))}"
         else:
             text += "no estimate".ljust(44)
+        trailing = json.loads(row["performance"]) if row["performance"] else {}
+        judged = row["estimated_metric"] or config.training.metric
+        text += f"   | {_fig(trailing.get(judged))} (n={row['labelled_rows'] or 0})"
         events = [f"+{r}" for r in sorted(opened.get(start, []))] + [f"-{r}" for r in sorted(closed.get(start, []))]
         if start in asked:
             events.append("RETRAIN" if asked[start] else "retrain (cool-down)")

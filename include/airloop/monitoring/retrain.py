@@ -12,6 +12,7 @@ from airloop.core import store
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
 from airloop.core.timeutil import to_utc
+from airloop.monitoring.rules import RETRAIN_BY_DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,12 @@ def decide_retrain(config: PipelineConfig, settings: Settings, start: datetime, 
     per interval (a re-run returns the same decision)."""
     tenant = tenant or config.tenant  # the pipeline's own tenant by default
     start, end = to_utc(start), to_utc(end)
-    reasons = [a["message"] for a in summary.get("alerts", []) if a.get("retrain")]
+    fired = [a for a in summary.get("alerts", []) if a.get("retrain")]
+    reasons = [a["message"] for a in fired]
     as_of = end.date().isoformat()
     if not reasons:
         return {"retrain": False, "as_of": as_of, "reason": None}
+    window = retrain_window(config, fired)
     engine = store.get_engine(settings.monitoring_db_uri)
     t = store.retrain_requests
     cooldown = timedelta(days=config.monitoring.retrain_cooldown_days)
@@ -44,7 +47,14 @@ def decide_retrain(config: PipelineConfig, settings: Settings, start: datetime, 
     if earlier is not None:
         log.info("retrain not requested: cool-down since the request of %s", earlier)
         return {"retrain": False, "as_of": as_of, "reason": reason, "suppressed_by": to_utc(earlier).isoformat()}
-    return {"retrain": True, "as_of": as_of, "reason": reason}
+    return {"retrain": True, "as_of": as_of, "reason": reason, "window_days": window}
+
+
+def retrain_window(config: PipelineConfig, fired: list[dict[str, Any]]) -> int | None:
+    """The training window of a retrain the ``fired`` alerts request: ``monitoring.retrain_window_days``
+    when one of them is a (realized or estimated) performance drop, else None (the training window)."""
+    drop = any(a.get("metric") in RETRAIN_BY_DEFAULT for a in fired)
+    return config.monitoring.retrain_window_days if drop else None
 
 
 def retrain_request(engine: sa.Engine, pipeline: str, start: datetime,

@@ -34,6 +34,11 @@ def simple_auth_password(passwords_file: Path, user: str = "admin") -> str | Non
         return None
 
 
+def _sqlite_locked(err: AirflowApiError) -> bool:
+    """The API server's 503 for a write that met SQLite's lock (the transaction was rolled back)."""
+    return "HTTP 503" in str(err) and "Database is locked" in str(err)
+
+
 @dataclass
 class AirflowApi:
     """``/api/v2`` of one API server, as user ``username``."""
@@ -55,14 +60,26 @@ class AirflowApi:
             self._token = answer.json()["access_token"]
         return {"Authorization": f"Bearer {self._token}"}
 
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One HTTP call; a read (GET) that times out or loses its connection is tried twice more
+        (a loaded API server answers late; a read changes nothing), a write is never repeated."""
+        attempts = 3 if method.upper() == "GET" else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return httpx.request(method, f"{self.base_url}/api/v2{path}", headers=self._headers(),
+                                     timeout=self.timeout, **kwargs)
+            except (httpx.TimeoutException, httpx.NetworkError):
+                if attempt == attempts:
+                    raise
+                time.sleep(2 * attempt)
+        raise AssertionError("unreachable")
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """One call; JSON answer (None for an empty body). Raises :class:`AirflowApiError` on >= 400."""
-        answer = httpx.request(method, f"{self.base_url}/api/v2{path}", headers=self._headers(),
-                               timeout=self.timeout, **kwargs)
+        answer = self._send(method, path, **kwargs)
         if answer.status_code == 401:  # token expired: log in once more
             self._token = None
-            answer = httpx.request(method, f"{self.base_url}/api/v2{path}", headers=self._headers(),
-                                   timeout=self.timeout, **kwargs)
+            answer = self._send(method, path, **kwargs)
         if answer.status_code >= 400:
             raise AirflowApiError(f"{method} /api/v2{path}: HTTP {answer.status_code} {answer.text[:500]}")
         return answer.json() if answer.content and "json" in answer.headers.get("content-type", "") else answer.text
@@ -120,18 +137,25 @@ class AirflowApi:
                  max_active_runs: int = 1, wait_s: float = 120) -> dict:
         """What the UI's Backfill dialog posts: every schedule tick of ``[first, last]``. A DAG has
         one running backfill at a time and the scheduler marks one completed a few seconds after
-        its last run: until then (HTTP 409) the call is retried for up to ``wait_s`` seconds."""
+        its last run: until then (HTTP 409) the call is retried for up to ``wait_s`` seconds.
+
+        On SQLite the API server answers 503 "Database is locked" when the scheduler holds the
+        write lock while the backfill is created; Airflow creates a backfill in one transaction,
+        which that error rolls back, so the same call is made again (with a growing pause)."""
         body = {"dag_id": dag_id, "from_date": f"{first.isoformat()}T00:00:00Z", "to_date": f"{last.isoformat()}T00:00:00Z",
                 "run_backwards": False, "dag_run_conf": conf or {}, "reprocess_behavior": reprocess,
                 "max_active_runs": max_active_runs}
         deadline = time.monotonic() + wait_s
+        pause = 1.0
         while True:
             try:
                 return self.request("POST", "/backfills", json=body)
             except AirflowApiError as err:
-                if "already a running backfill" not in str(err) or time.monotonic() > deadline:
+                retriable = "already a running backfill" in str(err) or _sqlite_locked(err)
+                if not retriable or time.monotonic() > deadline:
                     raise
-                time.sleep(1)
+                time.sleep(pause)
+                pause = min(pause * 1.5, 5.0) if _sqlite_locked(err) else 1.0
 
     def runs(self, dag_id: str, **filters: Any) -> list[dict]:
         params = {"order_by": "-run_after", "limit": 100, **filters}

@@ -61,6 +61,9 @@ def isolated_environ(root: Path, session: Path, secret_values: Mapping[str, str]
         "AIRLOOP_HOME": str(root),
         **state_environ(state),
         "AIRLOOP_PIPELINES_DIR": str(root / "include" / "pipelines"),
+        # a port of the session's own, not the person's serving (`make demo` leaves it on 8000,
+        # with other tokens and models): a test that starts no serving finds none there
+        **_serving_environ(free_port()),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{session / 'airflow.db'}",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(session / "airflow-logs"),
         "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": str(session / "airflow-logs" / "dag_processor"),
@@ -73,6 +76,10 @@ def isolated_environ(root: Path, session: Path, secret_values: Mapping[str, str]
         "DO_NOT_TRACK": "true",
         "GX_ANALYTICS_ENABLED": "false",
     }
+
+
+def _serving_environ(port: int) -> dict[str, str]:
+    return {"AIRLOOP_SERVING_PORT": str(port), "AIRLOOP_SERVING_URL": f"http://127.0.0.1:{port}"}
 
 
 def free_port() -> int:

@@ -12,9 +12,10 @@ import logging
 from typing import Any
 
 from airloop.core.pipeline import PipelineConfig
+from airloop.core.process import owner, owner_gone
 from airloop.core.settings import MLFLOW_PORT, Settings
 from airloop.models.artifact import read_model_version
-from airloop.registry.tags import KEY_TAG, THRESHOLD_TAG
+from airloop.registry.tags import KEY_TAG, OWNER_TAG_PREFIX, THRESHOLD_TAG
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def log_trial_run(client, experiment_id: str, parent_run_id: str, key: str, numb
     run = client.create_run(
         experiment_id,
         run_name=f"trial-{number:03d}-{family}",
-        tags={"mlflow.parentRunId": parent_run_id, KEY_TAG: key, "airloop.kind": "trial"},
+        tags={"mlflow.parentRunId": parent_run_id, KEY_TAG: key, "airloop.kind": "trial", **owner_tags()},
     )
     now = int(time.time() * 1000)
     metrics = [Metric("cv_score_fold", float(s), now, step) for step, s in enumerate(scores)]
@@ -186,6 +187,39 @@ def log_trial_run(client, experiment_id: str, parent_run_id: str, key: str, numb
     )
     client.set_terminated(run.info.run_id, status="FINISHED" if state != "FAIL" else "FAILED")
     return run.info.run_id
+
+
+def owner_tags() -> dict[str, str]:
+    """The run tags naming the process that created a run (:func:`end_orphaned_runs` reads them)."""
+    return {f"{OWNER_TAG_PREFIX}{k}": v for k, v in owner().items()}
+
+
+def end_orphaned_runs(client, experiment_id: str, key: str, stale_after_s: float = 600.0) -> list[str]:
+    """End as ``KILLED`` the runs of interval ``key`` that a killed process left ``RUNNING``: its
+    owner tags name a dead process of this host, or (no owner recorded) it started more than
+    ``stale_after_s`` ago and is not the interval's training run (which stays open from the
+    study's start to the evaluation). Returns the run ids ended."""
+    import time
+
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = {_quote(key)} and "
+                                                             "attributes.status = 'RUNNING'", max_results=1000)
+    ended = []
+    for run in runs:
+        tags = run.data.tags
+        if tags.get("airloop.kind") == "training":
+            continue
+        host, pid = tags.get(f"{OWNER_TAG_PREFIX}host"), tags.get(f"{OWNER_TAG_PREFIX}pid")
+        if host is None:
+            gone = (time.time() * 1000 - run.info.start_time) / 1000 > stale_after_s
+        else:
+            gone = owner_gone(host, pid)
+        if gone:
+            client.set_tag(run.info.run_id, "airloop.ended_by", f"retry: its process {host}:{pid} was gone")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    if ended:
+        log.warning("interval %s: ended %s MLflow run(s) left RUNNING by a killed process: %s", key, len(ended), ended)
+    return ended
 
 
 def find_version(client, model_name: str, key: str):

@@ -27,7 +27,7 @@ from airloop.core.settings import Settings
 from airloop.data.snapshot import load_snapshot
 from airloop.models.trust import quiet_skops
 from airloop.registry import client as registry
-from airloop.registry import ledger
+from airloop.registry import ledger, reconcile
 from airloop.registry.audit import LifecycleError, version_record
 from airloop.registry.client import _alias_version
 from airloop.registry.gates import GateCheck, evaluate_gates
@@ -183,6 +183,7 @@ def promote_version(config: PipelineConfig, settings: Settings, version: str | i
     version, env, run_context, engine, key, client = _decision_request(
         config, settings, version, environment, run_context, idempotency_key)
     with ledger.lifecycle_lock(engine, config.name, holder=f"{actor} promote v{version} to {env.name}") as conn:
+        reconcile.repair(client, engine, conn, config, actor=f"{actor} (before a move)")  # a retry repairs first
         recorded = ledger.find_ledger(engine, key)
         if recorded is not None:
             return _replay(recorded, env)
@@ -200,6 +201,9 @@ def promote_version(config: PipelineConfig, settings: Settings, version: str | i
         why = ("forced by operator; " if force and not passed else "" if passed else "refused: ") + summary
         if reason:
             why = f"{reason} — {why}" if why else reason
+        if promote:  # the write order of a move: airloop.registry.reconcile
+            reconcile.begin_move(client, config, env, version, key)
+            reconcile.fault_point("before_ledger")
         ledger.append_ledger(conn, ledger.LedgerEntry(
             idempotency_key=key, pipeline=config.name, model_name=config.model_name,
             action="promote" if promote else "refuse", alias=ledger_alias(env), environment=env.name,
@@ -211,11 +215,17 @@ def promote_version(config: PipelineConfig, settings: Settings, version: str | i
                      "checks": [c.__dict__ for c in checks]},
         ))
         if promote:
-            client.set_model_version_tag(config.model_name, version, f"airloop.replaced.{env.name}", incumbent or "")
+            reconcile.fault_point("after_ledger")
             for alias in moved_aliases(env):
                 client.set_registered_model_alias(config.model_name, alias, version)
-        client.set_model_version_tag(config.model_name, version, f"airloop.promotion.{env.name}",
-                                     "promoted" if promote else "refused")
+            reconcile.fault_point("after_alias")
+    if promote:
+        reconcile.fault_point("after_commit")
+        client.set_model_version_tag(config.model_name, version, f"airloop.replaced.{env.name}", incumbent or "")
+    client.set_model_version_tag(config.model_name, version, f"airloop.promotion.{env.name}",
+                                 "promoted" if promote else "refused")
+    if promote:
+        reconcile.end_move(client, config, env, version)
     for line in verdict_lines(env.name, version, incumbent, checks, promote, forced=force and not passed):
         log.info("%s", line)
     return {"promoted": promote, "environment": env.name, "version": version, "previous": incumbent,
@@ -349,6 +359,7 @@ def rollback(config: PipelineConfig, settings: Settings, environment: str | None
     client = registry.get_client(settings)
     key = idempotency_key or rollback_key(config, env.name, run_context.get("dag_run_id") or _now_key())
     with ledger.lifecycle_lock(engine, config.name, holder=f"{actor} rollback {env.name}") as conn:
+        reconcile.repair(client, engine, conn, config, actor=f"{actor} (before a move)")
         recorded = ledger.find_ledger(engine, key)
         if recorded is not None:  # a retry: the move is recorded (the caller makes serving follow it)
             return _replay(recorded, env) | {"rolled_back": recorded["action"] == "rollback", "serving": None}
@@ -364,15 +375,18 @@ def rollback(config: PipelineConfig, settings: Settings, environment: str | None
                 raise LifecycleError(f"v{goal} never served {env.name}; promote it instead of rolling back to it")
         if goal == current:
             raise LifecycleError(f"{env.name} already runs v{goal}")
+        reconcile.begin_move(client, config, env, goal, key)
         ledger.append_ledger(conn, ledger.LedgerEntry(
             idempotency_key=key, pipeline=config.name, model_name=config.model_name, action="rollback",
             alias=ledger_alias(env), environment=env.name, from_version=current, to_version=goal, actor=actor,
             reason=reason or "rollback", dag_id=run_context.get("dag_id"), run_id=run_context.get("dag_run_id"),
             data_interval_end=run_context.get("as_of") or None))
+        reconcile.fault_point("after_ledger")
         for alias in moved_aliases(env):
             client.set_registered_model_alias(config.model_name, alias, goal)
-        if current:
-            client.set_model_version_tag(config.model_name, current, f"airloop.rolled_back.{env.name}", reason[:500])
+    if current:
+        client.set_model_version_tag(config.model_name, current, f"airloop.rolled_back.{env.name}", reason[:500])
+    reconcile.end_move(client, config, env, goal)
     log.warning("%s %s rolled back v%s -> v%s by %s: %s", config.model_name, env.name, current, goal, actor, reason)
     return {"rolled_back": True, "environment": env.name, "from_version": current, "version": goal,
             "reason": reason, "replayed": False, "serving": None}

@@ -14,6 +14,18 @@ LINEAGE_TAGS = {
 
 KEY_TAG = "airloop.interval_key"
 
+#: Run tags naming the process that created a run: ``airloop.owner.host``, ``airloop.owner.pid``.
+OWNER_TAG_PREFIX = "airloop.owner."
+
+#: Model version tag marking an alias move of an environment in progress (its value: the move's
+#: ledger idempotency key); see :mod:`airloop.registry.reconcile`.
+MOVE_TAG_PREFIX = "airloop.move."
+
+
+def move_tag(environment: str) -> str:
+    """The in-progress marker tag of a move of ``environment`` (``airloop.move.<env>``)."""
+    return f"{MOVE_TAG_PREFIX}{environment}"
+
 #: Model version tags of the decision rule (binary tasks: the served threshold and its objective;
 #: every classifier: the calibration method). The artefact's ``MLmodel`` metadata holds the same
 #: (what serving reads); read them with :func:`airloop.registry.client.decision_threshold`.

@@ -37,7 +37,8 @@ Every prediction is logged to the monitoring store (``predictions`` table, one r
 plus one ``error`` row per request whose prediction failed with a 5xx) by a
 :class:`~airloop.serving.predlog.PredictionLogger`: the request only enqueues; a background thread writes
 batches and spools them to ``<state_dir>/spool/<pipeline>`` while the database is unavailable.
-Labels come back through ``POST /feedback`` into ``ground_truth``, joined by request id.
+Labels come back through ``POST /feedback`` into ``ground_truth`` (first write wins; a different
+later label is a 409 kept in ``label_revisions``, or an admin's audited correction), joined by request id.
 
 A/B tests and shadow mode (:mod:`airloop.experiments.definition`): the running tests of the pipeline are read
 from the monitoring store at startup and on ``POST /abtest/refresh`` (never per request); each
@@ -54,7 +55,11 @@ sent (a background task) and its rows go to ``shadow_predictions`` through a sec
 Endpoints: ``POST /predict``, ``POST /feedback``, ``GET /health``, ``GET /ready``, ``GET /model``,
 ``POST /reload`` and ``POST /abtest/refresh`` (both ``Authorization: Bearer
 <AIRLOOP_ADMIN_TOKEN>``), ``GET /abtest`` and ``GET /metrics`` (Prometheus, one registry per app);
-``GET /docs`` and ``GET /openapi.json`` (:mod:`airloop.serving.docs`, offline Swagger UI).
+``GET /docs`` and ``GET /openapi.json`` (:mod:`airloop.serving.docs`, offline Swagger UI). Every
+route but ``/health``, ``/ready`` and ``/metrics`` needs the tenant's or the admin token unless
+``AIRLOOP_SERVING_OPEN_ROUTES`` opens it (:mod:`airloop.serving.auth`); labels are
+first-write-wins (``POST /feedback``); ``event_ts`` must lie in a window around now
+(:mod:`airloop.serving.window`).
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ from airloop.serving.openapi import install_openapi
 from airloop.serving.predict import BatchingConfig
 from airloop.serving.predlog import PredictionLogCollector, PredictionLogger, spool_dir_for
 from airloop.serving.routes import ROUTERS
+from airloop.serving.window import EventWindow
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +195,7 @@ def create_app(
     app.state.shadow_logger = shadow_logger
     app.state.ab_tests = ab_tests  # enables POST /abtest/refresh
     app.state.score = score = score_function(config)
+    app.state.event_window = EventWindow.from_env()  # the event_ts window of /predict
     app.state.batcher = make_batcher(config.name, score, metrics, prediction_logger, batching)
     for router in ROUTERS:  # the per-resource routers of airloop.serving.routes
         app.include_router(router)
@@ -197,5 +204,5 @@ def create_app(
     app.add_middleware(_RequestCounter, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware)  # 413 for a body over AIRLOOP_SERVING_MAX_BODY_BYTES, unread
 
-    add_tenant_guard(app, config, settings)  # /t/<tenant>/<pipeline> routes, tenant token, tenant rows
+    add_tenant_guard(app, config, settings)  # /t/<tenant>/<pipeline> routes, closed by default, tenant rows
     return app

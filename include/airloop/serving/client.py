@@ -13,9 +13,14 @@ class DeployError(RuntimeError):
     """The serving process did not end up healthy on the expected version."""
 
 
+class ServingUnreachable(DeployError):
+    """Serving did not answer at all (down or restarting): nothing was refused, retry later."""
+
+
 @dataclass(frozen=True)
 class ServingEndpoint:
-    """Base URL of a serving process and its admin token (from a connection or the env)."""
+    """Base URL of a serving process and the bearer token its requests send (the admin token,
+    from a connection or the env, or a tenant's token)."""
 
     url: str
     token: str | None
@@ -38,11 +43,25 @@ def reload_alias(endpoint: ServingEndpoint, alias: str, timeout: float = 120.0) 
     try:
         response = httpx.post(f"{endpoint.url}{protocol.RELOAD}", json={"alias": alias}, headers=endpoint.headers(), timeout=timeout)
     except httpx.HTTPError as err:
-        raise DeployError(f"serving at {endpoint.url} unreachable for {protocol.RELOAD}: {err}") from err
+        raise ServingUnreachable(f"serving at {endpoint.url} unreachable for {protocol.RELOAD}: {err}") from err
     if response.status_code != 200:
         raise DeployError(f"serving at {endpoint.url} refused /reload of {alias!r}: "
                           f"HTTP {response.status_code} {response.text[:500]}")
     return response.json()
+
+
+def served_version(endpoint: ServingEndpoint, timeout: float = 10.0) -> str | None:
+    """The version serving answers with now (``GET /ready``; ``None``: no model loaded yet).
+    Raises :class:`ServingUnreachable` when serving does not answer."""
+    import httpx
+
+    try:
+        response = httpx.get(f"{endpoint.url}{protocol.READY}", headers=endpoint.headers(), timeout=timeout)
+    except httpx.HTTPError as err:
+        raise ServingUnreachable(f"serving at {endpoint.url} unreachable for {protocol.READY}: {err}") from err
+    if response.status_code != 200:
+        return None
+    return str((response.json().get("model") or {}).get("version") or "") or None
 
 
 def refresh_abtest(endpoint: ServingEndpoint, timeout: float = 120.0) -> dict[str, Any]:
@@ -90,10 +109,12 @@ def smoke_test(endpoint: ServingEndpoint, expected_version: str, records: list[d
 
 def predict(endpoint: ServingEndpoint, records: list[dict[str, Any]], *, request_ids: list[str] | None = None,
             event_ts: list[str] | None = None, tenant: str | None = None, http: Any = None,
-            timeout: float = 120.0) -> tuple[int, Any]:
+            timeout: float = 120.0, replay_interval: tuple[Any, Any] | None = None) -> tuple[int, Any]:
     """``POST /predict`` of a batch of ``records`` (with their request ids and ISO event times):
     ``(status code, answer)``, the answer parsed from JSON (else its text). ``http``: an
-    ``httpx.Client`` to reuse between calls. Raises ``httpx.HTTPError`` when serving is unreachable.
+    ``httpx.Client`` to reuse between calls. ``replay_interval``: ``(start, end)`` datetimes of a
+    replay of historical traffic (``X-Airloop-Replay-Interval``; serving accepts it with the
+    admin token only). Raises ``httpx.HTTPError`` when serving is unreachable.
     """
     import httpx
 
@@ -103,6 +124,8 @@ def predict(endpoint: ServingEndpoint, records: list[dict[str, Any]], *, request
     if event_ts is not None:
         body["event_ts"] = event_ts
     headers = {**endpoint.headers(), **({protocol.TENANT_HEADER: tenant} if tenant else {})}
+    if replay_interval is not None:
+        headers[protocol.REPLAY_INTERVAL_HEADER] = "/".join(ts.isoformat() for ts in replay_interval)
     post = http.post if http is not None else httpx.post
     response = post(f"{endpoint.url}{protocol.PREDICT}", json=body, headers=headers, timeout=timeout)
     try:

@@ -21,6 +21,7 @@ from airloop.serving.manager import ModelManager
 from airloop.serving.metrics import ServingMetrics
 from airloop.serving.predict import PredictJob
 from airloop.serving.predlog import PredictionLogger
+from airloop.serving.window import EventWindow
 
 
 async def get_manager(request: Request) -> ModelManager:
@@ -64,13 +65,15 @@ class PredictContext:
     prediction_logger: PredictionLogger | None
     shadow_logger: PredictionLogger | None
     score: Score
+    #: the ``event_ts`` window (:mod:`airloop.serving.window`)
+    event_window: EventWindow
 
 
 async def get_predict_context(request: Request) -> PredictContext:
     """The ``/predict`` state of the app (read from ``app.state`` on every request)."""
     state = request.app.state
     return PredictContext(state.manager, state.batcher, state.metrics, state.prediction_logger, state.shadow_logger,
-                          state.score)
+                          state.score, state.event_window)
 
 
 ManagerDep = Annotated[ModelManager, Depends(get_manager)]

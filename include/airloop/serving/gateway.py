@@ -7,15 +7,17 @@ is mounted at its tenant route, and the default pipeline also answers at the roo
 as before. Tenant isolation:
 
 * **tokens** — ``AIRLOOP_TENANT_TOKENS`` (``tenant=token,…``; ``make init`` generates one per
-  tenant of the pipeline files into ``.airloop/secrets.env``). A pipeline whose tenant has a
-  token answers ``/predict``, ``/feedback``, ``/model`` and ``/abtest`` only with
-  ``Authorization: Bearer <that tenant's token>`` (or the admin token, which the deploy step
-  uses); another tenant's token gets 403, none 401. ``/health``, ``/ready`` and ``/metrics`` stay
+  tenant of the pipeline files, ``default`` included, into ``.airloop/secrets.env``). Every
+  pipeline answers ``/predict``, ``/feedback``, ``/explain``, ``/model`` and ``/abtest`` only with
+  ``Authorization: Bearer <its tenant's token>`` or the admin token (which the deploy step and
+  replays use), unless ``AIRLOOP_SERVING_OPEN_ROUTES`` opens a route; another tenant's token gets
+  403, none 401 (:mod:`airloop.serving.auth`). ``/health``, ``/ready`` and ``/metrics`` stay
   open for probes and Prometheus; ``/reload`` keeps needing the admin token. The gateway itself
   answers ``/docs`` and ``/openapi.json`` (the default pipeline's API, read-only documentation)
   without a token; ``<tenant route>/docs`` are behind that tenant's token.
-* **rows** — a pipeline's predictions and labels are logged under its tenant; a request may not
-  claim another tenant with ``X-Tenant`` (403), only the deploy smoke test's own segment.
+* **rows** — a pipeline's predictions and labels are logged under its tenant; ``X-Tenant`` is
+  honoured only with that tenant's token or the admin token (403), and on a non-default tenant's
+  route only for its own tenant or the deploy smoke test's segment.
 * **models and experiments** — non-default tenants' registered models and MLflow experiments are
   named after the tenant (:attr:`airloop.core.pipeline.PipelineConfig.model_name`).
 """

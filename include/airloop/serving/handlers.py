@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from airloop.core import names, store
 from airloop.experiments import routing
 from airloop.models.trust import ModelLoadError
+from airloop.monitoring.labels import LabelWrite, write_labels
 from airloop.serving.batching import MicroBatcher
 from airloop.serving.manager import ModelManager
 from airloop.serving.metrics import ServingMetrics
@@ -150,18 +151,19 @@ def feedback_rows(items: list[dict[str, Any]], tenant: str, pipeline: str,
     ]
 
 
-def write_feedback(uri: str, rows: list[dict[str, Any]]) -> int:
-    """Upsert ``ground_truth`` rows, keyed by (tenant, pipeline, request id): a label sent again
-    for the same key overwrites the earlier one; another pipeline's or tenant's label of the same
-    request id is a row of its own."""
-    return store.upsert(store.get_engine(uri), store.ground_truth, rows)
+def write_feedback(uri: str, rows: list[dict[str, Any]], actor: str, correct: bool = False) -> LabelWrite:
+    """Store ``ground_truth`` rows first-write-wins (:func:`airloop.monitoring.labels.write_labels`):
+    keyed by (tenant, pipeline, request id); the same label again changes nothing, a different one
+    is refused and kept as a revision, or applied as an audited correction with ``correct``."""
+    return write_labels(store.get_engine(uri), rows, actor=actor, correct=correct)
 
 
-async def store_feedback(uri: str, rows: list[dict[str, Any]], metrics: ServingMetrics) -> int:
-    """Write ``rows`` in a worker thread and count them; the store's errors propagate."""
-    written = await run_in_threadpool(write_feedback, uri, rows)
-    metrics.feedback_labels.inc(written)
-    return written
+async def store_feedback(uri: str, rows: list[dict[str, Any]], metrics: ServingMetrics, actor: str,
+                         correct: bool = False) -> LabelWrite:
+    """Write ``rows`` in a worker thread and count the labels stored; the store's errors propagate."""
+    outcome = await run_in_threadpool(write_feedback, uri, rows, actor, correct)
+    metrics.feedback_labels.inc(outcome.written + outcome.corrected)
+    return outcome
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from airloop.experiments import definition
 from airloop.models.artifact import ModelFiles, read_model_files
 from airloop.models.trust import ModelLoadError
 from airloop.registry.client import get_client
+from airloop.registry.reconcile import reconcile_at_startup
 from airloop.serving.metrics import ServingMetrics
 from airloop.serving.runtime import DEFAULT_ALIAS, ActiveTest, Predictor, ServedModel, smoke_test
 
@@ -193,7 +194,15 @@ class ModelManager:
         return {"tests": [a.describe() for a in active.values()], "errors": errors}
 
     def load_initial(self) -> None:
-        """Startup: try to serve the champion; log and stay not-ready on any failure."""
+        """Startup: repair half-done moves so the champion alias is the ledger's
+        (:func:`airloop.registry.reconcile.reconcile_at_startup`), then try to serve it; log and
+        stay not-ready on any failure (an unreachable ledger: the alias as it is)."""
+        try:
+            repaired = reconcile_at_startup(self.config, self.settings, client=self.client)
+            if repaired and repaired["repairs"]:
+                log.warning("start-up reconcile of %s repaired %s", self.model_name, repaired["repairs"])
+        except Exception as err:  # noqa: BLE001 - serving starts on the registry's alias
+            log.error("start-up reconcile of %s failed (serving the alias as it is): %s", self.model_name, err)
         try:
             self.reload(alias=DEFAULT_ALIAS)
         except ModelLoadError as err:

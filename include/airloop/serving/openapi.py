@@ -27,6 +27,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, create_model
 
 from airloop.core.pipeline import ColumnSpec, PipelineConfig
+from airloop.serving.protocol import OPEN_ROUTES
 from airloop.serving.schema import MAX_REQUEST_ID_LENGTH, ReloadRequest, max_records
 
 #: Where the generated schemas live in the document.
@@ -45,6 +46,23 @@ REQUEST_KEY_PARAMETER: dict[str, Any] = {
     "name": "X-Request-Key", "in": "header", "required": False,
     "description": "Routing key of an A/B test whose key_field is the header (1-200 printable characters).",
     "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+}
+
+
+#: The ``X-Airloop-Replay-Interval`` header of a replay (admin token; see :mod:`airloop.serving.window`).
+REPLAY_INTERVAL_PARAMETER: dict[str, Any] = {
+    "name": "X-Airloop-Replay-Interval", "in": "header", "required": False,
+    "description": "A replay's interval <start>/<end> (ISO 8601, admin token only): every event_ts must lie in "
+                   "[start, end) instead of the window around now.",
+    "schema": {"type": "string", "maxLength": 200},
+}
+
+#: The ``correct`` query parameter of ``POST /feedback`` (admin token only).
+CORRECT_PARAMETER: dict[str, Any] = {
+    "name": "correct", "in": "query", "required": False,
+    "description": "true: apply a different label to an already-labelled prediction as an audited correction "
+                   "(admin token only); without it such a label is refused (409) and kept as a revision.",
+    "schema": {"type": "boolean", "default": False},
 }
 
 
@@ -134,6 +152,23 @@ def body(name: str, description: str, required: bool = True) -> dict[str, Any]:
                             "content": {"application/json": {"x-airloop-body": name}}}}
 
 
+#: The security scheme of the document: ``Authorization: Bearer <token>`` (the tenant's or the admin token).
+SECURITY_SCHEME = "bearerToken"
+
+
+def declare_security(document: dict[str, Any]) -> None:
+    """Declare the bearer scheme and, per operation, whether it needs it: every route but the
+    probes (``/health``, ``/ready``, ``/metrics``) and the documentation does (401/403 answers are
+    serving's own JSON, :mod:`airloop.serving.auth`; ``AIRLOOP_SERVING_OPEN_ROUTES`` may open some)."""
+    document.setdefault("components", {}).setdefault("securitySchemes", {})[SECURITY_SCHEME] = {
+        "type": "http", "scheme": "bearer",
+        "description": "The tenant's token (AIRLOOP_TENANT_TOKENS) or the admin token (AIRLOOP_ADMIN_TOKEN)."}
+    for path, operations in document.get("paths", {}).items():
+        for operation in operations.values():
+            if isinstance(operation, dict):
+                operation["security"] = [] if path in OPEN_ROUTES else [{SECURITY_SCHEME: []}]
+
+
 def install_openapi(app: FastAPI, config: PipelineConfig) -> None:
     """Make ``app.openapi()`` carry ``config``'s body schemas (built once, on first use)."""
     cached: list[dict[str, Any]] = []
@@ -151,6 +186,7 @@ def install_openapi(app: FastAPI, config: PipelineConfig) -> None:
                 content = (operation.get("requestBody") or {}).get("content", {}).get("application/json")
                 if content is not None and "x-airloop-body" in content:
                     content["schema"] = schemas[content.pop("x-airloop-body")]
+        declare_security(document)
         explain = components.get("ExplainRequest", {}).get("properties", {}).get("records")
         if explain is not None:  # records "as /predict takes them"
             for option in explain.get("anyOf", [explain]):

@@ -18,7 +18,7 @@ from pydantic import (
 
 from airloop.core import names as abtest
 from airloop.core.settings import AIRLOOP_SERVING_BATCH_MAX_RECORDS, AIRLOOP_SERVING_BATCH_WAIT_MS
-from airloop.models.schema import RecordValidationError
+from airloop.models.schema import RecordValidationError, ValidatedRecords
 from airloop.serving.metrics import ServingMetrics
 from airloop.serving.runtime import ActiveTest, ServedModel
 from airloop.serving.schema import MAX_BATCH_RECORDS, PredictRequest, out_of_domain_errors
@@ -126,7 +126,7 @@ def prediction_rows(
     model: ServedModel,
     pipeline: str,
     tenant: str,
-    validated: Sequence[BaseModel],
+    validated: ValidatedRecords | Sequence[BaseModel],
     predictions: Sequence[dict[str, Any]],
     request_ids: Sequence[str],
     event_ts: Sequence[datetime] | None,
@@ -136,13 +136,16 @@ def prediction_rows(
 ) -> list[dict[str, Any]]:
     """One ``predictions`` row per record (``features``/``prediction``/``out_of_domain`` as Python
     objects: the logger's writer thread JSON-encodes them). ``out_of_domain`` lists the record's
-    features outside the served version's domain (``model.schema.domain``), None when none are."""
-    as_dict = model.schema.as_dict
-    domain = model.schema.domain
-    check = domain.check if domain is not None else _unchecked
+    features outside the served version's domain (``model.schema.domain``), None when none are
+    (checked column by column for :class:`ValidatedRecords`)."""
+    schema = model.schema
+    if isinstance(validated, ValidatedRecords):
+        records = validated.records()
+    else:
+        records = [schema.as_dict(row) for row in validated]
+    flagged = schema.out_of_domain(validated)
     rows = []
-    for i, (row, item) in enumerate(zip(validated, predictions)):
-        features = as_dict(row)
+    for i, (features, item, ood) in enumerate(zip(records, predictions, flagged)):
         rows.append({
             "request_id": request_ids[i],
             "ts": event_ts[i] if event_ts is not None else now,
@@ -156,14 +159,9 @@ def prediction_rows(
             "score": score(item),
             "latency_ms": latency_ms,
             "status": "ok",
-            "out_of_domain": check(features),
+            "out_of_domain": ood,
         })
     return rows
-
-
-def _unchecked(features: dict[str, Any]) -> None:
-    """The out-of-domain check of a version without a domain: nothing is flagged."""
-    return None
 
 
 def error_row(
@@ -206,7 +204,7 @@ class PredictJob:
     #: when a reload swaps another version in meanwhile.
     model: ServedModel
     parsed: PredictRequest
-    validated: list[BaseModel]
+    validated: ValidatedRecords
     request_ids: list[str]
     tenant: str
     #: ``time.perf_counter()`` when the request arrived.
@@ -258,15 +256,17 @@ def _grouped(indices: Iterable[int], key: Callable[[int], Any]) -> list[list[int
     return list(groups.values())
 
 
-def predict_parts(model: ServedModel, parts: Sequence[Sequence[BaseModel]]) -> list[tuple[Any, float]]:
+def predict_parts(model: ServedModel, parts: Sequence[ValidatedRecords]) -> list[tuple[Any, float]]:
     """Predict several requests' validated rows with **one** call of ``model`` (one frame built from
     all of them); return per part ``(items or exception, call seconds)``.
 
     When the shared call fails, every part is predicted alone, so only the part that makes the
     model fail gets the exception.
     """
-    rows = [row for part in parts for row in part]
-    if not rows:
+    if not parts:  # e.g. every job's records refused by a challenger's schema
+        return []
+    rows = ValidatedRecords.concat(parts)  # column by column
+    if not len(rows):
         return [([], 0.0) for _ in parts]
     t0 = time.perf_counter()
     try:
@@ -313,7 +313,7 @@ def predict_jobs(jobs: Sequence[PredictJob], pipeline: str, score: Callable[[dic
         event_ts = job.parsed.event_ts
         latency_ms = (dispatched - job.started + seconds) * 1000.0
         outcome.rows.extend(prediction_rows(
-            served, pipeline, job.tenant, [job.validated[i] for i in idx], items, [job.request_ids[i] for i in idx],
+            served, pipeline, job.tenant, job.validated.take(idx), items, [job.request_ids[i] for i in idx],
             [event_ts[i] for i in idx] if event_ts is not None else None, now, latency_ms, score,
         ))
         if job.active is not None:
@@ -323,7 +323,7 @@ def predict_jobs(jobs: Sequence[PredictJob], pipeline: str, score: Callable[[dic
     routed = [j for j, job in enumerate(jobs) if job.variants is not None and abtest.CHALLENGER in job.variants]
     for group in _grouped(routed, lambda j: id(jobs[j].active.challenger)):  # type: ignore[union-attr]
         challenger = jobs[group[0]].active.challenger  # type: ignore[union-attr]
-        parts: list[tuple[int, list[int], list[BaseModel]]] = []
+        parts: list[tuple[int, list[int], ValidatedRecords]] = []
         for j in group:
             job = jobs[j]
             idx = [i for i, v in enumerate(job.variants or ()) if v == abtest.CHALLENGER]
@@ -345,7 +345,7 @@ def predict_jobs(jobs: Sequence[PredictJob], pipeline: str, score: Callable[[dic
 
     for group in _grouped(range(len(jobs)), lambda j: id(jobs[j].model)):
         model = jobs[group[0]].model
-        results = predict_parts(model, [[jobs[j].validated[i] for i in champion_idx[j]] for j in group])
+        results = predict_parts(model, [jobs[j].validated.take(champion_idx[j]) for j in group])
         for j, (items, seconds) in zip(group, results):
             if isinstance(items, BaseException):
                 out[j].error = items

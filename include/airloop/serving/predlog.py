@@ -2,7 +2,8 @@
 
 :class:`PredictionLogger` takes rows (dicts of ``store.predictions`` columns) with a
 non-blocking :meth:`~PredictionLogger.log` that only appends to a bounded in-memory queue. A
-background thread writes them in batches with :func:`airloop.core.store.insert_ignore`, which is
+background thread prepares each batch column by column and writes it with one bulk statement
+(:mod:`airloop.serving.rowbatch`: ``executemany`` on SQLite, ``COPY`` on PostgreSQL), which is
 idempotent by the table's key ``(tenant, pipeline, request_id)``: another pipeline's or tenant's
 row with the same request id is a row of its own. Nothing a request does can fail or wait because
 of the database:
@@ -15,7 +16,7 @@ of the database:
 * **Recovery**: before every write the spool is replayed, oldest file first, several small files
   per transaction; a file is deleted only after its rows are committed. Replaying a file twice
   (a crash between commit and delete, or two processes sharing the folder) inserts nothing new,
-  because of ``insert_ignore``: after recovery no row is lost and none is duplicated. Rows whose
+  because the write ignores stored keys: after recovery no row is lost and none is duplicated. Rows whose
   key is already stored (such a replay, or a client sending a request id again) are not written
   twice: they are counted as ``rows_duplicate`` and logged, never dropped silently.
 * **Queue full** (the writer cannot keep up): ``log()`` writes the rows straight to the spool.
@@ -58,6 +59,7 @@ import sqlalchemy as sa
 from airloop.core import store
 from airloop.core.files import atomic_write
 from airloop.core.timeutil import to_utc
+from airloop.serving.rowbatch import PLAIN_TYPES, RowBatch, insert_batch
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +112,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
-
-
-_PLAIN_TYPES = frozenset({str, int, float, bool})
 
 
 #: One encoder for all rows: msgspec's (compact, UTF-8), ~8x cheaper than the standard library's
@@ -493,11 +492,24 @@ class PredictionLogger:
                 out[name] = to_utc(value)
         for name in self._plain_names:
             value = out[name]
-            if value.__class__ not in _PLAIN_TYPES and value is not None and type(value).__module__ == "numpy":
+            if value.__class__ not in PLAIN_TYPES and type(value).__module__ == "numpy":
                 out[name] = value.item()
         return out
 
-    def _prepare_all(self, rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def _prepare_all(self, rows: list[Mapping[str, Any]]) -> RowBatch:
+        """The rows as one :class:`RowBatch`, prepared column by column (:meth:`RowBatch.prepare`:
+        the same values as :meth:`_prepare`); when a row cannot be prepared, row by row, and the
+        rows that fail are rejected."""
+        columns = self._column_set
+        if not self._warned_extra and not all(row.keys() <= columns for row in rows):
+            self._warned_extra = True
+            log.warning("prediction log: ignoring unknown columns %s",
+                        sorted({key for row in rows for key in row} - columns))
+        try:
+            return RowBatch.prepare(self.table, rows, defaults=self._defaults, json_columns=self._json_columns,
+                                    encode=_encode_json)
+        except Exception:
+            pass
         prepared, bad = [], []
         for row in rows:
             try:
@@ -506,29 +518,31 @@ class PredictionLogger:
                 bad.append((dict(row), err))
         if bad:
             self._reject(bad)
-        return prepared
+        return RowBatch.from_prepared(self.table, prepared, self._defaults)
 
-    def _insert(self, engine: sa.Engine, rows: list[dict[str, Any]]) -> tuple[int, int]:
-        """Insert ``rows`` (ignoring keys already stored); rows the database refuses are isolated
-        by bisection and rejected. Connection errors propagate. Returns the rows not rejected and,
-        of those, the duplicates (same tenant, pipeline and request id as a stored row)."""
-        inserted, rejected = self._insert_isolating(engine, rows)
+    def _insert(self, engine: sa.Engine, rows: RowBatch | list[dict[str, Any]]) -> tuple[int, int]:
+        """Insert ``rows`` with one bulk write (:func:`airloop.serving.rowbatch.insert_batch`,
+        ignoring keys already stored); rows the database refuses are isolated by bisection and
+        rejected. Connection errors propagate. Returns the rows not rejected and, of those, the
+        duplicates (same tenant, pipeline and request id as a stored row)."""
+        batch = rows if isinstance(rows, RowBatch) else RowBatch.from_prepared(self.table, rows, self._defaults)
+        inserted, rejected = self._insert_isolating(engine, batch)
         if rejected:
             self._reject(rejected)
-        kept = len(rows) - len(rejected)
+        kept = len(batch) - len(rejected)
         return kept, kept - inserted
 
-    def _insert_isolating(self, engine: sa.Engine, rows: list[dict[str, Any]]
+    def _insert_isolating(self, engine: sa.Engine, batch: RowBatch
                           ) -> tuple[int, list[tuple[dict, BaseException]]]:
         try:
-            return store.insert_ignore(engine, self.table, rows), []
+            return insert_batch(engine, batch), []
         except Exception as err:
             if not _is_data_error(err):
                 raise
-            if len(rows) == 1:
-                return 0, [(rows[0], err)]
-        mid = len(rows) // 2
-        first, second = self._insert_isolating(engine, rows[:mid]), self._insert_isolating(engine, rows[mid:])
+            if len(batch) == 1:
+                return 0, [(batch.rows()[0], err)]
+        mid = len(batch) // 2
+        first, second = self._insert_isolating(engine, batch[:mid]), self._insert_isolating(engine, batch[mid:])
         return first[0] + second[0], first[1] + second[1]
 
     def _reject(self, pairs: list[tuple[dict[str, Any], BaseException]]) -> None:
@@ -563,10 +577,12 @@ class PredictionLogger:
         _fsync_dir(folder)
         return final
 
-    def _spool(self, rows: list[dict[str, Any]]) -> int:
+    def _spool(self, rows: RowBatch | list[dict[str, Any]]) -> int:
         """Append prepared rows to a new spool file; return the rows written (0 if it failed)."""
-        if not rows:
+        if not len(rows):
             return 0
+        if isinstance(rows, RowBatch):
+            rows = rows.rows()
         try:
             self._write_lines(self.spool_dir, [json.dumps(r, default=_spool_default) for r in rows])
         except Exception:

@@ -23,9 +23,17 @@ EXPLAIN = "/explain"
 ROUTES = frozenset({PREDICT, FEEDBACK, HEALTH, READY, MODEL, RELOAD, ABTEST, ABTEST_REFRESH, METRICS, EXPLAIN})
 #: Routes open without a tenant token (probes and Prometheus).
 OPEN_ROUTES = frozenset({HEALTH, READY, METRICS})
+#: Admin routes: only the admin token (checked by the route itself); never opened.
+ADMIN_ROUTES = frozenset({RELOAD, ABTEST_REFRESH})
+#: The routes that need the tenant's (or the admin) token unless ``AIRLOOP_SERVING_OPEN_ROUTES``
+#: names them, by the name that variable uses.
+GUARDED_ROUTES = {"predict": PREDICT, "feedback": FEEDBACK, "explain": EXPLAIN, "model": MODEL, "abtest": ABTEST}
 
 #: The HTTP header naming the tenant of a request (checked against the route's tenant).
 TENANT_HEADER = "X-Tenant"
+#: The HTTP header of a replay (admin token only): ``<start>/<end>`` (ISO 8601), the interval every
+#: ``event_ts`` of the request must lie in instead of the window around now.
+REPLAY_INTERVAL_HEADER = "X-Airloop-Replay-Interval"
 #: The HTTP header carrying the request key when ``key_field == "header"``.
 KEY_HEADER_NAME = "X-Request-Key"
 

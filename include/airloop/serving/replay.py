@@ -4,7 +4,9 @@
 Each day's rows are read through the pipeline's own source (:func:`airloop.data.sources.read_partition`:
 files or SQL, as training reads them), typed as the model signature declares them, and sent in
 batches with the ``id_column`` values as request ids and the ``timestamp`` column as event times,
-to the pipeline's tenant route with its tenant's token (``AIRLOOP_TENANT_TOKENS``). So monitoring
+to the pipeline's tenant route with the admin token and the day as the replay interval
+(``X-Airloop-Replay-Interval``: serving accepts event times that old from the admin only, see
+:mod:`airloop.serving.window`). So monitoring
 sees the day's traffic on the day it happened, and a re-run sends the same request ids again:
 serving answers them, and its prediction log ignores rows whose id it already holds (nothing is
 counted twice).
@@ -27,6 +29,7 @@ from typing import Any
 
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
+from airloop.core.timeutil import day_bounds
 from airloop.data.sources import read_partition
 from airloop.models.schema import request_records, signature_inputs
 from airloop.serving.client import ServingEndpoint, predict
@@ -103,9 +106,9 @@ class ReplayResult:
 
 def replay_endpoint(settings: Settings, config: PipelineConfig, url: str | None = None) -> ServingEndpoint:
     """The pipeline's routes in the serving process (``<url>/t/<tenant>/<pipeline>``, default
-    ``AIRLOOP_SERVING_URL``) with its tenant's token from ``AIRLOOP_TENANT_TOKENS`` (none for a
-    tenant without one, e.g. ``default``)."""
-    return ServingEndpoint(url or settings.serving_url, settings.tenant_tokens.get(config.tenant)).for_pipeline(config)
+    ``AIRLOOP_SERVING_URL``) with the admin token (``AIRLOOP_ADMIN_TOKEN``): a replay's event
+    times lie outside serving's window around now, which only the admin may declare."""
+    return ServingEndpoint(url or settings.serving_url, settings.admin_token).for_pipeline(config)
 
 
 def _request_id(value: Any) -> str:
@@ -118,7 +121,7 @@ def _request_id(value: Any) -> str:
 def _reason(status: int, answer: Any) -> str:
     detail = answer.get("detail") if isinstance(answer, dict) else answer
     text = detail if isinstance(detail, str) else str(detail)
-    hint = " (the tenant's token comes from AIRLOOP_TENANT_TOKENS)" if status in (401, 403) else ""
+    hint = " (a replay sends the admin token, AIRLOOP_ADMIN_TOKEN)" if status in (401, 403) else ""
     return f"HTTP {status}: {text[:300]}{hint}"
 
 
@@ -224,7 +227,8 @@ def _post(result: ReplayResult, endpoint: ServingEndpoint, config: PipelineConfi
             time.sleep(0.5 * 2 ** (attempt - 1))
         try:
             status, answer = predict(endpoint, records, request_ids=request_ids, event_ts=event_ts,
-                                     tenant=config.tenant, http=client, timeout=timeout)
+                                     tenant=config.tenant, http=client, timeout=timeout,
+                                     replay_interval=day_bounds(result.day))
         except httpx.HTTPError as err:
             last = f"{type(err).__name__}: {err}"
             continue

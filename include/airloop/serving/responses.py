@@ -83,7 +83,9 @@ class FeedbackAnswer(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    written: int = Field(description="Labels written to ground_truth")
+    written: int = Field(description="New labels written to ground_truth")
+    unchanged: int = Field(0, description="Labels sent again, equal to the stored ones (nothing changed)")
+    corrected: int = Field(0, description="Different labels applied as corrections (?correct=true, admin)")
 
 
 class ModelInfo(BaseModel):

@@ -10,14 +10,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import (
-    BaseModel,
-)
 
 from airloop.core import names
 from airloop.experiments import definition, routing
 from airloop.models.artifact import _example_records
-from airloop.models.schema import RecordSchema, RecordValidationError
+from airloop.models.schema import RecordSchema, RecordValidationError, ValidatedRecords
 from airloop.models.trust import ModelLoadError
 
 #: The registry alias served by default.
@@ -131,7 +128,7 @@ class ServedModel:
         """Validate ``records`` and predict them (the whole request path, minus HTTP)."""
         return self.predict_validated(records)[1]
 
-    def predict_validated(self, records: list[Any]) -> tuple[list[BaseModel], list[dict[str, Any]]]:
+    def predict_validated(self, records: list[Any]) -> tuple[ValidatedRecords, list[dict[str, Any]]]:
         """Like :meth:`predict_records`, also returning the validated rows."""
         rows = self.schema.validate(records)
         return rows, self.predictor.predict(self.schema.to_frame(rows))

@@ -208,13 +208,18 @@ class ReloadRequest(BaseModel):
 _TENANT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:@-")
 
 
+def is_tenant_name(value: str) -> bool:
+    """Whether ``value`` is a tenant name ``X-Tenant`` may carry: 1-100 of ``[A-Za-z0-9_.:@-]``."""
+    return 0 < len(value) <= 100 and set(value) <= _TENANT_CHARS
+
+
 def request_tenant(request: Request, default: str = DEFAULT_TENANT) -> str:
     """The ``X-Tenant`` header (default: the pipeline's tenant); 422 unless 1-100 of
-    ``[A-Za-z0-9_.:@-]``. Which values a route accepts is checked by :mod:`airloop.serving.gateway`."""
+    ``[A-Za-z0-9_.:@-]``. Which values a route accepts (and with which token) is checked by :mod:`airloop.serving.auth`."""
     tenant = request.headers.get("x-tenant", "").strip()
     if not tenant:
         return default
-    if len(tenant) > 100 or not set(tenant) <= _TENANT_CHARS:
+    if not is_tenant_name(tenant):
         raise RecordValidationError([{
             "record": None, "field": "X-Tenant",
             "message": "X-Tenant must be 1-100 characters of letters, digits and _ . : @ -",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,17 +27,67 @@ from airloop.registry.audit import LifecycleError, version_record
 from airloop.registry.client import _alias_version
 from airloop.registry.ledger import _effective, version_at
 from airloop.registry.lifecycle import awaiting_approval, promote_version, promotion_key, rollback, rollback_key
-from airloop.serving.client import DeployError, refresh_abtest, reload_alias, smoke_test
+from airloop.registry import reconcile
+from airloop.serving.client import (DeployError, ServingUnreachable, refresh_abtest, reload_alias, served_version,
+                                    smoke_test)
 
 log = logging.getLogger(__name__)
+
+
+#: A reload that finds serving down (restarting) is tried this many times, this far apart, before
+#: the task fails (and Airflow retries it); a serving process that comes back loads the ledger's
+#: champion at start-up anyway. Nothing is rolled back for an unreachable serving process.
+RELOAD_ATTEMPTS = 6
+RELOAD_PAUSE_S = 5.0
+
+
+def reload_when_up(endpoint: Any, alias: str = CHAMPION, attempts: int | None = None,
+                   pause_s: float | None = None) -> dict[str, Any]:
+    """:func:`airloop.serving.client.reload_alias`, tried again (bounded: :data:`RELOAD_ATTEMPTS`
+    :data:`RELOAD_PAUSE_S` apart) while serving is unreachable; a refusal (serving answered) is
+    raised at once."""
+    attempts = attempts or RELOAD_ATTEMPTS
+    pause_s = RELOAD_PAUSE_S if pause_s is None else pause_s
+    for attempt in range(1, attempts + 1):
+        try:
+            return reload_alias(endpoint, alias)
+        except ServingUnreachable as err:
+            if attempt == attempts:
+                raise
+            log.warning("serving unreachable (try %s of %s), reloading again in %.0f s: %s", attempt, attempts,
+                        pause_s, err)
+            time.sleep(pause_s)
+    raise AssertionError("unreachable")
 
 
 def reload_serving(config: PipelineConfig, settings: Settings, endpoint: Any, version: str) -> dict[str, Any]:
     """Make serving load the champion and check it answers with ``version`` (smoke test)."""
 
     endpoint = endpoint.for_pipeline(config)
-    reload_alias(endpoint, CHAMPION)
+    reload_when_up(endpoint, CHAMPION)
     return smoke_test(endpoint, version, smoke_inputs(config, settings, version))
+
+
+def follow_ledger(config: PipelineConfig, settings: Settings, endpoint: Any, *, actor: str) -> dict[str, Any]:
+    """Repair half-done moves (:func:`airloop.registry.reconcile.reconcile`), then make serving
+    answer with the ledger's champion: reload it when serving runs another version. Serving
+    unreachable is reported (``"serving": "unreachable"``), not raised: it follows the ledger at
+    its start-up."""
+    result = reconcile.reconcile(config, settings, actor=actor)
+    known, want = reconcile.champion_per_ledger(config, settings)
+    out: dict[str, Any] = {"repairs": result["repairs"], "ledger_version": want if known else None}
+    if endpoint is None or not known or want is None:
+        return out | {"serving": "not checked"}
+    try:
+        served = served_version(endpoint.for_pipeline(config))
+        if served == want:
+            return out | {"serving": "follows the ledger", "served_version": served}
+        log.warning("serving answers with v%s, the ledger's champion is v%s: reloading", served, want)
+        out["reload"] = reload_serving(config, settings, endpoint, want)
+        return out | {"serving": "reloaded", "served_version": want, "was": served}
+    except ServingUnreachable as err:
+        log.warning("serving not checked against the ledger: %s", err)
+        return out | {"serving": "unreachable"}
 
 
 def rollback_and_reload(config: PipelineConfig, settings: Settings, environment: str | None = None,
@@ -71,6 +122,13 @@ def post_deploy_guard(config: PipelineConfig, settings: Settings, summary: dict[
     quality limits. Acts only when the judged version is still the champion (a backfill over old
     history never rolls back today's model); once per version (idempotency key)."""
 
+    followed = follow_ledger(config, settings, endpoint, actor=actor) if endpoint is not None else None
+    result = _guard(config, settings, summary, actor=actor, run_context=run_context, endpoint=endpoint)
+    return result | ({"ledger": followed} if followed is not None else {})
+
+
+def _guard(config: PipelineConfig, settings: Settings, summary: dict[str, Any], *, actor: str,
+           run_context: dict[str, str] | None, endpoint: Any) -> dict[str, Any]:
     guard = config.promotion.post_deploy_guard
     version = summary.get("model_version")
     if not guard.intervals or not version or summary.get("skipped"):
@@ -180,9 +238,13 @@ def deploy(config: PipelineConfig, promotion: dict[str, Any], snapshot: dict[str
     swapped = False  # serving answers with ``version`` (its reload succeeded)
     try:
         records = smoke_inputs(config, settings, version, snapshot)
-        reload_alias(endpoint, names.CHAMPION)
+        reload_when_up(endpoint, names.CHAMPION)
         swapped = True
         smoke = smoke_test(endpoint, version, records)
+    except ServingUnreachable as err:  # down, not refusing: keep the promotion; the retry (or serving's
+        # start-up reconcile) loads the ledger's champion
+        raise DeployError(f"deploy of {config.model_name} v{version}: {err}; the promotion stands (serving loads "
+                          "the ledger's champion when it is back; the task's retry reloads it)") from err
     except (DeployError, ModelLoadError) as err:
         failure = f"deploy of {config.model_name} v{version} (pipeline {config.name}) to {endpoint.url} failed: {err}"
         log.error("%s", failure)
@@ -229,7 +291,9 @@ def _undo_promotion(config: PipelineConfig, settings: Settings, version: str, pr
     engine = store.get_engine(settings.monitoring_db_uri)
     client = registry_client.get_client(settings)
     with ledger.lifecycle_lock(engine, config.name, holder=f"{actor} withdraw v{version} from {env.name}") as conn:
+        reconcile.repair(client, engine, conn, config, actor=f"{actor} (before a move)")
         if ledger.find_ledger(engine, key) is None and _alias_version(client, config, CHAMPION) == version:
+            reconcile.begin_move(client, config, env, version, key)
             ledger.append_ledger(conn, ledger.LedgerEntry(
                 idempotency_key=key, pipeline=config.name, model_name=config.model_name, action="rollback",
                 alias=ledger.ledger_alias(env), environment=env.name, from_version=version, to_version=None,
@@ -238,6 +302,11 @@ def _undo_promotion(config: PipelineConfig, settings: Settings, version: str, pr
             for alias in ledger.moved_aliases(env):
                 client.delete_registered_model_alias(config.model_name, alias)
             client.set_model_version_tag(config.model_name, version, f"airloop.rolled_back.{env.name}", reason[:500])
+            moved = True
+        else:
+            moved = False
+    if moved:
+        reconcile.end_move(client, config, env, version)
     log.warning("%s %s: v%s withdrawn (it was the first champion): %s", config.model_name, env.name, version, reason)
     return None
 

@@ -253,6 +253,7 @@ def train_worker(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[st
     """One mapped worker: run its share of trials on the shared study, each tracked in MLflow."""
 
     client = registry.get_client(settings)
+    registry.end_orphaned_runs(client, plan["experiment_id"], plan["interval_key"])  # a killed try's trial runs
 
     def track(trial, family, params, scores, state, seconds):
         score = f"CV {config.training.metric} {sum(scores) / len(scores):.4f}" if scores else "no fold scored"
@@ -276,6 +277,7 @@ def evaluate(config: PipelineConfig, snapshot: dict[str, Any], plan: dict[str, A
     import mlflow
     import mlflow.sklearn
 
+    registry_client.end_orphaned_runs(registry_client.get_client(settings), plan["experiment_id"], plan["interval_key"])
     frame = load_snapshot(snapshot, config)
     train, holdout = split_holdout(config, frame, snapshot["as_of"])
     best = best_config(plan["storage"], plan["study_name"], config)

@@ -164,6 +164,44 @@ def open_study(storage_uri: str, study_name: str, config: PipelineConfig, worker
     return study
 
 
+#: A trial left RUNNING without an owner (killed before it recorded its process) this old is stale.
+STALE_UNOWNED_S = 600.0
+
+
+def fail_stale_trials(study, worker: int) -> list[int]:
+    """Mark FAIL the trials a killed process left RUNNING, so a retried worker resumes the study
+    with an honest census (finished trials still count towards the budget; nothing restarts).
+
+    A RUNNING trial is stale when its owner (the ``host``/``pid`` user attributes every trial
+    records) is a dead process of this host, when it ran on another host as this same ``worker``
+    (the previous try of this mapped task), or when it has no owner and is older than
+    :data:`STALE_UNOWNED_S`. Returns the trial numbers marked FAIL."""
+    from datetime import datetime
+
+    from optuna.trial import TrialState
+
+    from airloop.core.process import owner_gone
+
+    here = socket.gethostname()
+    stale = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        host, pid = attrs.get("host"), attrs.get("pid")
+        if host is None:
+            started = trial.datetime_start
+            gone = started is not None and (datetime.now() - started).total_seconds() > STALE_UNOWNED_S
+        else:
+            gone = owner_gone(host, pid) or (host != here and attrs.get("worker") == worker)
+        if gone:
+            study._storage.set_trial_system_attr(trial._trial_id, "fail_reason",
+                                                 f"left RUNNING by process {host}:{pid} (gone); failed on retry")
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            stale.append(trial.number)
+    if stale:
+        log.warning("study %s: trials %s were left RUNNING by a killed process; marked FAIL", study.study_name, stale)
+    return stale
+
+
 def finished_trials(study) -> int:
     """Trials that count towards the budget: completed or pruned."""
     from optuna.trial import TrialState
@@ -250,6 +288,7 @@ def run_worker(
 
     started = time.perf_counter()
     study = open_study(storage_uri, study_name, config, worker=worker)
+    fail_stale_trials(study, worker)
     train, _ = split_holdout(config, frame, as_of)
     X, y = features_and_target(config, train)
     remaining = n_trials - finished_trials(study)

@@ -24,8 +24,8 @@ def build_v7_store(engine: sa.Engine) -> None:
     rewind_store(engine, 8, ADDED, ['alert_evaluations', 'reference_refreshes', 'estimate_checks'])
 
 
-def test_migration_8_is_the_latest_and_keeps_old_alerts_as_closed_conditions(engine):
-    assert [v for v, *_ in store.MIGRATIONS][-1] == 8
+def test_migration_8_keeps_old_alerts_as_closed_conditions(engine):
+    assert 8 in [v for v, *_ in store.MIGRATIONS]
     build_v7_store(engine)
     assert not any(set(cols) & column_names(engine, t) for t, cols in ADDED.items())
     with engine.begin() as conn:  # an alert and a run written by a release before migration 8

@@ -46,7 +46,7 @@ from airloop.experiments.definition import ABTest, ABTestError
 from airloop.experiments.stats import Samples
 from airloop.serving.app import create_app
 from tests.pg import fresh_database
-from tests.unit.serving.test_app import AUTH, PIPELINE, _log_version, _preprocessor, _records, _settings
+from tests.unit.serving.test_app import AUTH, PIPELINE, TENANT_AUTH, _log_version, _preprocessor, _records, _settings
 
 START = datetime(2026, 3, 2, tzinfo=timezone.utc)
 REPEATS = 200
@@ -424,7 +424,7 @@ def test_serving_routes_by_key_logs_variants_and_evaluates(tmp_path: Path, two_v
     records = _records(tv.frame[features])
     ids = [f"claim-{i}" for i in range(len(records))]
     served_at = START + timedelta(hours=5)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=TENANT_AUTH) as client:
         assert client.get("/abtest").json() == {
             "enabled": True, "champion": {"name": PIPELINE, "version": "1", "alias": "champion"}, "tests": []}
         test = abtest_evaluation.start_test(tv.config, settings, START, traffic_pct=40, min_samples=100)  # v1 vs v2 by alias
@@ -435,8 +435,9 @@ def test_serving_routes_by_key_logs_variants_and_evaluates(tmp_path: Path, two_v
         info = client.get("/abtest").json()["tests"][0]
         assert info["challenger_model"] == {"name": PIPELINE, "version": "2", "alias": None} and "warning" not in info
 
+        replay = {**AUTH, "X-Airloop-Replay-Interval": f"{START.isoformat()}/{(START + timedelta(days=1)).isoformat()}"}
         response = client.post("/predict", json={"records": records, "request_ids": ids,
-                                                 "event_ts": [served_at.isoformat()] * len(records)})
+                                                 "event_ts": [served_at.isoformat()] * len(records)}, headers=replay)
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["abtest"] == test["test_id"] and body["model"]["version"] == "1"
@@ -457,7 +458,7 @@ def test_serving_routes_by_key_logs_variants_and_evaluates(tmp_path: Path, two_v
         # Labels come back, then the evaluation reads exactly what was served.
         labels = [{"request_id": rid, "label": int(v), "label_ts": (served_at + timedelta(days=1)).isoformat()}
                   for rid, v in zip(ids, tv.frame[tv.config.target])]
-        assert client.post("/feedback", json={"items": labels}).json() == {"written": len(ids)}
+        assert client.post("/feedback", json={"items": labels}).json()["written"] == len(ids)
         assert client.app.state.prediction_logger.flush(10)
         assert client.get("/metrics").text.count('airloop_serving_ab_records_total{variant="challenger"}') == 1
 
@@ -483,7 +484,7 @@ def test_serving_routes_by_feature_and_falls_back(tmp_path: Path, two_versions: 
     settings = _settings(tmp_path, tv.uri, AIRLOOP_MONITORING_DB_URI=uri)
     records = _records(tv.frame[list(tv.config.features)].head(80))
     test = abtest_evaluation.start_test(tv.config, settings, START, key_field="region", traffic_pct=50)
-    with TestClient(create_app(settings)) as client:  # picked up at startup
+    with TestClient(create_app(settings), headers=TENANT_AUTH) as client:  # picked up at startup
         assert [t["test_id"] for t in client.get("/abtest").json()["tests"]] == [test["test_id"]]
         items = client.post("/predict", json={"records": records}).json()["predictions"]
         by_region: dict[str, set[str]] = {}
@@ -493,7 +494,7 @@ def test_serving_routes_by_feature_and_falls_back(tmp_path: Path, two_versions: 
         assert {r: v.pop() for r, v in by_region.items()} == {
             r: routing.assign_variant(r, test["test_id"], 50.0) for r in by_region}
         # Another tenant is not in the test.
-        other = client.post("/predict", json=records[0], headers={"X-Tenant": "acme"}).json()
+        other = client.post("/predict", json=records[0], headers={**AUTH, "X-Tenant": "acme"}).json()
         assert "variant" not in other["predictions"][0] and "abtest" not in other
 
         challenger = client.app.state.manager.tests["default"].challenger
@@ -524,7 +525,7 @@ def test_shadow_mode_answers_with_the_champion_and_logs_the_challenger(
     features = list(tv.config.features)
     records = _records(tv.frame[features].head(50))
     ids = [f"s-{i}" for i in range(50)]
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=TENANT_AUTH) as client:
         test = abtest_evaluation.start_test(tv.config, settings, START, mode="shadow", min_samples=30)
         assert client.post("/abtest/refresh", headers=AUTH).status_code == 200
         response = client.post("/predict", json={"records": records, "request_ids": ids})
@@ -560,12 +561,12 @@ def test_refresh_reports_a_challenger_that_cannot_load(tmp_path: Path, two_versi
     tv = two_versions
     settings = _settings(tmp_path, tv.uri, AIRLOOP_MONITORING_DB_URI=f"sqlite:///{tmp_path / 'monitoring.db'}")
     test = abtest_evaluation.start_test(tv.config, settings, START, champion_version=1, challenger_version=9)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=TENANT_AUTH) as client:
         response = client.post("/abtest/refresh", headers=AUTH)
         assert response.status_code == 409
         assert "not found" in response.json()["errors"][test["test_id"]]
         assert client.get("/abtest").json()["tests"] == []
         assert client.post("/predict", json=_records(tv.frame[list(tv.config.features)].head(1))[0]).status_code == 200
-    with TestClient(create_app(settings, log_predictions=False)) as client:
+    with TestClient(create_app(settings, log_predictions=False), headers=TENANT_AUTH) as client:
         assert client.post("/abtest/refresh", headers=AUTH).status_code == 409
         assert client.get("/abtest").json()["enabled"] is False

@@ -43,7 +43,7 @@ from airloop.monitoring.traffic import load_interval
 from airloop.registry.client import get_client, register_version
 from airloop.serving.app import create_app
 from airloop.training.search import build_model
-from tests.unit.serving.test_app import AUTH, REPO_ROOT, _settings
+from tests.unit.serving.test_app import AUTH, REPO_ROOT, TENANT_AUTH, _settings
 
 NAME = "claims_open"
 SHOPS = [f"shop_{i:02d}" for i in range(60)]
@@ -197,7 +197,7 @@ def test_serving_flags_an_unseen_category_and_monitoring_counts_it(registered):
     records[3]["customer_age"] = 150
     started = datetime.now(timezone.utc)
     app = create_app(settings)
-    with TestClient(app) as http:
+    with TestClient(app, headers=TENANT_AUTH) as http:
         answer = http.post("/predict", json={"records": records, "request_ids": ["c0", "c1", "c2", "c3"]})
         assert answer.status_code == 200, answer.text
         assert len(answer.json()["predictions"]) == 4  # flagged, still answered (flag is the default)
@@ -227,7 +227,7 @@ def test_reject_refuses_with_a_422_naming_record_feature_value_and_vocabulary(re
     write_pipeline(registered.pipelines, out_of_domain="reject")
     try:
         records = request_records(signature_inputs(config), registered.train[list(config.features)].head(2))
-        with TestClient(create_app(settings)) as http:
+        with TestClient(create_app(settings), headers=TENANT_AUTH) as http:
             assert http.post("/predict", json={"records": records}).status_code == 200
             answer = http.post("/predict", json={"records": [records[0], records[1] | {"region": "atlantis"}]})
             single = http.post("/predict", json=records[0] | {"witness_count": 51})

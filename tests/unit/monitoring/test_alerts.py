@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from airloop.core import store
 from airloop.core.settings import load_settings
 from airloop.data.features import features_and_target
-from airloop.data.simulator import generate_day
+from airloop.data.simulator import DEFAULT_EVENTS, generate_day
 from airloop.monitoring import alerts, performance, reference, retrain
 from airloop.monitoring import rules as monitoring_rules
 from airloop.registry import audit
@@ -154,18 +154,19 @@ def served_with_labels(config, model, days):
 
 
 def test_concept_drift_raises_a_performance_alert_once_labels_arrive(claims_config):
-    """A model trained before the concept drift (2026-05-10) keeps its quality on labelled
-    traffic before it and loses it after: the performance_drop rule (critical, retrain) fires
-    only on the drifted period."""
-    train = pd.concat([generate_day(date(2026, 4, 1) + timedelta(days=i)) for i in range(20)], ignore_index=True)
+    """A model trained before the concept drift keeps its quality on labelled traffic before it
+    and loses it after: the performance_drop rule (critical, retrain) fires only on the drifted
+    period."""
+    drift = DEFAULT_EVENTS["concept_drift"]
+    train = pd.concat([generate_day(drift - timedelta(days=40 - i)) for i in range(20)], ignore_index=True)
     X, y = features_and_target(claims_config, train)
     model = build_model(claims_config, "logistic_regression", {"C": 1.0}).fit(X, y)
     holdout = performance.performance(claims_config, served_with_labels(
-        claims_config, model, [date(2026, 4, 21) + timedelta(days=i) for i in range(7)]))
+        claims_config, model, [drift - timedelta(days=19 - i) for i in range(7)]))
     before = performance.performance(claims_config, served_with_labels(
-        claims_config, model, [date(2026, 5, 1) + timedelta(days=i) for i in range(7)]))
+        claims_config, model, [drift - timedelta(days=9 - i) for i in range(7)]))
     after = performance.performance(claims_config, served_with_labels(
-        claims_config, model, [date(2026, 5, 12) + timedelta(days=i) for i in range(7)]))
+        claims_config, model, [drift + timedelta(days=2 + i) for i in range(7)]))
     metric = claims_config.training.metric
 
     def rules(perf):

@@ -43,6 +43,17 @@ def test_realized_drop_retrains(claims_config, local):
     fired, decision = decide(claims_config, local, summary(drift_share=0.0, performance_drop=0.2))
     assert [a["rule"] for a in fired] == ["performance_drop"] and decision["retrain"] is True
     assert "performance_drop" in decision["reason"]
+    # on the recent window: the new concept, not weeks of the old one
+    assert decision["window_days"] == claims_config.monitoring.retrain_window_days == 14
+
+
+def test_retrain_window_must_exceed_the_holdout(claims_config):
+    from airloop.core.pipeline import PipelineConfig
+
+    data = claims_config.model_dump()
+    data["monitoring"]["retrain_window_days"] = claims_config.training.holdout_days
+    with pytest.raises(ValueError, match="retrain_window_days .* must exceed training.holdout_days"):
+        PipelineConfig.model_validate(data)
 
 
 def test_estimated_drop_beyond_its_band_retrains(claims_config, local):
@@ -65,6 +76,7 @@ def test_drift_rule_may_opt_in_to_retrain(claims_config, local):
         update={"alerts": rules_})})
     fired, decision = decide(config, local, summary(drift_share=0.6))
     assert [a["rule"] for a in fired] == ["input_drift"] and decision["retrain"] is True
+    assert decision["window_days"] is None  # drift alone: the usual training window
     assert rules.retrains(AlertRule(name="x", metric="drift_share", op=">", value=0.1, severity="low")) is False
     assert rules.retrains(AlertRule(name="x", metric="drift_share", op=">", value=0.1, severity="low",
                                     retrain=True)) is True

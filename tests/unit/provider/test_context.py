@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from airloop_provider.context import as_of_day, run_actor, run_context
+from airloop_provider.context import as_of_day, run_actor, run_context, training_window
 
 
 def _dag_run(**overrides):
@@ -53,6 +53,22 @@ def test_as_of_day_takes_the_newest_retrain_request(pipeline, settings):
     context = {"params": {"as_of": None}, "dag_run": _dag_run(), "triggering_asset_events": events,
                "data_interval_end": datetime(2024, 3, 1, tzinfo=timezone.utc)}
     assert as_of_day(context, pipeline, settings) == "2024-02-20"
+
+
+def test_training_window_of_a_drop_retrain_is_the_requests_recent_window(pipeline):
+    events = {"airloop://claims_fraud/retrain-requests": [_event(as_of="2024-02-18", window_days=None),
+                                                           _event(as_of="2024-02-20", window_days=14)]}
+    default = {"window_days": pipeline.training.window_days}
+    asset_run = _dag_run(run_type="asset_triggered")
+    assert training_window({"params": default, "dag_run": asset_run, "triggering_asset_events": events},
+                           pipeline) == 14
+    # a request without a window (a drift rule that opted in) trains on the form's window
+    older = {"r": [_event(as_of="2024-02-18")]}
+    assert training_window({"params": default, "dag_run": asset_run, "triggering_asset_events": older},
+                           pipeline) == pipeline.training.window_days
+    # a person's form wins over the request
+    manual = {"params": {"window_days": 30}, "dag_run": _dag_run(run_type="manual"), "triggering_asset_events": events}
+    assert training_window(manual, pipeline) == 30
 
 
 def test_as_of_day_falls_back_to_the_interval_end_then_run_after(pipeline, settings):

@@ -56,6 +56,6 @@ def test_environment_gates_and_minimum_data(claims_config):
     weak = {"roc_auc": 0.65, "latency_p95_ms": 120.0}
     assert _evaluate_gates(claims_config, weak, {"roc_auc": 0.9}, environment=dev, train_rows=2000).promote
     refused = _evaluate_gates(claims_config, GOOD, None, environment=prod, train_rows=800)
-    assert not refused.promote and "min_training_rows: 800 rows, 5000 required" in refused.reason
+    assert not refused.promote and "min_training_rows: 800 rows, 1500 required" in refused.reason
     unknown = _evaluate_gates(claims_config, GOOD, None, environment=prod)
     assert not unknown.promote and "training rows unknown" in unknown.reason

@@ -2,7 +2,7 @@
 and the real monitoring store (``claims_fraud``'s path: dev -> staging -> prod, prod serving).
 
 Gates of claims_fraud.yaml: dev roc_auc >= 0.60 and 1000 rows; staging and prod roc_auc >= 0.70
-and 5000 rows; prod (serving) also beats its incumbent by 0.002 on the same holdout.
+and 1500 rows; prod (serving) also beats its incumbent by 0.002 on the same holdout.
 """
 
 from __future__ import annotations
@@ -82,9 +82,9 @@ def test_a_failed_gate_is_a_refusal_in_the_ledger_and_moves_nothing(pipe):
     assert {c["name"]: c["passed"] for c in row["metrics"]["checks"]} == {
         "path": True, "threshold:roc_auc": False, "min_training_rows": True}
 
-    small = pipe.add_version(0.90, train_rows=2000)
+    small = pipe.add_version(0.90, train_rows=1200)
     promote(pipe, small, "dev")
-    assert "min_training_rows: 2000 rows, 5000 required" in promote(pipe, small, "staging")["reason"]
+    assert "min_training_rows: 1200 rows, 1500 required" in promote(pipe, small, "staging")["reason"]
     unknown = pipe.add_version(0.90, train_rows=None)
     assert not promote(pipe, unknown, "dev")["promoted"]  # minimum data cannot be judged
     assert "number of training rows unknown" in pipe.ledger()[-1]["reason"]

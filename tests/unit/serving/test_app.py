@@ -58,6 +58,12 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 PIPELINE = "claims_fraud"
 TOKEN = "test-admin-token-3f9a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+#: The default tenant's own token (every route but the probes needs a token): what the shared
+#: clients send, so the admin routes still see a non-admin caller unless a test sends AUTH.
+TENANT_TOKEN = "test-default-tenant-token-51be"
+TENANT_AUTH = {"Authorization": f"Bearer {TENANT_TOKEN}"}
+#: A replay's interval header (admin token): the historical event times these tests send.
+REPLAY_FEB = {"X-Airloop-Replay-Interval": "2026-02-01T00:00:00Z/2026-02-04T00:00:00Z"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,6 +84,7 @@ def _tracking_uri(uri: str) -> Iterator[None]:
 
 def _settings(tmp: Path, tracking_uri: str, token: str | None = TOKEN, **extra: str) -> Settings:
     env = {"AIRLOOP_HOME": str(REPO_ROOT), "AIRLOOP_STATE_DIR": str(tmp / "state"), "MLFLOW_TRACKING_URI": tracking_uri}
+    env["AIRLOOP_TENANT_TOKENS"] = f"default={TENANT_TOKEN}"
     env.update(extra)
     if token:
         env["AIRLOOP_ADMIN_TOKEN"] = token
@@ -224,14 +231,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 @pytest.fixture(scope="module")
 def client(registry: Registry) -> Iterator[TestClient]:
     """A started app serving the champion; tests using it must not change what it serves."""
-    with TestClient(create_app(registry.settings)) as test_client:
+    with TestClient(create_app(registry.settings), headers=TENANT_AUTH) as test_client:
         yield test_client
 
 
 @pytest.fixture
 def fresh_client(registry: Registry) -> Iterator[TestClient]:
     """A started app of its own, for tests that reload."""
-    with TestClient(create_app(registry.settings, PIPELINE)) as test_client:
+    with TestClient(create_app(registry.settings, PIPELINE), headers=TENANT_AUTH) as test_client:
         yield test_client
 
 
@@ -368,7 +375,7 @@ def test_not_ready_without_champion_then_reload_later(tmp_path: Path, registry: 
     raw = yaml.safe_load((registry.settings.pipelines_dir / f"{PIPELINE}.yaml").read_text())
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**raw, "name": name}))
     settings = _settings(tmp_path, registry.uri, AIRLOOP_PIPELINE=name, AIRLOOP_PIPELINES_DIR=str(tmp_path))
-    with TestClient(create_app(settings)) as app_client:
+    with TestClient(create_app(settings), headers=AUTH) as app_client:
         health = app_client.get("/health")
         assert health.status_code == 200 and health.json()["model_loaded"] is False
         assert "not found" in health.json()["last_error"]
@@ -417,7 +424,7 @@ def test_reload_requires_the_admin_token(client: TestClient) -> None:
 
 def test_reload_is_refused_when_no_token_is_configured(tmp_path: Path, registry: Registry) -> None:
     settings = _settings(tmp_path, registry.uri, token=None)
-    with TestClient(create_app(settings)) as app_client:
+    with TestClient(create_app(settings), headers=TENANT_AUTH) as app_client:
         for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer None"}):
             assert app_client.post("/reload", json={"version": "2"}, headers=headers).status_code == 403
         assert app_client.get("/model").json()["version"] == "1"
@@ -568,9 +575,9 @@ def test_predictions_and_feedback_are_stored(tmp_path: Path, registry: Registry,
                    for h, m, s, us in ((8, 0, 0, 0), (8, 30, 0, 0), (10, 0, 0, 0), (11, 0, 0, 250000))]
     expected_ts.append(datetime(2026, 2, 3, tzinfo=timezone.utc))
     single = _records(registry.test_frame.iloc[[20]])[0]
-    with TestClient(create_app(settings)) as app_client:
+    with TestClient(create_app(settings), headers=AUTH) as app_client:
         batch = app_client.post("/predict", json={"records": records, "request_ids": ids, "event_ts": event_ts},
-                                headers={"X-Tenant": "acme"})
+                                headers={"X-Tenant": "acme", **REPLAY_FEB})
         assert batch.status_code == 200, batch.text
         assert [p["request_id"] for p in batch.json()["predictions"]] == ids
         one = app_client.post("/predict", json=single)
@@ -583,9 +590,9 @@ def test_predictions_and_feedback_are_stored(tmp_path: Path, registry: Registry,
         labels["items"][1]["label"] = "1"  # the string form of a class, as in "probabilities"
         response = app_client.post("/feedback", json=labels, headers={"X-Tenant": "acme"})
         assert response.status_code == 200, response.text
-        assert response.json() == {"written": 4}
-        corrected = app_client.post("/feedback", json={"request_id": "claim-3", "label": 0})
-        assert corrected.json() == {"written": 1}  # the later label wins (upsert)
+        assert response.json() == {"written": 4, "unchanged": 0, "corrected": 0}
+        other = app_client.post("/feedback", json={"request_id": "claim-3", "label": 0})
+        assert other.json()["written"] == 1  # the default tenant's claim-3: a key of its own
         assert _metric(app_client, "airloop_predlog_rows_logged_total") == 6
         assert _metric(app_client, "airloop_serving_feedback_labels_total") == 5
         assert app_client.get("/health").json()["prediction_log"]["last_error"] is None
@@ -657,7 +664,7 @@ def test_failed_prediction_logs_one_error_row(
     uri = f"sqlite:///{tmp_path / 'monitoring.db'}"
     settings = _settings(tmp_path, registry.uri, AIRLOOP_MONITORING_DB_URI=uri)
     records = _records(registry.test_frame.head(3))
-    with TestClient(create_app(settings)) as app_client:
+    with TestClient(create_app(settings), headers=AUTH) as app_client:
         predictor = app_client.app.state.manager.current.predictor
 
         def broken(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -665,7 +672,7 @@ def test_failed_prediction_logs_one_error_row(
 
         monkeypatch.setattr(predictor, "predict", broken)
         response = app_client.post("/predict", json={"records": records, "request_ids": ["x1", "x2", "x3"],
-                                                     "event_ts": ["2026-02-02T08:00:00Z"] * 3})
+                                                     "event_ts": ["2026-02-02T08:00:00Z"] * 3}, headers=REPLAY_FEB)
         assert response.status_code == 500 and response.json() == {"detail": "prediction failed"}
         records_bad = [dict(records[0], customer_age="old")]
         assert app_client.post("/predict", json={"records": records_bad}).status_code == 422  # not logged
@@ -690,14 +697,14 @@ def test_database_down_predictions_answer_and_spool_is_replayed(tmp_path: Path, 
     records = _records(registry.test_frame.head(10))
     sent: list[str] = []
     try:
-        with TestClient(create_app(settings)) as first:
+        with TestClient(create_app(settings), headers=AUTH) as first:
             for i in range(3):
                 response = first.post("/predict", json={"records": records})
                 assert response.status_code == 200
                 sent += [p["request_id"] for p in response.json()["predictions"]]
         assert len(_spool_files(settings)) >= 1  # the stopped app spooled what it could not write
 
-        with TestClient(create_app(settings)) as second:
+        with TestClient(create_app(settings), headers=AUTH) as second:
             response = second.post("/predict", json={"records": records[:4], "request_ids": ["k1", "k2", "k3", "k4"]})
             assert response.status_code == 200
             sent += ["k1", "k2", "k3", "k4"]
@@ -715,7 +722,7 @@ def test_database_down_predictions_answer_and_spool_is_replayed(tmp_path: Path, 
             assert second.app.state.prediction_logger.flush(10)
             assert _metric(second, "airloop_predlog_rows_replayed_total") == 35
             assert _metric(second, "airloop_predlog_db_up") == 1
-            assert second.post("/feedback", json={"request_id": "k1", "label": 1}).json() == {"written": 1}
+            assert second.post("/feedback", json={"request_id": "k1", "label": 1}).json()["written"] == 1
         rows = _table(uri, store.predictions)
         assert len(sent) == len(set(sent)) == 35
         assert sorted(rows) == sorted(sent)
@@ -728,7 +735,7 @@ def test_database_down_predictions_answer_and_spool_is_replayed(tmp_path: Path, 
 def test_closed_port_predictions_answer_and_feedback_is_503(tmp_path: Path, registry: Registry) -> None:
     settings = _settings(tmp_path, registry.uri,
                          AIRLOOP_MONITORING_DB_URI="postgresql+psycopg://postgres@127.0.0.1:1/monitoring")
-    with TestClient(create_app(settings)) as app_client:
+    with TestClient(create_app(settings), headers=AUTH) as app_client:
         response = app_client.post("/predict", json={"records": _records(registry.test_frame.head(6))})
         assert response.status_code == 200
         feedback = app_client.post("/feedback", json={"items": [{"request_id": "a", "label": 1}]})
@@ -742,7 +749,7 @@ def test_closed_port_predictions_answer_and_feedback_is_503(tmp_path: Path, regi
 
 def test_prediction_logging_can_be_disabled(tmp_path: Path, registry: Registry) -> None:
     settings = _settings(tmp_path, registry.uri)
-    with TestClient(create_app(settings, log_predictions=False)) as app_client:
+    with TestClient(create_app(settings, log_predictions=False), headers=AUTH) as app_client:
         response = app_client.post("/predict", json=_records(registry.test_frame.head(1))[0])
         assert response.status_code == 200 and len(response.json()["predictions"][0]["request_id"]) == 32
         assert app_client.app.state.prediction_logger is None
@@ -808,13 +815,13 @@ def test_feedback_of_a_regression_pipeline_needs_numbers(tmp_path: Path, registr
     uri = f"sqlite:///{tmp_path / 'monitoring.db'}"
     settings = _settings(tmp_path, registry.uri, AIRLOOP_PIPELINE=name, AIRLOOP_PIPELINES_DIR=str(tmp_path),
                          AIRLOOP_MONITORING_DB_URI=uri)
-    with TestClient(create_app(settings)) as app_client:  # no model yet: feedback does not need one
+    with TestClient(create_app(settings), headers=AUTH) as app_client:  # no model yet: feedback does not need one
         for bad in ("12.5", True, None, [1]):
             response = app_client.post("/feedback", json={"request_id": "r1", "label": bad})
             assert _detail_for_item(response, "label")["message"].startswith("label must be a finite number")
         response = app_client.post("/feedback", json={"items": [{"request_id": "r1", "label": 1250.5},
                                                                 {"request_id": "r2", "label": 80}]})
-        assert response.json() == {"written": 2}
+        assert response.json()["written"] == 2
     truth = _table(uri, store.ground_truth)
     assert {k: json.loads(v["label"]) for k, v in truth.items()} == {"r1": 1250.5, "r2": 80}
     assert {v["pipeline"] for v in truth.values()} == {name}

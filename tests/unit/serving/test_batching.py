@@ -143,7 +143,7 @@ async def _serve(app: Any, scenario: Any) -> Any:
     """Run ``scenario(client)`` against ``app`` with its lifespan (model load, loggers) around it."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://serving") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://serving", headers=AUTH) as client:
             return await scenario(client)
 
 

@@ -27,7 +27,7 @@ from airloop.monitoring.rules import rule_states
 from airloop.monitoring.traffic import load_interval
 from airloop.serving.app import create_app
 from airloop.serving.protocol import SMOKE_TENANT
-from tests.unit.serving.test_app import AUTH, PIPELINE, _log_version, registry  # noqa: F401  (module fixture)
+from tests.unit.serving.test_app import AUTH, PIPELINE, TENANT_AUTH, _log_version, registry  # noqa: F401  (module fixture)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def strict(registry):  # noqa: F811
                       ("model", LogisticRegression(max_iter=300))]).fit(train[features], train[config.target])
     experiment = registry.client.get_experiment_by_name(f"airloop/{PIPELINE}").experiment_id
     version = _log_version(registry.client, registry.uri, experiment, model, train[features].head(20))
-    with TestClient(create_app(registry.settings)) as client:
+    with TestClient(create_app(registry.settings), headers=TENANT_AUTH) as client:
         answer = client.post("/reload", json={"version": int(version.version)}, headers=AUTH)
         assert answer.status_code == 200, answer.text
         yield client, json.loads(train[features].head(1).to_json(orient="records"))[0], str(version.version)

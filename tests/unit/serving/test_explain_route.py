@@ -42,6 +42,8 @@ PIPELINE = "claims_fraud"
 TOKEN = "tenant-token-explain-7c1"
 ADMIN = "admin-token-explain-2b9"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+#: Another tenant (X-Tenant) is honoured only with that tenant's token or the admin token.
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
 
 @dataclass
@@ -107,7 +109,7 @@ def logged(world: World, app_client: TestClient) -> dict[str, Any]:
     """Six predictions logged under tenant ``acme`` (ids a0..a5), flushed to the store."""
     ids = [f"a{i}" for i in range(6)]
     response = app_client.post("/predict", json={"records": world.records, "request_ids": ids},
-                               headers={**AUTH, "X-Tenant": "acme"})
+                               headers={**ADMIN_AUTH, "X-Tenant": "acme"})
     assert response.status_code == 200, response.text
     assert app_client.app.state.prediction_logger.flush(timeout=30)
     return {p["request_id"]: p for p in response.json()["predictions"]}
@@ -160,7 +162,7 @@ def test_another_version_is_loaded_from_the_registry_and_explained_exactly(world
 # ---------------------------------------------------------------------------- logged ids
 def test_logged_predictions_round_trip(world: World, app_client: TestClient, logged: dict[str, Any]) -> None:
     ids = ["a3", "a0", "a3"]
-    response = app_client.post("/explain", json={"prediction_ids": ids}, headers={**AUTH, "X-Tenant": "acme"})
+    response = app_client.post("/explain", json={"prediction_ids": ids}, headers={**ADMIN_AUTH, "X-Tenant": "acme"})
     assert response.status_code == 200, response.text
     items = response.json()["explanations"]
     assert [i["prediction_id"] for i in items] == ids
@@ -173,26 +175,26 @@ def test_logged_predictions_round_trip(world: World, app_client: TestClient, log
     assert posted["explanations"][0]["contributions"] == pytest.approx(items[0]["contributions"], abs=1e-12)
     # the same predictions explained with another version
     other = app_client.post("/explain", json={"prediction_ids": ["a0"], "version": "2"},
-                            headers={**AUTH, "X-Tenant": "acme"}).json()["explanations"][0]
+                            headers={**ADMIN_AUTH, "X-Tenant": "acme"}).json()["explanations"][0]
     assert other["model_version"] == "2" and other["method"] == "linear"
 
 
 def test_unknown_and_other_tenants_ids_are_404_naming_them(app_client: TestClient, logged: dict[str, Any]) -> None:
     response = app_client.post("/explain", json={"prediction_ids": ["a1", "nope-1", "nope-2"]},
-                               headers={**AUTH, "X-Tenant": "acme"})
+                               headers={**ADMIN_AUTH, "X-Tenant": "acme"})
     assert response.status_code == 404
     (error,) = response.json()["detail"]
     assert error["field"] == "prediction_ids"
     assert "'nope-1', 'nope-2'" in error["message"] and "'a1'" not in error["message"]
     # logged under acme: invisible to the default tenant and to another one
-    for headers in (AUTH, {**AUTH, "X-Tenant": "globex"}):
+    for headers in (AUTH, {**ADMIN_AUTH, "X-Tenant": "globex"}):
         hidden = app_client.post("/explain", json={"prediction_ids": ["a1"]}, headers=headers)
         assert hidden.status_code == 404 and "'a1'" in hidden.json()["detail"][0]["message"]
 
 
 def test_library_function_matches_the_route(world: World, app_client: TestClient, logged: dict[str, Any]) -> None:
     route = app_client.post("/explain", json={"prediction_ids": ["a2", "a4"]},
-                            headers={**AUTH, "X-Tenant": "acme"}).json()["explanations"]
+                            headers={**ADMIN_AUTH, "X-Tenant": "acme"}).json()["explanations"]
     items = get_model_explanations(world.config.model_name, None, ["a2", "a4"], settings=world.settings, tenant="acme")
     assert [i["prediction_id"] for i in items] == ["a2", "a4"]
     for lib, via_http in zip(items, route, strict=True):

@@ -13,7 +13,7 @@ from airloop.core.settings import load_settings
 from airloop.models.schema import RecordValidationError
 from airloop.serving.app import create_app
 from airloop.serving.schema import ReloadRequest, parse_feedback_body, parse_predict_request
-from tests.unit.serving.test_app import AUTH, REPO_ROOT, registry  # noqa: F401  (module fixture)
+from tests.unit.serving.test_app import AUTH, REPO_ROOT, TENANT_AUTH, registry  # noqa: F401  (module fixture)
 
 
 def _nested(depth: int) -> bytes:
@@ -56,7 +56,7 @@ def small_limit_client(registry, tmp_path_factory):  # noqa: F811
     old = {k: os.environ.get(k) for k in ("AIRLOOP_SERVING_MAX_BODY_BYTES", "AIRLOOP_SERVING_MAX_RECORDS")}
     os.environ.update(AIRLOOP_SERVING_MAX_BODY_BYTES=str(64 * 1024), AIRLOOP_SERVING_MAX_RECORDS="100")
     try:
-        with TestClient(create_app(registry.settings)) as client:
+        with TestClient(create_app(registry.settings), headers=TENANT_AUTH) as client:
             yield client
     finally:
         for key, value in old.items():

@@ -1,7 +1,7 @@
 """``airloop replay`` / :func:`airloop.serving.replay.replay_day` against the real serving process
 (the gateway under uvicorn, prediction logging on, a real MLflow store and monitoring store), with
 simulator files read back through the pipelines' own source: one default-tenant pipeline and one
-of the tenant ``acme`` (its token from ``AIRLOOP_TENANT_TOKENS``)."""
+of the tenant ``acme``; the replay sends the admin token and the day as its replay interval."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from airloop.data.simulator import generate_day, partition_path, write_history
 from airloop.data.sources import read_partition
 from airloop.models.artifact import log_sklearn_model
 from airloop.registry.client import get_client, register_version
+from airloop.serving.client import ServingEndpoint
 from airloop.serving.gateway import create_gateway
 from airloop.serving.replay import replay_day, replay_endpoint
 from airloop.training.search import build_model
@@ -140,23 +141,33 @@ def test_broken_rows_are_rejected_with_serving_reasons_and_the_rest_is_served(re
     assert len(logged & {str(i) for i in generate_day(BROKEN_DAY).claim_id}) == result.accepted
 
 
-def test_a_named_tenant_is_replayed_with_its_token(replay, capsys, monkeypatch):
+def test_a_named_tenant_is_replayed_with_the_admin_token(replay, capsys, monkeypatch):
     config, settings = replay.acme, replay.settings
     result = replay_day(settings, config, DAY, endpoint=replay_endpoint(settings, config, replay.url))
     assert result.rejected == 0 and result.accepted == result.rows > 0
     assert set(replay.rows(config).tenant) == {"acme"}
-    # without its token every row is refused, with serving's reason, after one request
-    tokenless = settings.model_copy(update={"tenant_tokens": {}})
+    # without the admin token every row is refused, with serving's reason, after one request
+    tokenless = settings.model_copy(update={"admin_token": None})
     refused = replay_day(tokenless, config, DAY, batch=100, endpoint=replay_endpoint(tokenless, config, replay.url))
     assert refused.accepted == 0 and refused.rejected == refused.rows and refused.batches == 1
     (reason,) = refused.reasons
-    assert reason.startswith("HTTP 401: tenant acme: bearer token required") and "AIRLOOP_TENANT_TOKENS" in reason
+    assert reason.startswith("HTTP 401: tenant acme: bearer token required") and "AIRLOOP_ADMIN_TOKEN" in reason
+    # the tenant's own token is not enough for a replay: its event times lie outside the window
+    # around now, and only the admin may declare the replay interval
+    own = ServingEndpoint(replay.url, ACME).for_pipeline(config)
+    alone = replay_day(settings, config, DAY, batch=100, endpoint=own)
+    assert alone.accepted == 0 and alone.batches == 1
+    (reason,) = alone.reasons
+    assert reason.startswith("HTTP 403") and "X-Airloop-Replay-Interval" in reason
 
     # the command
     from airloop.core.settings import get_settings
 
     for key, value in {"AIRLOOP_STATE_DIR": str(replay.tmp / "state"),
                        "AIRLOOP_PIPELINES_DIR": str(replay.tmp / "pipelines"), "AIRLOOP_DATA_DIR": str(settings.data_dir), "AIRLOOP_TENANT_TOKENS": f"acme={ACME}",
+                       "AIRLOOP_ADMIN_TOKEN": ADMIN,
+                       # the command writes its secrets into the environment: set here, restored after
+                       "AIRFLOW_CONN_AIRLOOP_SERVING": "",
                        "AIRLOOP_SERVING_URL": replay.url}.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()

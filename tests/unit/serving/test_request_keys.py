@@ -95,7 +95,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _settings(models: dict[str, Any], tmp_path: Path, monitoring_uri: str) -> Settings:
     return load_settings(models | {"AIRLOOP_STATE_DIR": str(tmp_path / "state"),
-                                   "AIRLOOP_MONITORING_DB_URI": monitoring_uri})
+                                   "AIRLOOP_MONITORING_DB_URI": monitoring_uri, "AIRLOOP_ADMIN_TOKEN": ADMIN})
 
 
 def _rows_by_key(uri: str, table: sa.Table) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
@@ -164,11 +164,17 @@ def test_prediction_logger_keeps_every_tenant_and_pipeline(monitoring_uri: str, 
 # --------------------------------------------------------------------------------------------
 
 
+#: The admin token of these tests: it proves every tenant, and declares the replay of DAY's traffic.
+ADMIN = "request-keys-admin-token-9d02"
+ADMIN_REPLAY = {"Authorization": f"Bearer {ADMIN}",
+                "X-Airloop-Replay-Interval": f"{DAY.isoformat()}T00:00:00Z/{(DAY + timedelta(days=1)).isoformat()}T00:00:00Z"}
+
+
 def _route(tenant: str, pipeline: str) -> tuple[str, dict[str, str]]:
-    """URL prefix and headers reaching (tenant, pipeline) on the gateway."""
+    """URL prefix and headers reaching (tenant, pipeline) on the gateway (a replay of DAY, admin token)."""
     if pipeline == "claims_fraud":
-        return "", ({"X-Tenant": tenant} if tenant != "default" else {})
-    return f"/t/{PIPELINES[pipeline]}/{pipeline}", {}
+        return "", ({"X-Tenant": tenant, **ADMIN_REPLAY} if tenant != "default" else ADMIN_REPLAY)
+    return f"/t/{PIPELINES[pipeline]}/{pipeline}", ADMIN_REPLAY
 
 
 def test_predict_and_feedback_with_shared_request_ids(models: dict[str, Any], tmp_path: Path,
@@ -192,7 +198,7 @@ def test_predict_and_feedback_with_shared_request_ids(models: dict[str, Any], tm
             labels = {"items": [{"request_id": rid, "label": _label_of(k, i), "label_ts": label_ts}
                                 for i, rid in enumerate(IDS)]}
             feedback = client.post(f"{prefix}/feedback", headers=headers, json=labels)
-            assert feedback.status_code == 200 and feedback.json() == {"written": N}, feedback.text
+            assert feedback.status_code == 200 and feedback.json()["written"] == N, feedback.text
         # a client re-sending ids of one key: not a new row, counted as duplicates
         prefix, headers = _route(*KEYS[0])
         again = client.post(f"{prefix}/predict", headers=headers,
@@ -260,7 +266,8 @@ def test_label_ingest_of_a_second_pipeline_overwrites_nothing(models: dict[str, 
 def test_label_ingest_counts_an_id_repeated_in_the_window(models: dict[str, Any], tmp_path: Path,
                                                           monitoring_uri: str) -> None:
     """The same claim twice in the source (a corrected label, re-exported a day later): one key,
-    the latest label kept, the repeat counted — not a silent overwrite, nor a failed upsert."""
+    the latest label kept, the repeat counted, the change an audited correction — not a silent
+    overwrite, nor a failed upsert."""
     settings = _settings(models, tmp_path, monitoring_uri)
     config = load_pipeline_config("claims_fraud", settings)
     files = write_history(settings.data_dir / "claims_fraud", start=date(2026, 1, 1), days=20)
@@ -276,7 +283,18 @@ def test_label_ingest_counts_an_id_repeated_in_the_window(models: dict[str, Any]
     again[config.label_timestamp] = (end - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     pd.concat([frame, again.to_frame().T], ignore_index=True).to_csv(day_file, index=False)
 
-    assert ingest_labels(config, settings, start, end) == {"labels": baseline["labels"], "duplicate_ids": 1}
+    # the stored label differs from the file's latest one: applied as a correction by "ingest", audited
+    assert ingest_labels(config, settings, start, end) == {"labels": baseline["labels"], "corrected": 1,
+                                                           "duplicate_ids": 1}
     truth = _rows_by_key(monitoring_uri, store.ground_truth)[("default", "claims_fraud")]
     assert len(truth) == baseline["labels"]
     assert json.loads(truth[original[config.id_column]]["label"]) == again[config.target]
+    with store.get_engine(monitoring_uri).connect() as conn:
+        revisions = conn.execute(sa.select(store.label_revisions)).mappings().all()
+    assert [(r["request_id"], json.loads(r["old_label"]), json.loads(r["new_label"]), r["actor"], r["applied"])
+            for r in revisions] == [(str(original[config.id_column]), int(original[config.target]),
+                                     int(again[config.target]), "ingest", True)]
+    # a re-run finds the corrected label stored: nothing changes, no second revision
+    assert ingest_labels(config, settings, start, end) == {"labels": baseline["labels"], "duplicate_ids": 1}
+    with store.get_engine(monitoring_uri).connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(store.label_revisions)).scalar_one() == 1

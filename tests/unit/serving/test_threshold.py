@@ -38,7 +38,7 @@ from airloop.serving.runtime import Predictor
 from airloop.training.decision import fit_decided
 from airloop.training.evaluation import holdout_metrics
 from airloop.training.search import build_model, split_holdout
-from tests.unit.serving.test_app import REPO_ROOT, _settings
+from tests.unit.serving.test_app import REPO_ROOT, TENANT_AUTH, _settings
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_serving_answers_the_threshold_and_the_thresholded_label(registered):
     records = request_records(signature_inputs(config), holdout[list(config.features)].iloc[pick])
     ids = [f"t{i}" for i in range(len(pick))]
     app = create_app(settings)
-    with TestClient(app) as http:
+    with TestClient(app, headers=TENANT_AUTH) as http:
         answer = http.post("/predict", json={"records": records, "request_ids": ids})
         assert answer.status_code == 200, answer.text
         described = http.get("/model").json()

@@ -74,7 +74,8 @@ def world(tmp_path_factory) -> World:
               "AIRLOOP_ADMIN_TOKEN": "bad-days-admin-token"}
     settings = load_settings({**shared, "AIRLOOP_STATE_DIR": str(tmp / "seed-state")})
     register_champion(settings, load_pipeline_config("claims_fraud", settings), tmp)
-    with TestClient(create_app(settings, "claims_fraud", log_predictions=False)) as serving:
+    with TestClient(create_app(settings, "claims_fraud", log_predictions=False),
+                    headers={"Authorization": f"Bearer {shared['AIRLOOP_ADMIN_TOKEN']}"}) as serving:
         yield World(tmp, shared, serving)
 
 

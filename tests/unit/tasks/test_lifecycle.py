@@ -94,7 +94,8 @@ def test_rollback_task_of_a_non_serving_environment_never_calls_serving(pipe):
     assert (pipe.alias("staging"), pipe.alias("champion")) == (v1, v2)
 
 
-def test_rollback_and_reload_of_the_serving_environment_needs_serving(pipe):
+def test_rollback_and_reload_of_the_serving_environment_needs_serving(pipe, monkeypatch):
+    monkeypatch.setattr(tasks, "RELOAD_PAUSE_S", 0.01)  # serving stays down through every bounded retry
     v1, v2 = pipe.add_version(0.80), pipe.add_version(0.82)
     serve(pipe, v1, "2026-03-01")
     serve(pipe, v2, "2026-03-08")
@@ -228,14 +229,14 @@ def test_apply_abtest_starts_and_stops_a_test_in_serving(served):
     test_id = f"claims_fraud.default.v{champion}-v{challenger}.20260320T090000"
     assert (started["test_id"], started["status"], started["success_metric"]) == (test_id, "running", "roc_auc")
     assert [t["test_id"] for t in started["serving"]["tests"]] == [test_id] and started["serving"]["errors"] == {}
-    info = httpx.get(f"{served.url}/abtest", timeout=30).json()["tests"][0]
+    info = httpx.get(f"{served.url}/abtest", headers=served.endpoint.headers(), timeout=30).json()["tests"][0]
     assert info["challenger_model"]["version"] == challenger
     assert tasks.apply_abtest(pipe.config, settings, params, at, served.endpoint)["test_id"] == test_id  # re-run
 
     stopped = tasks.apply_abtest(pipe.config, settings, {"action": "stop", "test_id": test_id, "reason": "enough"},
                                  at + timedelta(days=1), served.endpoint)
     assert (stopped["status"], stopped["decision"], stopped["changed"]) == ("stopped", "stopped", True)
-    assert stopped["serving"]["tests"] == [] and httpx.get(f"{served.url}/abtest", timeout=30).json()["tests"] == []
+    assert stopped["serving"]["tests"] == [] and httpx.get(f"{served.url}/abtest", headers=served.endpoint.headers(), timeout=30).json()["tests"] == []
     assert pipe.alias("champion") == champion  # stopping keeps the champion
 
 

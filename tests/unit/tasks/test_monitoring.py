@@ -158,7 +158,8 @@ def test_retrain_decision_requests_once_per_cool_down(local, claims_config):
 
     first = decide(first_day, _summary(first_day, "input_drift"))
     assert first == {"retrain": True, "as_of": "2026-04-21",
-                     "reason": "claims_fraud monitoring 2026-04-20: input_drift on 2026-04-20"}
+                     "reason": "claims_fraud monitoring 2026-04-20: input_drift on 2026-04-20",
+                     "window_days": None}  # not a performance drop: the usual training window
     assert decide(first_day, _summary(first_day, "input_drift")) == first  # a re-run: the same decision
     inside = first_day + timedelta(days=cooldown - 1)
     suppressed = decide(inside, _summary(inside, "input_drift"))

@@ -42,3 +42,32 @@ def test_lines_compare_with_the_champion_on_the_same_holdout():
     assert errors[-1] == "candidate vs champion v2: rmse 1.0000 vs 1.5000, improvement +0.5000 (no margin required)"
     broken = evaluation_lines("roc_auc", BEST, METRICS, 9000, None, "ValueError: boom", 0.002, "prod")
     assert broken[-1] == "champion: could not score the same holdout (ValueError: boom); the prod gate lets the candidate pass on that"
+
+
+def test_latency_is_the_models_compute_time_not_the_machines_wait(claims_config):
+    """The gate's latency figure counts the CPU a prediction takes: time the process spends
+    waiting (here a sleep, on a busy machine the scheduler's queue) is not the model's."""
+    import time
+
+    import numpy as np
+    import pandas as pd
+
+    from airloop.training.evaluation import predict_latency_ms
+
+    class Waiting:
+        def predict_proba(self, X):
+            time.sleep(0.02)  # 20 ms of wall-clock, next to no CPU
+            return np.full((len(X), 2), 0.5)
+
+    class Working:
+        def predict_proba(self, X):
+            end = time.process_time() + 0.01  # 10 ms of CPU
+            while time.process_time() < end:
+                pass
+            return np.full((len(X), 2), 0.5)
+
+    frame = pd.DataFrame({c: [0] * 20 for c in [*claims_config.features, claims_config.target]})
+    waiting = predict_latency_ms(claims_config, Waiting(), frame, n=20)
+    working = predict_latency_ms(claims_config, Working(), frame, n=20)
+    assert waiting["latency_p95_ms"] < 5
+    assert 9.5 <= working["latency_p50_ms"] <= 30

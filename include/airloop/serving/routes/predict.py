@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,6 +14,7 @@ from starlette.background import BackgroundTask
 from airloop.core.names import CLIENT_ERROR
 from airloop.models.schema import RecordValidationError
 from airloop.serving import protocol
+from airloop.serving.auth import request_caller
 from airloop.serving.deps import PredictContextDep
 from airloop.serving.handlers import (
     active_test,
@@ -22,10 +24,11 @@ from airloop.serving.handlers import (
     shadow_score,
     wants_key_header,
 )
-from airloop.serving.openapi import REQUEST_KEY_PARAMETER, TENANT_PARAMETER, body
+from airloop.serving.openapi import REPLAY_INTERVAL_PARAMETER, REQUEST_KEY_PARAMETER, TENANT_PARAMETER, body
 from airloop.serving.predict import PredictJob, PredictResponse, prepare_job
 from airloop.serving.responses import _json, error_responses, not_ready
 from airloop.serving.runtime import ActiveTest, ServedModel
+from airloop.serving.window import check_event_ts, replay_interval
 from airloop.serving.schema import (
     PredictRequest,
     out_of_domain_errors,
@@ -36,6 +39,8 @@ from airloop.serving.schema import (
 
 log = logging.getLogger(__name__)
 
+REPLAY_HEADER = protocol.REPLAY_INTERVAL_HEADER.lower()
+
 router = APIRouter()
 
 
@@ -44,7 +49,7 @@ router = APIRouter()
     responses={200: {"model": PredictResponse, "description": "The predictions"},
                **error_responses(400, 401, 403, 413, 422, 500, 503)},
     openapi_extra=body("predict", "One record, or a batch of records with optional request ids and event times.")
-    | {"parameters": [TENANT_PARAMETER, REQUEST_KEY_PARAMETER]},
+    | {"parameters": [TENANT_PARAMETER, REQUEST_KEY_PARAMETER, REPLAY_INTERVAL_PARAMETER]},
 )
 async def predict(request: Request, ctx: PredictContextDep) -> Response:
     """Predict one record or ``{"records": [...], "request_ids"?: [...], "event_ts"?: [...]}``.
@@ -69,6 +74,9 @@ async def predict(request: Request, ctx: PredictContextDep) -> Response:
             tenant = request_tenant(request, manager.config.tenant)
             active = active_test(tests, tenant)
             parsed = parse_predict_request(await request.body())
+            replay = replay_interval(request.headers.get(REPLAY_HEADER), request_caller(request).admin)
+            if parsed.event_ts is not None:
+                check_event_ts(parsed.event_ts, datetime.now(timezone.utc), ctx.event_window, replay)
             header_key = request_key_header(request) if wants_key_header(active) else None
             job = prepare_job(model, active, parsed, tenant, started, header_key)
         predictions, _ = await batcher.submit(job, job.size)
