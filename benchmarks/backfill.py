@@ -11,9 +11,10 @@ each starts from the same stores with cold caches.
   then api-server + scheduler; timed from the first run's start to the last run's end (the
   scheduler's start-up is reported apart). Each interval's cost is the time between the ends of
   consecutive runs; task durations, queue latency and gaps between runs come from the metadata DB.
-* reference: the four tasks' library calls (`loop.ingest_labels`, `loop.monitor`,
-  `loop.record_alerts` + `deliver_alerts`, `loop.decide_retrain`) per interval in one process,
-  after one warm-up interval.
+* reference: the six tasks' library calls (``airloop.tasks.monitoring`` ``ingest``,
+  ``traffic_quality``, ``monitor``, ``alert``, ``retrain_decision`` and
+  ``airloop.tasks.lifecycle.post_deploy_guard``: what each task calls) per interval in one
+  process, after one warm-up interval.
 
 Flatness: the median interval cost of the last quarter over that of the first quarter.
 Both runs' monitoring rows are compared (same results, floats to 1e-9).
@@ -81,33 +82,35 @@ def day_start(day: date) -> datetime:
     return datetime.combine(day, datetime.min.time(), tzinfo=timezone.utc)
 
 
-def plain_interval(config, settings, day: date) -> dict[str, float]:
-    """The monitoring DAG's four tasks as plain calls for ``[day, day + 1)``; seconds per task."""
-    from airloop.monitoring import alerts as loop_alerts
-    from airloop.monitoring import labels, retrain
-    from airloop.tasks import monitoring
+def plain_interval(config, settings, day: date, endpoint) -> dict[str, float]:
+    """The monitoring DAG's six tasks as the same library calls (``airloop.tasks``), in the DAG's
+    order, for ``[day, day + 1)``; seconds per task."""
+    from airloop.tasks import lifecycle, monitoring
 
     start, end = day_start(day), day_start(day) + timedelta(days=1)
     seconds = {}
-    _, seconds["ingest_labels"] = timed(lambda: labels.ingest_labels(config, settings, start, end))
+    _, seconds["ingest_labels"] = timed(lambda: monitoring.ingest(config, settings, start, end))
+    _, seconds["traffic_quality"] = timed(lambda: monitoring.traffic_quality(config, settings, start, end))
     summary, seconds["monitor"] = timed(lambda: monitoring.monitor(config, settings, start, end))
-
-    def alerts():
-        loop_alerts.record_alerts(config, settings, start, summary)
-        return loop_alerts.deliver_alerts(config, settings, start, {})  # no route configured, as in the DAG
-
-    _, seconds["alerts"] = timed(alerts)
-    _, seconds["request_retrain"] = timed(lambda: retrain.decide_retrain(config, settings, start, end, summary))
+    # no alert route is configured, as in the DAG's run here
+    _, seconds["alerts"] = timed(lambda: monitoring.alert(config, settings, start, summary, {}))
+    _, seconds["request_retrain"] = timed(lambda: monitoring.retrain_decision(config, settings, start, end, summary))
+    _, seconds["post_deploy_guard"] = timed(lambda: lifecycle.post_deploy_guard(
+        config, settings, summary, actor="benchmark", endpoint=endpoint))
     return seconds
 
 
 def run_plain(config, settings, days: list[date]) -> dict:
     """The reference: every interval in turn in this process, after one warm-up interval."""
-    plain_interval(config, settings, days[0])  # warm-up: imports, reference download, connections
+    from airloop.serving.client import ServingEndpoint
+
+    # the DAG's guard asks the same (stopped) serving URL whether it follows the ledger
+    endpoint = ServingEndpoint(settings.serving_url, settings.admin_token)
+    plain_interval(config, settings, days[0], endpoint)  # warm-up: imports, reference download, connections
     costs, per_task = [], {}
     started = time.perf_counter()
     for i, day in enumerate(days):
-        seconds = plain_interval(config, settings, day)
+        seconds = plain_interval(config, settings, day, endpoint)
         costs.append(sum(seconds.values()))
         for task, s in seconds.items():
             per_task.setdefault(task, []).append(s)

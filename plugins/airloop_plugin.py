@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from airloop_provider.api import create_api_app
+from airloop_provider.lazyapp import LazyApp
 from airloop_provider.timetables import TIMETABLES
-from airloop_provider.view import create_view_app
 
 
 class AirloopPlugin(AirflowPlugin):
@@ -18,9 +17,13 @@ class AirloopPlugin(AirflowPlugin):
     name = "airloop"
     # schedules that end on the pipeline's schedule.end_date without ending the DAG (manual runs work)
     timetables = TIMETABLES
-    # the view first: its mount (/airloop/ui) must match before the API's (/airloop)
-    fastapi_apps = [{"app": create_view_app(), "url_prefix": "/airloop/ui", "name": "airloop MLOps view"},
-                    {"app": create_api_app(), "url_prefix": "/airloop", "name": "airloop lifecycle API"}]
+    # the view first: its mount (/airloop/ui) must match before the API's (/airloop). Built on the
+    # first request: every Airflow process (each task too) imports this plugin, only the API
+    # server serves it (airloop_provider.lazyapp)
+    fastapi_apps = [{"app": LazyApp("airloop_provider.view:create_view_app"), "url_prefix": "/airloop/ui",
+                     "name": "airloop MLOps view"},
+                    {"app": LazyApp("airloop_provider.api:create_api_app"), "url_prefix": "/airloop",
+                     "name": "airloop lifecycle API"}]
     # iframes of the same origin; hrefs are relative to the UI's base URL (no leading slash)
     external_views = [
         {"name": "MLOps", "href": "airloop/ui/", "url_route": "mlops", "destination": "nav", "nav_top_level": True,
