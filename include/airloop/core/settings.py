@@ -70,6 +70,9 @@ AIRLOOP_MLFLOW_BACKEND_STORE_URI = EnvVar("AIRLOOP_MLFLOW_BACKEND_STORE_URI", st
 AIRLOOP_MONITORING_DB_URI = EnvVar("AIRLOOP_MONITORING_DB_URI", str, None, "monitoring store URI")
 AIRLOOP_MONITORING_CONN_ID = EnvVar("AIRLOOP_MONITORING_CONN_ID", str, None,
                                     "monitoring store as an Airflow connection id")
+AIRLOOP_PREDICTION_RETENTION_DAYS = EnvVar(
+    "AIRLOOP_PREDICTION_RETENTION_DAYS", int, 0,
+    "days of predictions kept before each monitored interval's end (0: all; airloop.core.partitions)")
 AIRLOOP_OPTUNA_STORAGE = EnvVar("AIRLOOP_OPTUNA_STORAGE", str, None, "Optuna storage (journal file or RDB URL)")
 AIRLOOP_SERVING_URL = EnvVar("AIRLOOP_SERVING_URL", str, "http://127.0.0.1:8000", "where clients reach serving")
 AIRLOOP_SERVING_HOST = EnvVar("AIRLOOP_SERVING_HOST", str, "127.0.0.1", "address serving binds")
@@ -173,6 +176,9 @@ class Settings(BaseModel):
     mlflow_registry_uri: str | None
     mlflow_artifact_root: str
     monitoring_db_uri: str
+    #: Days of ``predictions`` the monitoring DAG keeps before each interval's end (0: keep all;
+    #: ``AIRLOOP_PREDICTION_RETENTION_DAYS``, applied by :func:`airloop.core.partitions.apply_retention`).
+    prediction_retention_days: int = Field(default=0, ge=0)
     optuna_storage: str
     serving_url: str
     #: Secrets are left out of ``repr()`` (and so of logs and tracebacks that print settings).
@@ -246,6 +252,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         monitoring_db_uri=AIRLOOP_MONITORING_DB_URI.get(env)
         or (f"airflow-conn://{conn_id}" if conn_id else None)
         or f"sqlite:///{state / 'monitoring.db'}",
+        prediction_retention_days=AIRLOOP_PREDICTION_RETENTION_DAYS.get(env),
         optuna_storage=AIRLOOP_OPTUNA_STORAGE.get(env) or f"journal://{state / 'optuna' / 'journal.log'}",
         serving_url=AIRLOOP_SERVING_URL.get(env).rstrip("/"),
         admin_token=AIRLOOP_ADMIN_TOKEN.get(env),

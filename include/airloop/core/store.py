@@ -16,6 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from airloop.core import partitions
+
 log = logging.getLogger(__name__)
 
 
@@ -61,7 +63,9 @@ promotion_ledger = sa.Table(
 REQUEST_KEY = ("tenant", "pipeline", "request_id")
 
 
-#: Every prediction served (written in batches by serving, off the request path).
+#: Every prediction served (written in batches by serving, off the request path). On PostgreSQL
+#: partitioned by UTC day of ``ts``, keyed ``(tenant, pipeline, request_id, ts)`` (migration 10,
+#: :mod:`airloop.core.partitions`: the key, partition creation and retention); SQLite: this key.
 predictions = sa.Table(
     "predictions",
     metadata,
@@ -403,6 +407,8 @@ def _rekey(conn: sa.Connection, table: sa.Table) -> None:
     if not inspector.has_table(table.name):
         table.create(conn)
         return
+    if partitions.is_partitioned(conn, table.name):  # keyed by migration 10 (its key adds ts): leave it
+        return
     want = [c.name for c in table.primary_key.columns]
     current = inspector.get_pk_constraint(table.name)
     if list(current.get("constrained_columns") or []) == want:
@@ -458,6 +464,8 @@ MIGRATIONS: list[tuple] = [
     (8, "performance estimates per interval, alert lifecycle (open/closed conditions), refreshed references",
      [alert_evaluations, estimate_checks, reference_refreshes], _add_estimate_and_alert_lifecycle_columns),
     (9, "label revisions: first-write-wins labels, later ones kept and audited", [label_revisions]),
+    (10, "predictions partitioned by UTC day on PostgreSQL, keyed (tenant, pipeline, request_id, ts)", [],
+     lambda conn: partitions.partition_by_day(conn, predictions)),
 ]
 
 
@@ -590,6 +598,10 @@ def insert_ignore(engine: sa.Engine, table: sa.Table, rows: list[dict[str, Any]]
     request tables: the same tenant, pipeline and request id — another pipeline's or tenant's
     row with that id is a different key and is inserted).
 
+    A day-partitioned table (``predictions`` on PostgreSQL) gets the partitions of the rows' days
+    first (:func:`airloop.core.partitions.write_with_partitions`) and is written by
+    :func:`airloop.core.partitions.copy_new_requests` (request keys deduplicated across ``ts``).
+
     The columns are the first row's keys (a later row's missing key is NULL). The statement is
     compiled once per engine, table and columns and the rows go to the driver's ``executemany``
     with the dialect's own bind conversions (SQLite datetimes as SQLAlchemy stores them). That
@@ -605,9 +617,18 @@ def insert_ignore(engine: sa.Engine, table: sa.Table, rows: list[dict[str, Any]]
         for i, process in processors:
             values[i] = process(values[i])
         params.append(tuple(values))
-    with engine.begin() as conn:
-        result = conn.exec_driver_sql(sql, params)
-    return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(rows)
+
+    def write() -> int:
+        if partitions.is_day_partitioned(engine, table):
+            return partitions.copy_new_requests(engine, table, keys, params, stamps())
+        with engine.begin() as conn:
+            result = conn.exec_driver_sql(sql, params)
+        return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(rows)
+
+    def stamps() -> Any:
+        return (row.get(partitions.PARTITION_COLUMN) for row in rows)
+
+    return partitions.write_with_partitions(engine, table, stamps, write)
 
 
 @lru_cache(maxsize=64)

@@ -6,6 +6,8 @@ import json
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import ConfigError
 from airloop.monitoring.reference import SCORE_COLUMN
@@ -28,35 +30,56 @@ META_COLUMNS = ("request_id", "ts", "model_version", "variant", "status", "laten
 
 
 # ============================================================================ store reads
-def _expand(config: PipelineConfig, rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Prediction rows (store mappings) as a frame: meta columns, decoded JSON, typed features."""
+#: msgspec's JSON decoder: the same values as ``json.loads`` for what the prediction logger writes
+#: (its encoder), ~5x cheaper per value — a million-row interval decodes 2M JSON texts.
+_fast_loads = msgspec.json.Decoder().decode
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text)``, by msgspec; what it refuses (``NaN``, numbers out of float range:
+    the standard library's encoder of earlier releases could write them) by the standard library."""
+    try:
+        return _fast_loads(text)
+    except msgspec.DecodeError:
+        return json.loads(text)
+
+
+def _columns(result: sa.CursorResult) -> dict[str, tuple]:
+    """A query result as one tuple per column (no per-row mapping objects)."""
+    names = list(result.keys())
+    rows = result.all()
+    return dict(zip(names, zip(*rows))) if rows else dict.fromkeys(names, ())
+
+
+def _expand(config: PipelineConfig, columns: dict[str, tuple]) -> pd.DataFrame:
+    """Prediction rows (:func:`_columns` of a store query) as a frame: meta columns, decoded JSON,
+    typed features."""
     import pandas as pd
 
     clash = sorted(set(config.features) & set(META_COLUMNS))
     if clash:
         raise ConfigError(f"{config.name}: feature names clash with prediction columns: {clash}")
-    records = []
-    for row in rows:
-        features = json.loads(row["features"]) if row["features"] else {}
-        records.append(features if isinstance(features, dict) else {})
+    n = len(columns["request_id"])
+    records = [_loads(text) if text else {} for text in columns["features"]]
+    records = [r if isinstance(r, dict) else {} for r in records]
     raw = pd.DataFrame.from_records(records, columns=list(config.features)) if records else \
         pd.DataFrame(columns=list(config.features))
     feats = coerce_features(config, raw.reset_index(drop=True), fill_missing=True)
     meta = pd.DataFrame({
-        "request_id": [r["request_id"] for r in rows],
-        "ts": pd.to_datetime([r["ts"] for r in rows], utc=True) if rows else pd.to_datetime([], utc=True),
-        "model_version": [r["model_version"] for r in rows],
-        "variant": [r["variant"] for r in rows],
-        "status": [r["status"] for r in rows],
-        "latency_ms": pd.to_numeric(pd.Series([r["latency_ms"] for r in rows], dtype=object), errors="coerce"),
-        "prediction": [json.loads(r["prediction"]) if r["prediction"] is not None else None for r in rows],
-        SCORE_COLUMN: pd.to_numeric(pd.Series([r["score"] for r in rows], dtype=object), errors="coerce"),
-        "out_of_domain": [json.loads(r["out_of_domain"]) if r.get("out_of_domain") else None for r in rows],
-    }, index=range(len(rows)))
+        "request_id": list(columns["request_id"]),
+        "ts": pd.to_datetime(list(columns["ts"]), utc=True) if n else pd.to_datetime([], utc=True),
+        "model_version": list(columns["model_version"]),
+        "variant": list(columns["variant"]),
+        "status": list(columns["status"]),
+        "latency_ms": pd.to_numeric(pd.Series(columns["latency_ms"], dtype=object), errors="coerce"),
+        "prediction": [_loads(v) if v is not None else None for v in columns["prediction"]],
+        SCORE_COLUMN: pd.to_numeric(pd.Series(columns["score"], dtype=object), errors="coerce"),
+        "out_of_domain": [_loads(v) if v else None for v in columns["out_of_domain"]],
+    }, index=range(n))
     out = pd.concat([meta, feats], axis=1)
-    if rows and "label" in rows[0]:
-        out["label"] = [json.loads(r["label"]) if r["label"] is not None else None for r in rows]
-        out["label_ts"] = pd.to_datetime([r["label_ts"] for r in rows], utc=True)
+    if n and "label" in columns:
+        out["label"] = [_loads(v) if v is not None else None for v in columns["label"]]
+        out["label_ts"] = pd.to_datetime(list(columns["label_ts"]), utc=True)
     return out
 
 
@@ -110,11 +133,11 @@ def load_interval(engine: sa.Engine, config: PipelineConfig, tenant: str, start:
         lq = lq.where(p.c.model_version == str(labelled_version))
     lq = lq.order_by(p.c.ts, p.c.request_id)
     with engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(query).mappings()]
-        lrows = [dict(r) for r in conn.execute(lq).mappings()]
+        rows = _columns(conn.execute(query))
+        lrows = _columns(conn.execute(lq))
     frame = _expand(config, rows)
     labelled = _expand(config, lrows)
-    if not lrows:
+    if not lrows["request_id"]:
         labelled = labelled.assign(label=pd.Series(dtype=object), label_ts=pd.to_datetime([], utc=True))
     return frame, labelled
 
@@ -133,7 +156,7 @@ def load_served_features(engine: sa.Engine, config: PipelineConfig, tenant: str,
         p.c.tenant == tenant, p.c.pipeline == config.name, p.c.status == "ok", p.c.ts >= start, p.c.ts < end,
     ).order_by(p.c.ts, p.c.request_id)
     with engine.connect() as conn:
-        records = [json.loads(text) if text else {} for text in conn.execute(query).scalars()]
+        records = [_loads(text) if text else {} for text in conn.execute(query).scalars()]
     records = [r if isinstance(r, dict) else {} for r in records]
     return pd.DataFrame.from_records(records, columns=list(config.features)) if records else \
         pd.DataFrame(columns=list(config.features))

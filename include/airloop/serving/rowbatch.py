@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from airloop.core import store
+from airloop.core import bulkload, partitions, store
 from airloop.core.timeutil import to_utc
 
 #: From this many rows on, a PostgreSQL write goes through ``COPY`` (fewer: ``executemany``,
@@ -60,6 +60,10 @@ class RowBatch:
         if not isinstance(index, slice):
             raise TypeError("a RowBatch is sliced; use rows() for single rows")
         return RowBatch(self.table, [col[index] for col in self.columns])
+
+    def column(self, name: str) -> list[Any]:
+        """The values of column ``name`` (empty when the table has no such column)."""
+        return self.columns[self.names.index(name)] if name in self.names else []
 
     def rows(self) -> list[dict[str, Any]]:
         """The rows as dicts of every column (what a spool file or a rejected row keeps)."""
@@ -110,9 +114,17 @@ class RowBatch:
 def insert_batch(engine: sa.Engine, batch: RowBatch) -> int:
     """Write ``batch`` in one transaction, skipping rows whose primary key is stored; return the
     rows inserted (``len(batch) - result`` were duplicates). PostgreSQL batches of
-    :data:`COPY_MIN_ROWS` rows or more go through ``COPY`` (:func:`copy_insert`)."""
+    :data:`COPY_MIN_ROWS` rows or more go through ``COPY`` (:func:`copy_insert`). A day-partitioned
+    table (``predictions`` on PostgreSQL) gets the partitions of the batch's days first
+    (:func:`airloop.core.partitions.write_with_partitions`; known days cost nothing) and every
+    batch goes through :func:`airloop.core.partitions.copy_new_requests` (a request id stored
+    within a day of the batch is a duplicate, though the stored key includes ``ts``)."""
     if not len(batch):
         return 0
+    stamps = lambda: batch.column(partitions.PARTITION_COLUMN)  # noqa: E731
+    if partitions.is_day_partitioned(engine, batch.table):
+        return partitions.write_with_partitions(engine, batch.table, stamps, lambda: partitions.copy_new_requests(
+            engine, batch.table, batch.names, zip(*batch.columns), stamps()))
     if engine.dialect.name == "postgresql" and len(batch) >= COPY_MIN_ROWS and _is_psycopg(engine):
         return copy_insert(engine, batch)
     return executemany_insert(engine, batch)
@@ -135,33 +147,15 @@ def executemany_insert(engine: sa.Engine, batch: RowBatch) -> int:
     return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(batch)
 
 
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def copy_insert(engine: sa.Engine, batch: RowBatch) -> int:
     """PostgreSQL: ``COPY`` the rows into a temporary table (dropped at commit), then insert them
     with ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` (a key sent twice in the batch is
     inserted once) — one transaction, parameterised by COPY's own protocol (no SQL built from
     values). Returns the rows inserted."""
-    table = batch.table
-    names = ", ".join(_quoted(n) for n in batch.names)
-    target = _quoted(table.name) if table.schema is None else f"{_quoted(table.schema)}.{_quoted(table.name)}"
-    temp = _quoted(f"_airloop_load_{table.name}")
-    statement = f"COPY {temp} ({names}) FROM STDIN"
-    dbapi_error = engine.dialect.loaded_dbapi.Error
-    with engine.begin() as conn:
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {temp} "
-                           f"(LIKE {target} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-            with cursor.copy(statement) as copy:
-                for row in zip(*batch.columns):
-                    copy.write_row(row)
-            cursor.execute(f"INSERT INTO {target} ({names}) SELECT {names} FROM {temp} ON CONFLICT DO NOTHING")
-            inserted = cursor.rowcount
-        except dbapi_error as err:  # as SQLAlchemy's own errors: IntegrityError / DataError for refused rows
-            raise sa.exc.DBAPIError.instance(statement, None, err, dbapi_error, dialect=engine.dialect) from err
-        finally:
-            cursor.close()
+    def insert(load: bulkload.Load) -> int | None:
+        load.cursor.execute(f"INSERT INTO {load.target} ({load.columns}) SELECT {load.columns} FROM {load.temp} "
+                            "ON CONFLICT DO NOTHING")
+        return load.cursor.rowcount
+
+    inserted = bulkload.temp_load(engine, batch.table, batch.names, zip(*batch.columns), insert)
     return inserted if inserted is not None and inserted >= 0 else len(batch)

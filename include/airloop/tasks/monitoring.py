@@ -7,7 +7,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from airloop.core import store
+import sqlalchemy as sa
+
+from airloop.core import partitions, store
 from airloop.core.pipeline import PipelineConfig
 from airloop.core.settings import Settings
 from airloop.core.timeutil import to_utc
@@ -31,12 +33,35 @@ def monitor(config: PipelineConfig, settings: Settings, start: datetime | str, e
     label-free estimate at the version's served threshold.
 
     Stores per-feature drift rows and the interval summary (upserts), saves the Evidently HTML
-    report and logs it to the model version's MLflow run (``monitoring/<tenant>/<day>/``).
+    report and logs it to the model version's MLflow run (``monitoring/<tenant>/<day>/``). Then
+    applies the prediction log's retention relative to ``end`` (:func:`retain_predictions`; also
+    when there is nothing to monitor); the summary's ``retention`` says what it removed.
     """
     tenant = tenant or config.tenant  # the pipeline's own tenant by default
 
     start, end = to_utc(start), to_utc(end)
     engine = store.get_engine(settings.monitoring_db_uri)
+    summary = _monitor_champion(config, settings, engine, tenant, start, end)
+    summary["retention"] = retain_predictions(config, settings, engine, end)
+    return summary
+
+
+def retain_predictions(config: PipelineConfig, settings: Settings, engine: sa.Engine, end: datetime) -> dict[str, Any]:
+    """Remove the predictions (every tenant and pipeline) older than
+    ``settings.prediction_retention_days`` before the interval's ``end``
+    (:func:`airloop.core.partitions.apply_retention`: whole day partitions on PostgreSQL); 0 keeps
+    everything. Idempotent: a re-run of the interval removes nothing more."""
+    days = settings.prediction_retention_days
+    needed = max(config.monitoring.label_lookback_days, config.monitoring.volume_baseline_days,
+                 config.monitoring.performance_window_days)
+    if 0 < days < needed:
+        log.warning("%s: AIRLOOP_PREDICTION_RETENTION_DAYS=%d is shorter than this pipeline's monitoring "
+                    "look-back (%d days): older intervals lose their predictions", config.name, days, needed)
+    return partitions.apply_retention(engine, store.predictions, days, end)
+
+
+def _monitor_champion(config: PipelineConfig, settings: Settings, engine: sa.Engine, tenant: str, start: datetime,
+                      end: datetime) -> dict[str, Any]:
     version = champion_at(engine, config.name, start)
     if version is None:
         log.warning("%s: no champion at %s; nothing to monitor against", config.name, start)

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-from airloop.core import store
+from airloop.core import partitions, store
 from tests.unit.core.conftest import column_names, rewind_store
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
@@ -30,6 +30,8 @@ def test_migration_7_adds_the_out_of_domain_columns(engine):
     assert 7 in [v for v, *_ in store.MIGRATIONS]
     build_v6_store(engine)
     assert not any(set(cols) & column_names(engine, t) for t, cols in ADDED.items())
+    # the rewound store is past migration 10 (day partitions on PostgreSQL): T0's partition first
+    partitions.ensure_partitions(engine, "predictions", [T0])
     with engine.begin() as conn:  # a row written by a release before migration 7
         conn.execute(sa.text("INSERT INTO predictions (request_id, ts, tenant, pipeline, model_name, variant, "
                              "features, status) VALUES ('r1', :ts, 'default', 'p', 'p', 'champion', '{}', 'ok')"),

@@ -19,8 +19,8 @@ def build_v8_store(engine: sa.Engine) -> None:
     rewind_store(engine, 9, {}, ["label_revisions"])
 
 
-def test_migration_9_is_the_latest_and_adds_label_revisions(engine):
-    assert [v for v, *_ in store.MIGRATIONS][-1] == 9
+def test_migration_9_adds_label_revisions(engine):
+    assert 9 in [v for v, *_ in store.MIGRATIONS]
     build_v8_store(engine)
     assert not sa.inspect(engine).has_table("label_revisions")
     with engine.begin() as conn:  # a label written by a release before migration 9

@@ -114,9 +114,13 @@ def test_duplicates_are_written_once(engine: sa.Engine, tmp_path: Path) -> None:
     for r in again:
         r["tenant"] = "default"
     assert insert_batch(engine, batch_of(log, again + again[-10:])) == 80  # sent twice in one batch: once
-    assert executemany_insert(engine, batch_of(log, again[:60])) == 0
+    assert insert_batch(engine, batch_of(log, again[:10])) == 0  # fewer than COPY_MIN_ROWS
+    assert insert_batch(engine, batch_of(log, again[:60])) == 0
+    shadow = store.shadow_predictions  # not partitioned: each low-level writer skips stored keys
+    assert executemany_insert(engine, batch_of(log, again[:60], shadow)) == 60
+    assert executemany_insert(engine, batch_of(log, again[:60], shadow)) == 0
     if engine.dialect.name == "postgresql":
-        assert copy_insert(engine, batch_of(log, again[:60])) == 0
+        assert copy_insert(engine, batch_of(log, again[:60], shadow)) == 0
     assert len(stored(engine)) == 200
 
 

@@ -40,6 +40,7 @@ def _count(engine: sa.Engine, table: sa.Table) -> int:
 def test_monitor_without_a_champion_is_skipped(local, claims_config):
     settings, engine = local
     result = tasks.monitor(claims_config, settings, datetime(2026, 3, 1), datetime(2026, 3, 2))  # naive = UTC
+    assert result.pop("retention")["retention_days"] == 0  # the default keeps every prediction
     assert result == {"skipped": "no champion at the interval start", "interval_start": "2026-03-01T00:00:00+00:00"}
     # a champion promoted by a later day's run was not the champion then (business time)
     ledger.append_ledger(engine, ledger.LedgerEntry(
@@ -54,6 +55,29 @@ def test_monitor_without_a_champion_is_skipped(local, claims_config):
         data_interval_end="2026-03-01"))
     assert "skipped" in tasks.monitor(claims_config, settings, utc(date(2026, 3, 5)), utc(date(2026, 3, 6)))
     assert _count(engine, store.monitoring_runs) == 0
+
+
+def test_monitor_applies_the_retention_relative_to_the_interval_end(tmp_path, claims_config):
+    """AIRLOOP_PREDICTION_RETENTION_DAYS: each monitor run removes the predictions older than that
+    many days before its interval's end (every tenant and pipeline), also when nothing is monitored."""
+    settings = load_settings({"AIRLOOP_HOME": str(tmp_path), "AIRLOOP_STATE_DIR": str(tmp_path / "state"),
+                              "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                              "AIRLOOP_PREDICTION_RETENTION_DAYS": "50"})
+    assert settings.prediction_retention_days == 50
+    engine = store.get_engine(settings.monitoring_db_uri)
+    rows = [{"request_id": f"r{k}", "ts": utc(date(2026, 1, 1)) + timedelta(days=k), "tenant": tenant,
+             "pipeline": pipeline, "model_name": "m", "features": "{}", "status": "ok"}
+            for k in range(60) for tenant, pipeline in (("default", "claims_fraud"), ("acme", "tickets"))]
+    store.insert_ignore(engine, store.predictions, rows)
+    end = utc(date(2026, 3, 1))  # cutoff 50 days before: 10 January
+    result = tasks.monitor(claims_config, settings, end - timedelta(days=1), end)
+    assert "skipped" in result
+    assert result["retention"] == {"retention_days": 50, "cutoff": "2026-01-10T00:00:00+00:00", "partitions_dropped": 0,
+                                   "days_dropped": [], "rows_deleted": 18}
+    with engine.connect() as conn:
+        oldest = conn.execute(sa.select(sa.func.min(store.predictions.c.ts))).scalar_one()
+    assert oldest.replace(tzinfo=UTC) == utc(date(2026, 1, 10)) and _count(engine, store.predictions) == 120 - 18
+    assert tasks.monitor(claims_config, settings, end - timedelta(days=1), end)["retention"]["rows_deleted"] == 0
 
 
 # ----------------------------------------------------------------------------------- ingest
