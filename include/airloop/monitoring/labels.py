@@ -55,12 +55,30 @@ class LabelWrite:
     conflicts: list[dict[str, Any]] = field(default_factory=list)
 
 
+#: PostgreSQL: the stored label of each id, one probe of the key's index per id (a scalar subquery).
+#: ``request_id IN (...)`` was planned as a scan of every label of the tenant and pipeline with
+#: the ids as a filter while ``ground_truth`` had no statistics yet (a bulk ingest into a fresh
+#: table): quadratic, 20 minutes for 220k labels in chunks of 20k (``benchmarks/predlog_scale.py``).
+_PG_STORED = sa.text(
+    "SELECT k.id, (SELECT g.label FROM ground_truth g WHERE g.tenant = :tenant AND g.pipeline = :pipeline "
+    "AND g.request_id = k.id) FROM unnest(CAST(:ids AS VARCHAR[])) AS k(id)")
+
+#: Ids per PostgreSQL lookup (one array parameter).
+_PG_CHUNK = 10_000
+
+
 def _stored_labels(conn: sa.Connection, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
     g = store.ground_truth
     by_scope: dict[tuple[str, str], list[str]] = {}
     for tenant, pipeline, rid in keys:
         by_scope.setdefault((tenant, pipeline), []).append(rid)
     found: dict[tuple[str, str, str], str] = {}
+    if conn.dialect.name == "postgresql":
+        for (tenant, pipeline), ids in by_scope.items():
+            for i in range(0, len(ids), _PG_CHUNK):
+                found.update({(tenant, pipeline, rid): label for rid, label in conn.execute(
+                    _PG_STORED, {"tenant": tenant, "pipeline": pipeline, "ids": ids[i:i + _PG_CHUNK]}) if label is not None})
+        return found
     for (tenant, pipeline), ids in by_scope.items():
         for i in range(0, len(ids), _CHUNK):
             query = sa.select(g.c.request_id, g.c.label).where(
