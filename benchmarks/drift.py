@@ -302,11 +302,12 @@ def whylogs_profile(rows: int, repeats: int, folder: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_worker(side: str, rows: int, repeats: int, folder: Path, sizes: list[int]) -> dict:
-    """Run :func:`worker` in a fresh interpreter and read its figures."""
-    out = folder / f"{side}.json"
+def run_worker(side: str, rows: int, repeats: int, folder: Path, sizes: list[int], threads: int = 1) -> dict:
+    """Run :func:`worker` in a fresh interpreter (``AIRLOOP_DRIFT_THREADS=threads``) and read its figures."""
+    out = folder / f"{side}-{threads}.json"
     subprocess.run([sys.executable, __file__, "--worker", side, "--rows", str(rows), "--repeats", str(repeats),
-                    "--out", str(out), "--scaling", ",".join(map(str, sizes))], check=True)
+                    "--out", str(out), "--scaling", ",".join(map(str, sizes))], check=True,
+                   env=os.environ | {"AIRLOOP_DRIFT_THREADS": str(threads)})
     return json.loads(out.read_text())
 
 
@@ -372,7 +373,8 @@ def main() -> None:
         log(f"ours: {args.rows:,} rows x {len(NUMERIC) + len(CATEGORICAL)} columns, {args.repeats} repeats; "
             f"scaling {sizes}")
         mine = run_worker("ours", args.rows, args.repeats, folder, sizes)
-        log(f"ours: {mine['times']} s; evidently next (minutes at 1M rows)")
+        log(f"ours: {mine['times']} s; the same with AIRLOOP_DRIFT_THREADS=2 next")
+        two = run_worker("ours", args.rows, args.repeats, folder, sizes[-1:], threads=2)
         log(f"ours: profile {mine['profile_times']} s; whylogs profiling next")
         why = whylogs_profile(args.rows, args.repeats, folder)
         log(f"whylogs: {why['times']} s; evidently next")
@@ -431,6 +433,10 @@ def main() -> None:
         "scaling_cpu_s_per_million_rows": [round(v["ours_cpu_s"] / (int(n) / 1e6), 3) for n, v in scaling.items()],
         "ours_10m_s": scaling.get("10000000", {}).get("ours_s"),
         "ours_10m_peak_mb": scaling.get("10000000", {}).get("peak_mb"),
+        # AIRLOOP_DRIFT_THREADS=2 (default 1): faster on an idle machine, slower on a saturated one
+        "ours_s_2_threads": median(two["times"]),
+        "ours_10m_s_2_threads": two["scaling"].get("10000000", {}).get("ours_s"),
+        "ours_10m_peak_mb_2_threads": two["scaling"].get("10000000", {}).get("peak_mb"),
         "load_1m_at_end": round(os.getloadavg()[0], 2),
         "repeats": args.repeats,
     })
