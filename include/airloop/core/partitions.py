@@ -7,7 +7,7 @@ is the same on both: a query on the parent with a ``ts`` range reads only the pa
 days (partition pruning).
 
 **Key.** PostgreSQL requires the partition key in every unique constraint of a partitioned table, so
-the stored primary key there is :data:`PARTITIONED_KEY` ``(tenant, pipeline, request_id, ts)``
+the stored primary key there is :func:`partitioned_key` ``(tenant, pipeline, request_id, ts)``
 (SQLite keeps ``(tenant, pipeline, request_id)``). That key alone would store a request id twice
 when a client re-sends it and serving stamps it with another ``ts``. So every write into a
 day-partitioned table goes through :func:`copy_new_requests`: the rows are ``COPY``-ed into a
@@ -63,8 +63,15 @@ log = logging.getLogger(__name__)
 #: The column partitions are ranges of.
 PARTITION_COLUMN = "ts"
 
-#: The primary key of a day-partitioned table on PostgreSQL (the request key plus the partition column).
-PARTITIONED_KEY = ("tenant", "pipeline", "request_id", PARTITION_COLUMN)
+
+def request_key(table: sa.Table) -> tuple[str, ...]:
+    """The key ``table`` is defined with (``store.REQUEST_KEY`` for ``predictions``): one request."""
+    return tuple(c.name for c in table.primary_key.columns)
+
+
+def partitioned_key(table: sa.Table) -> tuple[str, ...]:
+    """The primary key of ``table`` day-partitioned on PostgreSQL: its key plus the partition column."""
+    return (*request_key(table), PARTITION_COLUMN)
 
 #: ``pg_advisory_xact_lock`` key serialising partition creation ("airloop" + 1).
 _CREATE_LOCK = 0x6169726C6F6F71
@@ -245,9 +252,12 @@ def copy_new_requests(engine: sa.Engine, table: sa.Table, names: Sequence[str], 
     SQLAlchemy's ``IntegrityError`` / ``DataError`` and nothing of the batch is stored."""
     stamps = [to_utc(v) for v in set(timestamps) if v is not None]
 
+    key = request_key(table)
+
     def insert_new(load: bulkload.Load) -> int | None:
         q, cursor = load.quote, load.cursor
-        same_key = " AND ".join(f"p.{q(k)} = t.{q(k)}" for k in ("tenant", "pipeline", "request_id"))
+        same_key = " AND ".join(f"p.{q(k)} = t.{q(k)}" for k in key)
+        distinct = ", ".join(f"t.{q(k)}" for k in key)
         ts = q(PARTITION_COLUMN)
         window, params = "", ()
         if stamps:
@@ -258,9 +268,9 @@ def copy_new_requests(engine: sa.Engine, table: sa.Table, names: Sequence[str], 
         cursor.execute(  # a scalar subplan per row: always one index probe (a NOT EXISTS join may be planned
             # as a scan of the whole range when fresh partitions have no statistics yet: quadratic)
             f"INSERT INTO {load.target} ({load.columns}) "
-            f"SELECT DISTINCT ON (t.tenant, t.pipeline, t.request_id) {', '.join(f't.{q(n)}' for n in load.names)} "
+            f"SELECT DISTINCT ON ({distinct}) {', '.join(f't.{q(n)}' for n in load.names)} "
             f"FROM {load.temp} t WHERE (SELECT 1 FROM {load.target} p WHERE {same_key}{window} LIMIT 1) IS NULL "
-            f"ORDER BY t.tenant, t.pipeline, t.request_id, t.{ts} ON CONFLICT DO NOTHING", params)
+            f"ORDER BY {distinct}, t.{ts} ON CONFLICT DO NOTHING", params)
         return cursor.rowcount
 
     inserted = bulkload.temp_load(engine, table, names, rows, insert_new)
@@ -270,7 +280,7 @@ def copy_new_requests(engine: sa.Engine, table: sa.Table, names: Sequence[str], 
 # ------------------------------------------------------------------ migration 10
 def partitioned_table(table: sa.Table) -> sa.Table:
     """``table``'s definition partitioned by day: same columns, defaults and indexes, key
-    :data:`PARTITIONED_KEY`, ``PARTITION BY RANGE (ts)`` (a table of its own metadata)."""
+    :func:`partitioned_key`, ``PARTITION BY RANGE (ts)`` (a table of its own metadata)."""
     def columns():
         for column in table.columns:
             copy = column._copy()
@@ -278,7 +288,7 @@ def partitioned_table(table: sa.Table) -> sa.Table:
             yield copy
 
     return sa.Table(table.name, sa.MetaData(), *columns(),
-                    sa.PrimaryKeyConstraint(*PARTITIONED_KEY, name=f"{table.name}_pkey"),
+                    sa.PrimaryKeyConstraint(*partitioned_key(table), name=f"{table.name}_pkey"),
                     postgresql_partition_by=f"RANGE ({PARTITION_COLUMN})")
 
 
@@ -320,7 +330,7 @@ def partition_by_day(conn: sa.Connection, table: sa.Table) -> None:
         raise RuntimeError(f"partitioning {table.name}: copied {copied} of {before} rows; nothing changed")
     conn.exec_driver_sql(f"DROP TABLE {old}")
     log.info("monitoring store: %s partitioned by day (%d rows, %d partitions), key %s",
-             table.name, before, len(days), PARTITIONED_KEY)
+             table.name, before, len(days), partitioned_key(table))
 
 
 # ------------------------------------------------------------------ retention

@@ -76,8 +76,9 @@ def _stored_labels(conn: sa.Connection, keys: list[tuple[str, str, str]]) -> dic
     if conn.dialect.name == "postgresql":
         for (tenant, pipeline), ids in by_scope.items():
             for i in range(0, len(ids), _PG_CHUNK):
-                found.update({(tenant, pipeline, rid): label for rid, label in conn.execute(
-                    _PG_STORED, {"tenant": tenant, "pipeline": pipeline, "ids": ids[i:i + _PG_CHUNK]}) if label is not None})
+                params = {"tenant": tenant, "pipeline": pipeline, "ids": ids[i:i + _PG_CHUNK]}
+                found.update({(tenant, pipeline, rid): label for rid, label in conn.execute(_PG_STORED, params)
+                              if label is not None})
         return found
     for (tenant, pipeline), ids in by_scope.items():
         for i in range(0, len(ids), _CHUNK):

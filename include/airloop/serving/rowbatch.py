@@ -121,7 +121,9 @@ def insert_batch(engine: sa.Engine, batch: RowBatch) -> int:
     within a day of the batch is a duplicate, though the stored key includes ``ts``)."""
     if not len(batch):
         return 0
-    stamps = lambda: batch.column(partitions.PARTITION_COLUMN)  # noqa: E731
+    def stamps() -> list[Any]:
+        return batch.column(partitions.PARTITION_COLUMN)
+
     if partitions.is_day_partitioned(engine, batch.table):
         return partitions.write_with_partitions(engine, batch.table, stamps, lambda: partitions.copy_new_requests(
             engine, batch.table, batch.names, zip(*batch.columns), stamps()))
