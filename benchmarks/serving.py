@@ -23,8 +23,10 @@ an isolated MLflow store. Three servers then run side by side, each one uvicorn 
 Load: ``wrk`` (a separate C process, ``apt-get install -y wrk``), 1 thread, 10 and 50 connections,
 ``--duration`` seconds (default 15) per run, cycling through the same real claims from the
 demo data for both servers: single-record requests (ours: the record as the body; MLflow:
-``{"dataframe_records": [record]}``) and 100-record batches (``{"records": [...]}`` vs
-``{"dataframe_records": [...]}``). Every run must end with zero non-2xx answers and zero socket
+``{"dataframe_records": [record]}``; MLServer: one V2 input per column) and 100-record batches
+(ours column-wise, ``{"columns": {feature: [...]}}``, as V2 carries them to MLServer; MLflow:
+``{"dataframe_records": [...]}``). Ours also answers the same batches as ``{"records": [...]}``
+at c=10 (``batch_records_ours_rps``, ``batch_records_ratio_vs_mlserver``). Every run must end with zero non-2xx answers and zero socket
 errors. A 3-second warm-up of every server and kind runs first (excluded); then ``--repeats``
 rounds, the server order rotated each round; figures are medians over rounds. After each run of
 ``ours`` the benchmark waits until the logger has written everything (its queue empty, nothing
@@ -153,7 +155,11 @@ def write_bodies(folder: Path, records: list[dict[str, Any]], columns: list[tupl
     batches = [records[i * BATCH:(i + 1) * BATCH] for i in range(BATCH_BODIES)]
     bodies = {
         ("ours", "single"): [json.dumps(r) for r in records[:SINGLE_BODIES]],
-        ("ours", "batch"): [json.dumps({"records": b}) for b in batches],
+        # ours' batches column-wise ({"columns": {feature: [...]}}, as V2 sends them to MLServer);
+        # the same records as {"records": [...]} too (batch_records_*)
+        ("ours", "batch"): [json.dumps({"columns": {name: [r.get(name) for r in b] for name in b[0]}})
+                            for b in batches],
+        ("ours", "batch_records"): [json.dumps({"records": b}) for b in batches],
         ("mlflow", "single"): [json.dumps({"dataframe_records": [r]}) for r in records[:SINGLE_BODIES]],
         ("mlflow", "batch"): [json.dumps({"dataframe_records": b}) for b in batches],
         ("mlserver", "single"): [json.dumps(v2_body([r], columns)) for r in records[:SINGLE_BODIES]],
@@ -450,12 +456,12 @@ def main() -> None:
             for round_ in range(args.repeats + 1):  # round 0: warm-up, excluded
                 seconds = WARMUP_S if round_ == 0 else args.duration
                 for name in order:
-                    for kind in ("single", "batch"):
-                        for connections in LOADS if round_ else (CONNECTIONS,):
+                    for kind in ("single", "batch", "batch_records") if name == "ours" else ("single", "batch"):
+                        for connections in LOADS if round_ and kind != "batch_records" else (CONNECTIONS,):
                             figures = run_wrk(targets[name], bodies[body_kind(name), kind], script, seconds,
                                               connections, auth=bearer() if name.startswith("ours") else None)
                             if name == "ours":
-                                answered += figures["requests"] * (BATCH if kind == "batch" else 1)
+                                answered += figures["requests"] * (BATCH if kind.startswith("batch") else 1)
                                 figures["drain_s"] = wait_drained(urls["ours"])
                             if round_:
                                 runs.setdefault((name, kind, connections), []).append(figures)
@@ -501,6 +507,9 @@ def main() -> None:
         figures |= {f"batch_ours_records_per_s{suffix}": round(figures[f"batch_ours_rps{suffix}"] * BATCH),
                     f"batch_mlserver_records_per_s{suffix}": round(figures[f"batch_mlserver_rps{suffix}"] * BATCH),
                     f"batch_mlflow_records_per_s{suffix}": round(figures[f"batch_mlflow_rps{suffix}"] * BATCH)}
+    records_rps = fig("ours", "batch_records", "rps")
+    figures |= {"batch_records_ours_rps": records_rps, "batch_records_ours_p99_ms": fig("ours", "batch_records", "p99_ms"),
+                "batch_records_ratio_vs_mlserver": round(records_rps / figures["batch_mlserver_rps"], 2)}
     figures |= {"mlserver_rps": figures["mlserver_rps"],  # (named by the issue: single records, c=10)
                 "ceiling_records_per_s": round(ceiling),
                 "ceiling_fraction": round(figures["batch_ours_records_per_s"] / ceiling, 3),

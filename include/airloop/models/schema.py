@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -233,6 +233,7 @@ class RecordSchema:
             title, __config__=ConfigDict(extra="forbid", populate_by_name=False), **fields
         )
         self._many = TypeAdapter(list[self.model])  # type: ignore[name-defined]
+        self._by_name: dict[str, InputColumn] = {c.name: c for c in columns}
         #: Whether every column has a type the column-wise validator checks (else pydantic does it all).
         self._columnwise = all(c.type in _FAST_TYPES for c in columns)
         #: The inputs the model version was trained for (set when the version is loaded with its
@@ -284,6 +285,36 @@ class RecordSchema:
         if found != sum(map(len, records)):  # some record has a field the signature does not
             return None
         return ValidatedRecords(self.names, columns)
+
+    def validate_column_lists(self, columns: Mapping[str, list[Any]], records: Callable[[], list[Any]]
+                              ) -> ValidatedRecords:
+        """Validate a column-wise batch (``{feature: [values]}``, every list of one length) without
+        an object per record; raise :class:`RecordValidationError` like :meth:`validate`.
+
+        A column the signature does not have is refused by name; an optional column that is not
+        sent is all null. When any value fails a check (or is one only pydantic decides), the
+        batch's ``records()`` go through :meth:`validate`, so the errors name record and field
+        exactly as for ``{"records": [...]}``."""
+        unknown = [name for name in columns if name not in self._by_name]
+        if unknown:
+            raise RecordValidationError([
+                {"record": None, "field": name, "message": f"unknown feature {name!r} (the model's inputs are "
+                                                           f"{self.names})"} for name in unknown[:MAX_REPORTED_ERRORS]])
+        n = len(next(iter(columns.values()))) if columns else 0
+        out = []
+        for column in self.columns:
+            values = columns.get(column.name)
+            if values is None and column.required:
+                raise RecordValidationError([{"record": None, "field": column.name,
+                                              "message": f"the required feature {column.name!r} is not among the "
+                                                         "columns"}])
+            checked = None
+            if self._columnwise:
+                checked = _fast_column(column, [None] * n if values is None else values)
+            if checked is None:
+                return self.validate(records())
+            out.append(checked)
+        return ValidatedRecords(self.names, out)
 
     def _columns_of(self, rows: Sequence[BaseModel]) -> ValidatedRecords:
         dicts = [row.__dict__ for row in rows]

@@ -8,7 +8,8 @@ dicts one column at a time; :meth:`RowBatch.from_prepared` from rows that are pr
 whose key is stored (idempotent, like :func:`airloop.core.store.insert_ignore`):
 
 * **SQLite**: one ``executemany`` of the compiled ``INSERT ... ON CONFLICT DO NOTHING``, its
-  parameters zipped from the columns (each column's bind conversion applied to the column);
+  parameters zipped from the columns (each column's bind conversion applied to the column, once
+  per distinct object);
 * **PostgreSQL** (psycopg 3): ``COPY`` into a temporary table of the same columns, then one
   ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` from it, in one transaction — see
   :data:`COPY_MIN_ROWS` and ``benchmarks/README.md`` for when it beats ``executemany``.
@@ -136,14 +137,22 @@ def _is_psycopg(engine: sa.Engine) -> bool:
     return engine.dialect.driver == "psycopg"
 
 
-def executemany_insert(engine: sa.Engine, batch: RowBatch) -> int:
-    """``INSERT ... ON CONFLICT DO NOTHING`` of every row with one ``executemany`` (any dialect)."""
+def _bound_columns(engine: sa.Engine, batch: RowBatch) -> tuple[str, tuple[str, ...], list[list[Any]]]:
+    """The compiled ``INSERT ... ON CONFLICT DO NOTHING`` (:func:`airloop.core.store._insert_ignore_plan`),
+    its columns in placeholder order, and their values with each column's bind conversion applied
+    (once per distinct object: the rows of one request share their datetime)."""
     sql, keys, processors = store._insert_ignore_plan(engine, batch.table, batch.names)
     by_name = dict(zip(batch.names, batch.columns))
     columns = [by_name[key] for key in keys]
     for i, process in processors:
-        values = columns[i]
-        columns[i] = [process(v) for v in values]
+        seen: dict[int, Any] = {}
+        columns[i] = [seen[id(v)] if id(v) in seen else seen.setdefault(id(v), process(v)) for v in columns[i]]
+    return sql, keys, columns
+
+
+def executemany_insert(engine: sa.Engine, batch: RowBatch) -> int:
+    """``INSERT ... ON CONFLICT DO NOTHING`` of every row with one ``executemany`` (any dialect)."""
+    sql, _, columns = _bound_columns(engine, batch)
     with engine.begin() as conn:
         result = conn.exec_driver_sql(sql, list(zip(*columns)))
     return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(batch)

@@ -30,6 +30,18 @@ DEFAULT_VARIANT = names.CHAMPION
 # --------------------------------------------------------------------------------------------
 
 
+class NonFiniteOutput(ValueError):
+    """The model returned NaN or an infinity for some record (never sent as JSON: the request
+    fails as the model's error)."""
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    """``values`` (a model's output), or :class:`NonFiniteOutput` when a float in it is not finite."""
+    if values.dtype.kind in "fc" and not np.isfinite(values).all():
+        raise NonFiniteOutput("the model returned a value that is not a finite number")
+    return values
+
+
 class Predictor:
     """Runs a fitted sklearn estimator or Pipeline; transforms the input once for label + proba.
 
@@ -68,12 +80,13 @@ class Predictor:
 
     def predict(self, frame: pd.DataFrame) -> list[dict[str, Any]]:
         """``[{"prediction": ..., "probabilities": {class: p}}]`` (probabilities for classifiers;
-        ``threshold`` too when the version has one)."""
+        ``threshold`` too when the version has one); :class:`NonFiniteOutput` when a predicted
+        value or probability is NaN or infinite."""
         features = self._pre.transform(frame) if self._pre is not None else frame
         if not self.is_classifier:
-            return [{"prediction": label} for label in np.asarray(self._final.predict(features)).tolist()]
+            return [{"prediction": label} for label in _finite(np.asarray(self._final.predict(features))).tolist()]
         keys = self.class_keys
-        proba_array = np.asarray(self._final.predict_proba(features))
+        proba_array = _finite(np.asarray(self._final.predict_proba(features)))
         proba = proba_array.tolist()
         if self.threshold is None:
             labels = np.asarray(self._final.predict(features)).tolist()

@@ -14,6 +14,7 @@ One module-scoped registry holds these versions of ``claims_fraud``:
 from __future__ import annotations
 
 import json
+import re
 import operator
 import os
 import socket
@@ -346,6 +347,85 @@ def test_batch_size_limit(client: TestClient, registry: Registry) -> None:
     response = client.post("/predict", json={"records": [record] * (MAX_BATCH_RECORDS + 1)})
     assert response.status_code == 413
     assert str(MAX_BATCH_RECORDS) in response.json()["detail"][0]["message"]
+
+
+def _columns(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The records as a column-wise batch body's ``columns``."""
+    return {name: [r.get(name) for r in records] for name in records[0]}
+
+
+def test_a_column_wise_batch_is_answered_like_the_same_records(client: TestClient, registry: Registry) -> None:
+    """``{"columns": {feature: [values]}}`` (one list per feature) gets exactly the answer of
+    ``{"records": [...]}``, request ids and event times included; an optional feature that is not
+    sent is null in every record."""
+    records = _records(registry.test_frame.head(40))
+    ids = [f"col-{i}" for i in range(len(records))]
+    by_records = client.post("/predict", json={"records": records, "request_ids": ids}, headers=AUTH)
+    by_columns = client.post("/predict", json={"columns": _columns(records), "request_ids": ids}, headers=AUTH)
+    assert by_columns.status_code == 200, by_columns.text
+    assert by_columns.json() == by_records.json()
+    without = _columns(records)
+    del without["claim_amount"]  # optional in the signature
+    nulls = client.post("/predict", json={"columns": without}, headers=AUTH)
+    assert nulls.status_code == 200, nulls.text
+    expected = client.post("/predict", json={"records": [r | {"claim_amount": None} for r in records]}, headers=AUTH)
+    assert [p["probabilities"] for p in nulls.json()["predictions"]] == [
+        p["probabilities"] for p in expected.json()["predictions"]]
+
+
+def test_a_bad_column_wise_batch_names_the_column_or_the_record(client: TestClient, registry: Registry) -> None:
+    records = _records(registry.test_frame.head(5))
+    columns = _columns(records)
+    columns["claim_amount"][3] = "a lot"  # a bad value: the same per-record error as in "records"
+    detail = _detail_for(client.post("/predict", json={"columns": columns}, headers=AUTH), "claim_amount")
+    assert detail["record"] == 3 and "number" in detail["message"]
+    unknown = _detail_for(client.post("/predict", json={"columns": _columns(records) | {"colour": ["x"] * 5}},
+                                      headers=AUTH), "colour")
+    assert unknown["record"] is None and "unknown feature" in unknown["message"]
+    missing = _columns(records)
+    del missing["region"]  # required
+    detail = _detail_for(client.post("/predict", json={"columns": missing}, headers=AUTH), "region")
+    assert detail["record"] is None and "required" in detail["message"]
+    ragged = _columns(records)
+    ragged["region"] = ragged["region"][:3]
+    response = client.post("/predict", json={"columns": ragged}, headers=AUTH)
+    assert response.status_code == 422 and "same length" in response.json()["detail"][0]["message"]
+    for bad in ({"columns": []}, {"columns": {"region": "north"}}, {"columns": {"region": []}}):
+        assert client.post("/predict", json=bad, headers=AUTH).status_code == 422, bad
+    both = client.post("/predict", json={"columns": _columns(records), "records": records}, headers=AUTH)
+    assert both.status_code == 422 and "columns" in both.json()["detail"][0]["message"]
+    too_many = {name: [value[0]] * (MAX_BATCH_RECORDS + 1) for name, value in _columns(records).items()}
+    assert client.post("/predict", json={"columns": too_many}, headers=AUTH).status_code == 413
+    ids = client.post("/predict", json={"columns": _columns(records), "request_ids": ["a"] * 5}, headers=AUTH)
+    assert ids.status_code == 422 and ids.json()["detail"][0]["field"] == "request_ids"
+
+
+def test_nan_and_infinity_in_a_body_are_refused_by_name(client: TestClient, registry: Registry) -> None:
+    """The standard library's parser still decides what msgspec's refuses: NaN and Infinity
+    literals reach the validators, which name the record and field."""
+    record = json.dumps(_records(registry.test_frame.head(1))[0])
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        body = re.sub(r'"claim_amount": [^,}]+', f'"claim_amount": {literal}', record)
+        response = client.post("/predict", content=body, headers=AUTH | {"content-type": "application/json"})
+        assert _detail_for(response, "claim_amount")["record"] == 0, literal
+    assert client.post("/predict", content=b'{"records": [', headers=AUTH).status_code == 422
+
+
+def test_a_non_finite_model_output_is_an_error_never_json() -> None:
+    """A model answering NaN or infinity fails the call (``NonFiniteOutput``: the route answers
+    500 "not a finite number" and logs an error row) instead of being written as ``null``."""
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+
+    from airloop.serving.runtime import NonFiniteOutput, Predictor
+
+    frame = pd.DataFrame({"x": [1.0, 2.0]})
+    for value in (np.nan, np.inf):
+        regressor = DummyRegressor(strategy="constant", constant=0.0).fit(frame, [0.0, 1.0])
+        regressor.constant_ = np.array([[value]])  # what a broken model would answer
+        with pytest.raises(NonFiniteOutput, match="not a finite number"):
+            Predictor(regressor).predict(frame)
+    fine = Predictor(DummyClassifier(strategy="prior").fit(frame, [0, 1])).predict(frame)
+    assert fine[0]["probabilities"] == {"0": 0.5, "1": 0.5}
 
 
 # --------------------------------------------------------------------------------------------

@@ -87,6 +87,51 @@ def test_a_lone_item_does_not_wait_and_an_incoming_request_is_waited_for() -> No
     assert calls == [[7], [1, 2]]
 
 
+def test_a_batch_waits_for_clients_just_answered_but_not_longer_than_max_wait() -> None:
+    """Closed-loop clients (one request at a time per connection): the clients a batch answered
+    come back, and the next batch waits for them instead of leaving with the first to return, so
+    two clients keep sharing every call although one of them thinks 30 ms after each answer. A
+    lone client never waits (its own next request is its return); a client that never comes back
+    is waited for at most ``max_wait_s``."""
+    calls: list[list[Any]] = []
+
+    def run(items: list[tuple[str, int]]) -> list[Any]:
+        calls.append(sorted(items))
+        time.sleep(0.005)  # the model call
+        return [n for _, n in items]
+
+    async def client(batcher: MicroBatcher, name: str, think_s: float, n: int) -> list[Any]:
+        out = []
+        for i in range(n):
+            out.append(await batcher.submit((name, i), 1, source=(name, 1)))
+            await asyncio.sleep(think_s)  # before its next request
+        return out
+
+    async def main() -> tuple[float, float]:
+        batcher = MicroBatcher(run, max_wait_s=0.4, max_records=64)
+        try:
+            assert await asyncio.gather(client(batcher, "a", 0.0, 4), client(batcher, "b", 0.03, 4)) == [
+                [0, 1, 2, 3], [0, 1, 2, 3]]
+            await asyncio.sleep(0.5)  # both answered long ago: nobody is expected
+            t0 = time.perf_counter()
+            assert await client(batcher, "c", 0.0, 3) == [0, 1, 2]
+            lone = time.perf_counter() - t0
+            await asyncio.sleep(0.5)
+            await client(batcher, "d", 0.0, 1)  # answered, never comes back
+            t0 = time.perf_counter()
+            await client(batcher, "e", 0.0, 1)
+            return lone, time.perf_counter() - t0
+        finally:
+            await batcher.aclose()
+
+    lone, after_gone = asyncio.run(main())
+    pairs = calls[:4]
+    assert pairs == [[("a", i), ("b", i)] for i in range(4)], calls
+    assert lone < 0.3, lone  # three requests, none waited for max_wait_s
+    assert 0.3 < after_gone < 1.5, after_gone  # waited for "d" until max_wait_s, then went alone
+    assert calls[4:] == [[("c", 0)], [("c", 1)], [("c", 2)], [("d", 0)], [("e", 0)]]
+
+
 def test_max_records_caps_a_batch_and_larger_items_run_alone() -> None:
     calls: list[list[Any]] = []
     sizes = {1: 2, 2: 2, 3: 5, 4: 1}

@@ -26,8 +26,8 @@ from airloop.serving.handlers import (
 )
 from airloop.serving.openapi import REPLAY_INTERVAL_PARAMETER, REQUEST_KEY_PARAMETER, TENANT_PARAMETER, body
 from airloop.serving.predict import PredictJob, PredictResponse, prepare_job
-from airloop.serving.responses import _json, error_responses, not_ready
-from airloop.serving.runtime import ActiveTest, ServedModel
+from airloop.serving.responses import _json, error_responses, fast_json, not_ready
+from airloop.serving.runtime import ActiveTest, NonFiniteOutput, ServedModel
 from airloop.serving.window import check_event_ts, replay_interval
 from airloop.serving.schema import (
     PredictRequest,
@@ -79,7 +79,8 @@ async def predict(request: Request, ctx: PredictContextDep) -> Response:
                 check_event_ts(parsed.event_ts, datetime.now(timezone.utc), ctx.event_window, replay)
             header_key = request_key_header(request) if wants_key_header(active) else None
             job = prepare_job(model, active, parsed, tenant, started, header_key)
-        predictions, _ = await batcher.submit(job, job.size)
+        # the connection: a forming batch waits for connections just answered (see airloop.serving.batching)
+        predictions, _ = await batcher.submit(job, job.size, request.scope.get("client"))
         if is_shadow(active):
             background = BackgroundTask(shadow_score, active, parsed, job.request_ids, tenant, pipeline=pipeline,
                                         score=ctx.score, metrics=metrics, shadow_logger=ctx.shadow_logger)
@@ -95,18 +96,14 @@ async def predict(request: Request, ctx: PredictContextDep) -> Response:
             log_failed_prediction(ctx.prediction_logger, model, pipeline, tenant, parsed, started, err,
                                   status=CLIENT_ERROR)
             return _json({"detail": errors}, 422)
+        metrics.prediction_errors.labels("model").inc()
+        log_failed_prediction(ctx.prediction_logger, model, pipeline, tenant, parsed, started, err)
+        if isinstance(err, NonFiniteOutput):  # NaN/inf: the model's failure, never sent as JSON
+            log.error("prediction of %s v%s is not finite: %s", model.name, model.version, err)
+            return _json({"detail": f"prediction failed: {err}"}, 500)
         log.exception("prediction failed (model %s v%s)", model.name, model.version)
-        metrics.prediction_errors.labels("model").inc()
-        log_failed_prediction(ctx.prediction_logger, model, pipeline, tenant, parsed, started, err)
         return _json({"detail": "prediction failed"}, 500)
-    try:
-        answer = _json(predict_answer(metrics, model, predictions, active), background=background)
-    except ValueError as err:  # a non-finite output (NaN/inf): the model's failure, never sent as JSON
-        log.error("prediction of %s v%s is not finite: %s", model.name, model.version, err)
-        metrics.prediction_errors.labels("model").inc()
-        log_failed_prediction(ctx.prediction_logger, model, pipeline, tenant, parsed, started, err)
-        return _json({"detail": "prediction failed: the model returned a value that is not a finite number"}, 500)
-    return answer
+    return fast_json(predict_answer(metrics, model, predictions, active), background=background)
 
 
 def client_failure(model: ServedModel, job: PredictJob) -> list[dict[str, Any]]:
