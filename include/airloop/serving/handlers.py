@@ -58,7 +58,7 @@ def run_batch(jobs: list[PredictJob], *, pipeline: str, score: Score, metrics: S
     """The batcher's ``run``: predict, then enqueue the batch's log rows with one call."""
     metrics.batch_requests.observe(len(jobs))
     metrics.batch_records.observe(sum(job.size for job in jobs))
-    outcomes = predict_jobs(jobs, pipeline, score, metrics)
+    outcomes = predict_jobs(jobs, pipeline, score, metrics, log_rows=prediction_logger is not None)
     log_rows(prediction_logger,
              [row for outcome in outcomes if not isinstance(outcome, BaseException) for row in outcome[1]])
     return outcomes

@@ -9,6 +9,7 @@ serves one (:func:`pipeline_schemas`):
 * ``PredictRecord``: one record, an object of the pipeline's features with the types, ranges,
   categories and nullability its file declares (no other field);
 * ``PredictBatch``: ``{"records": [...], "request_ids"?: [...], "event_ts"?: [...]}``;
+* ``PredictColumns``: the same batch column-wise, ``{"columns": {feature: [...]}, ...}``;
 * ``FeedbackLabel`` / ``FeedbackBatch``: one label (one of the pipeline's classes, or a number)
   or ``{"items": [...]}``;
 * ``ReloadRequest`` (:class:`airloop.serving.schema.ReloadRequest`).
@@ -118,6 +119,26 @@ def pipeline_schemas(config: PipelineConfig) -> dict[str, dict[str, Any]]:
         event_ts=(list[Annotated[str, Field(json_schema_extra={"format": "date-time"})]] | None,
                   Field(None, description="ISO-8601 business times, one per record (naive = UTC)")),
     )
+    column_fields: dict[str, Any] = {}
+    for i, (name, spec) in enumerate(config.features.items()):
+        value = _feature_type(spec) | None if spec.max_null_fraction > 0 else _feature_type(spec)
+        optional = spec.max_null_fraction > 0  # may be left out (not sent as null)
+        column_fields[f"f{i}"] = (list[value], Field(None if optional else ..., min_length=1,  # type: ignore[valid-type]
+                                                     max_length=limit, alias=name))
+    columns = create_model(  # type: ignore[call-overload]
+        "PredictColumnValues", __config__=ConfigDict(extra="forbid", title="PredictColumnValues"),
+        __doc__="One list of values per feature, all of one length (an optional feature left out is null).",
+        **column_fields,
+    )
+    column_batch = create_model(
+        "PredictColumns", __config__=ConfigDict(extra="forbid"),
+        __doc__="A batch column-wise (the cheaper form for large batches): one list per feature and, "
+                "optionally, one client request id and one business time per record.",
+        columns=(columns, ...),
+        request_ids=(list[request_id] | None, Field(None, description="Unique ids, one per record")),
+        event_ts=(list[Annotated[str, Field(json_schema_extra={"format": "date-time"})]] | None,
+                  Field(None, description="ISO-8601 business times, one per record (naive = UTC)")),
+    )
     label = create_model(
         "FeedbackLabel", __config__=ConfigDict(extra="forbid"),
         __doc__="The label of an earlier prediction, by its request id.",
@@ -132,7 +153,7 @@ def pipeline_schemas(config: PipelineConfig) -> dict[str, dict[str, Any]]:
     )
     out: dict[str, Any] = {}
     components: dict[str, Any] = {}
-    for key, annotation in (("predict", Union[record, batch]), ("feedback", Union[label, items]),
+    for key, annotation in (("predict", Union[record, batch, column_batch]), ("feedback", Union[label, items]),
                             ("reload", ReloadRequest)):
         schema = TypeAdapter(annotation).json_schema(ref_template=REF)
         components.update(schema.pop("$defs", {}))

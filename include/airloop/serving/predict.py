@@ -327,8 +327,9 @@ def predict_parts(model: ServedModel, parts: Sequence[ValidatedRecords]) -> list
 
 
 def predict_jobs(jobs: Sequence[PredictJob], pipeline: str, score: Callable[[dict[str, Any]], float | None],
-                 metrics: ServingMetrics) -> list[Any]:
-    """Answer a batch of requests; return per job ``(predictions, log rows)`` or its exception.
+                 metrics: ServingMetrics, log_rows: bool = True) -> list[Any]:
+    """Answer a batch of requests; return per job ``(predictions, log rows)`` or its exception
+    (no ``ok`` rows are built when ``log_rows`` is false: prediction logging is off).
 
     One predict call per served version: every champion snapshot answers the records of its jobs
     together, every A/B challenger likewise (validated against its own schema first). A challenger
@@ -349,14 +350,16 @@ def predict_jobs(jobs: Sequence[PredictJob], pipeline: str, score: Callable[[dic
             item["request_id"] = job.request_ids[i]
             item.update(extra)
             outcome.items[i] = item
+        if job.active is not None:
+            metrics.ab_records.labels(served.variant).inc(len(idx))
+        if not log_rows:
+            return
         event_ts = job.parsed.event_ts
         latency_ms = (dispatched - job.started + seconds) * 1000.0
         outcome.rows.extend(prediction_rows(
             served, pipeline, job.tenant, job.validated.take(idx), items, [job.request_ids[i] for i in idx],
             [event_ts[i] for i in idx] if event_ts is not None else None, now, latency_ms, score,
         ))
-        if job.active is not None:
-            metrics.ab_records.labels(served.variant).inc(len(idx))
 
     # A/B challengers first: their failures move records back to the champion's call.
     routed = [j for j, job in enumerate(jobs) if job.variants is not None and abtest.CHALLENGER in job.variants]
