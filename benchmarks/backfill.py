@@ -7,14 +7,18 @@ replayed through the real serving process (prediction logging on), as the loop d
 state is then copied: the plain reference runs on the copy, the backfill on the original, so
 each starts from the same stores with cold caches.
 
-* backfill: `airflow dags reserialize`, unpause, `airflow backfill create --max-active-runs 1`,
-  then api-server + scheduler; timed from the first run's start to the last run's end (the
-  scheduler's start-up is reported apart). Each interval's cost is the time between the ends of
-  consecutive runs; task durations, queue latency and gaps between runs come from the metadata DB.
-* reference: the six tasks' library calls (``airloop.tasks.monitoring`` ``ingest``,
+* backfill: `airflow dags reserialize`, unpause, `airflow backfill create --max-active-runs N`
+  (N = ``AIRLOOP_MONITORING_MAX_ACTIVE_RUNS``, the DAG's own ``max_active_runs``: runs overlap, the
+  order-dependent tasks wait for their previous interval's), then api-server + scheduler; timed
+  from the first run's start to the last run's end (the scheduler's start-up is reported apart).
+  Each interval's cost is the time between the ends of consecutive runs; task durations, queue
+  latency, the hops of the ``monitor`` chain and overlaps come from the metadata DB, the split of a
+  task's time into start-up and its own code from its log, CPU seconds per process kind from
+  ``/proc`` (scheduler loop, task supervisors, task processes, api-server).
+* reference: the tasks' library calls (``airloop.tasks.monitoring`` ``ingest``,
   ``traffic_quality``, ``monitor``, ``alert``, ``retrain_decision`` and
-  ``airloop.tasks.lifecycle.post_deploy_guard``: what each task calls) per interval in one
-  process, after one warm-up interval.
+  ``airloop.tasks.lifecycle.post_deploy_guard``: what each task calls; ``request_retrain`` sends
+  no event here, as in the DAG) per interval in one process, after one warm-up interval.
 
 Flatness: the median interval cost of the last quarter over that of the first quarter.
 Both runs' monitoring rows are compared (same results, floats to 1e-9).
@@ -94,7 +98,7 @@ def plain_interval(config, settings, day: date, endpoint) -> dict[str, float]:
     summary, seconds["monitor"] = timed(lambda: monitoring.monitor(config, settings, start, end))
     # no alert route is configured, as in the DAG's run here
     _, seconds["alerts"] = timed(lambda: monitoring.alert(config, settings, start, summary, {}))
-    _, seconds["request_retrain"] = timed(lambda: monitoring.retrain_decision(config, settings, start, end, summary))
+    _, seconds["retrain_decision"] = timed(lambda: monitoring.retrain_decision(config, settings, start, end, summary))
     _, seconds["post_deploy_guard"] = timed(lambda: lifecycle.post_deploy_guard(
         config, settings, summary, actor="benchmark", endpoint=endpoint))
     return seconds
@@ -120,7 +124,36 @@ def run_plain(config, settings, days: list[date]) -> dict:
             "task_s": {task: median(values) for task, values in per_task.items()}}
 
 
-def run_backfill(folder: Path, days: list[date], preload: str = "auto") -> dict:
+def group_cpu(pgid: int) -> dict[int, tuple[float, float]]:
+    """CPU seconds of the live processes of a process group: ``{pid: (own, waited-for children)}``
+    (``/proc/<pid>/stat`` utime + stime, cutime + cstime)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after "pid (comm)": state ppid pgrp session ... utime(12) stime(13) cutime(14) cstime(15)
+        if int(fields[2]) == pgid:
+            out[int(entry.name)] = ((int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick)
+    return out
+
+
+def cpu_split(procs: list) -> dict[str, float]:
+    """CPU seconds so far of the api-server's group and of the scheduler's: its loop (the main
+    process), the LocalExecutor's workers (each supervises the task process it forks) and the task
+    processes they waited for."""
+    scheduler = group_cpu(procs[1].pid)
+    return {"api_server": sum(a + b for a, b in group_cpu(procs[0].pid).values()),
+            "scheduler_loop": scheduler.pop(procs[1].pid, (0.0, 0.0))[0],
+            "supervisors": sum(own for own, _ in scheduler.values()),
+            "task_processes": sum(children for _, children in scheduler.values())}
+
+
+def run_backfill(folder: Path, days: list[date], preload: str = "auto", max_active_runs: int = 1) -> dict:
     """`airflow backfill create` executed by a real scheduler; timings from the metadata DB.
 
     ``preload`` is the scheduler's ``AIRLOOP_PRELOAD`` (``airloop.ops.preload``: ``auto``, the
@@ -140,7 +173,7 @@ def run_backfill(folder: Path, days: list[date], preload: str = "auto") -> dict:
     airflow("dags", "unpause", DAG_ID)
     # SQLite takes one writer at a time: create the backfill before the scheduler starts.
     airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", days[0].isoformat(), "--to-date",
-            days[-1].isoformat(), "--max-active-runs", "1", "--reprocess-behavior", "completed")
+            days[-1].isoformat(), "--max-active-runs", str(max_active_runs), "--reprocess-behavior", "completed")
     launched = time.time()
     procs = [start_group([sys.executable, "-m", "airflow", "api-server", "--port", str(port)], folder / "api-server.log")]
     try:
@@ -150,10 +183,13 @@ def run_backfill(folder: Path, days: list[date], preload: str = "auto") -> dict:
         procs.append(start_group([sys.executable, "-m", "airflow", "scheduler"], folder / "scheduler.log", scheduler_env))
         deadline = time.monotonic() + 60 * 60 * 4
         done = 0
+        before = None  # CPU of both groups once the first run runs (start-up excluded)
         while True:
             with create_session() as s:
                 states = [str(r.state) for r in s.query(DagRun).filter(
                     DagRun.dag_id == DAG_ID, DagRun.run_type == DagRunType.BACKFILL_JOB)]
+            if before is None and any(st != "queued" for st in states):
+                before = cpu_split(procs)
             finished = sum(st in ("success", "failed") for st in states)
             if finished != done and (finished % 10 == 0 or finished == len(days)):
                 log(f"backfill: {finished}/{len(days)} runs finished")
@@ -166,6 +202,8 @@ def run_backfill(folder: Path, days: list[date], preload: str = "auto") -> dict:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"backfill not finished in 4 h: {states}")
             time.sleep(2)
+        after = cpu_split(procs)
+        cpu = {k: after[k] - (before or {}).get(k, 0.0) for k in after}
     finally:
         stop_group(procs)
     with create_session() as s:
@@ -176,23 +214,86 @@ def run_backfill(folder: Path, days: list[date], preload: str = "auto") -> dict:
                                            TaskInstance.run_id.in_([r["run_id"] for r in rows])).all()
         tasks = [{"run_id": t.run_id, "task": t.task_id, "state": str(t.state), "start": t.start_date,
                   "end": t.end_date, "queued": t.queued_dttm, "tries": t.try_number} for t in tis]
-    return {"launched": launched, "runs": rows, "tasks": tasks}
+    logs = Path(os.environ.get("AIRFLOW__LOGGING__BASE_LOG_FOLDER") or folder / "airflow-logs")
+    for t in tasks:
+        t |= task_log_split(logs / f"dag_id={DAG_ID}" / f"run_id={t['run_id']}" / f"task_id={t['task']}"
+                            / f"attempt={t['tries'] or 1}.log", t["start"])
+    return {"launched": launched, "runs": rows, "tasks": tasks, "cpu_s": cpu}
+
+
+def task_log_split(path: Path, start: datetime | None) -> dict[str, float]:
+    """From a task's log: ``startup_s`` (its start to the end of Airflow's "Pre Execute" group:
+    process start, DAG file parse) and ``code_s`` (from there to the last line); {} without a log."""
+    import json
+
+    try:
+        stamps, pre_end = [], None
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            stamp = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00"))
+            stamps.append(stamp)
+            if pre_end is None and entry.get("event") == "::endgroup::":
+                pre_end = stamp
+    except (OSError, ValueError, KeyError):
+        return {}
+    if start is None or pre_end is None or not stamps:
+        return {}
+    start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+    return {"startup_s": (pre_end - start).total_seconds(), "code_s": (stamps[-1] - pre_end).total_seconds()}
+
+
+def monitor_chain(result: dict) -> dict[str, float | None]:
+    """The ``monitor`` tasks' chain, interval after interval: ``period_s`` (median start of one
+    interval's monitor to the next one's), ``tail_s`` (a monitor's end to the end of its last
+    direct downstream task: the next monitor waits for them) and ``hop_s`` (that end to the
+    next monitor's start: scheduling, queueing)."""
+    by_run: dict[str, dict[str, dict]] = {}
+    for t in result["tasks"]:
+        by_run.setdefault(t["run_id"], {})[t["task"]] = t
+    chain = [by_run.get(r["run_id"], {}) for r in result["runs"]]
+    periods, tails, hops = [], [], []
+    for a, b in zip(chain, chain[1:]):
+        if not (a.get("monitor", {}).get("end") and b.get("monitor", {}).get("start")):
+            continue
+        periods.append((b["monitor"]["start"] - a["monitor"]["start"]).total_seconds())
+        after = [a[k]["end"] for k in ("alerts", "retrain_decision", "post_deploy_guard") if a.get(k, {}).get("end")]
+        last = max([a["monitor"]["end"], *after])
+        tails.append((last - a["monitor"]["end"]).total_seconds())
+        hops.append((b["monitor"]["start"] - last).total_seconds())
+    return {"period_s": median(periods) if periods else None, "tail_s": median(tails) if tails else None,
+            "hop_s": median(hops) if hops else None}
+
+
+def most_side_by_side(runs: list[dict]) -> int:
+    """The most runs that were running at one moment."""
+    events = sorted([(r["start"], 1) for r in runs] + [(r["end"], -1) for r in runs], key=lambda e: (e[0], e[1]))
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
 
 
 def backfill_figures(result: dict) -> dict:
-    """Interval costs, task durations, queue latency and gaps between runs."""
+    """Interval costs, task durations, queue latency, gaps between runs, the monitor chain."""
     runs = result["runs"]
-    ends = [r["end"].timestamp() for r in runs]
+    ends = sorted(r["end"].timestamp() for r in runs)  # runs overlap: each interval's cost is one more run done
     first_start = min(r["start"].timestamp() for r in runs)
     costs = [ends[0] - first_start] + [b - a for a, b in zip(ends, ends[1:])]
     by_task: dict[str, list[float]] = {}
+    split: dict[str, dict[str, list[float]]] = {"startup_s": {}, "code_s": {}}
     queue: list[float] = []
     for t in result["tasks"]:
         if t["start"] and t["end"]:
             by_task.setdefault(t["task"], []).append((t["end"] - t["start"]).total_seconds())
         if t["queued"] and t["start"]:
             queue.append((t["start"] - t["queued"]).total_seconds())
+        for key in split:
+            if key in t:
+                split[key].setdefault(t["task"], []).append(t[key])
+    # negative: the next run started before this one ended (runs side by side)
     gaps = [(b["start"] - a["end"]).total_seconds() for a, b in zip(runs, runs[1:])]
+    n = len(runs)
     return {
         "costs": costs,
         "total_s": ends[-1] - first_start,
@@ -203,6 +304,11 @@ def backfill_figures(result: dict) -> dict:
         "gap_between_runs_s": median(gaps) if gaps else None,
         "states": {st: sum(r["state"] == st for r in runs) for st in {r["state"] for r in runs}},
         "retried_tasks": sum((t["tries"] or 1) > 1 for t in result["tasks"]),
+        "task_startup_s": {task: median(v) for task, v in sorted(split["startup_s"].items())},
+        "task_code_s": {task: median(v) for task, v in sorted(split["code_s"].items())},
+        "monitor_chain": monitor_chain(result),
+        "most_runs_side_by_side": most_side_by_side(runs),
+        "cpu_s_per_interval": {k: round(v / n, 2) for k, v in result["cpu_s"].items()},
     }
 
 
@@ -266,8 +372,9 @@ def main() -> None:
             plain = run_plain(config, plain_settings, days)
             plain_rows = monitoring_rows(plain_settings, plain_state)
             settings = use_state(state)
-        log(f"backfill of {len(days)} intervals starts")
-        dag = backfill_figures(run_backfill(folder, days, preload=args.preload))
+        max_active_runs = settings.monitoring_max_active_runs  # the DAG's max_active_runs, from the same setting
+        log(f"backfill of {len(days)} intervals starts ({max_active_runs} runs at most side by side)")
+        dag = backfill_figures(run_backfill(folder, days, preload=args.preload, max_active_runs=max_active_runs))
         dag_rows = monitoring_rows(settings, state)
 
     first_q, last_q = quarters(dag["costs"])
@@ -276,6 +383,7 @@ def main() -> None:
         "benchmark": "backfill",
         "intervals": len(days),
         "preload": args.preload,
+        "max_active_runs": max_active_runs,
         "total_s": round(dag["total_s"], 1),
         "per_interval_s": round(per_interval, 2),
         "first_quarter_interval_s": first_q,
@@ -285,6 +393,11 @@ def main() -> None:
         "task_s": dag["task_s"],
         "queue_latency_s": dag["queue_latency_s"],
         "gap_between_runs_s": dag["gap_between_runs_s"],
+        "most_runs_side_by_side": dag["most_runs_side_by_side"],
+        "monitor_chain": dag["monitor_chain"],
+        "task_startup_s": dag["task_startup_s"],
+        "task_code_s": dag["task_code_s"],
+        "cpu_s_per_interval": dag["cpu_s_per_interval"],
         "airflow_startup_s": round(dag["startup_s"], 1),
         "run_states": dag["states"],
         "retried_tasks": dag["retried_tasks"],
@@ -302,6 +415,7 @@ def main() -> None:
             "results_match": same_rows(plain_rows, dag_rows),
         })
     figures["interval_s_spread"] = round(statistics.pstdev(dag["costs"]), 2)
+    figures["load_1m_at_end"] = round(os.getloadavg()[0], 2)
     emit(figures)
 
 

@@ -3,7 +3,18 @@
 
 One run per data interval (daily for the demo):
 
-`ingest_labels → traffic_quality → monitor → alerts → request_retrain`, and `monitor → post_deploy_guard`
+`ingest_labels → traffic_quality → monitor → {alerts, retrain_decision → request_retrain, post_deploy_guard}`
+
+**Runs side by side, in interval order where it matters.** Up to `AIRLOOP_MONITORING_MAX_ACTIVE_RUNS`
+(3) runs at once. `ingest_labels` and `traffic_quality` read only their own interval and overlap
+freely. `monitor` (estimate checks of earlier intervals, the champion the previous guard may have
+rolled back), `alerts` (alert lifecycles), `retrain_decision` (the cool-down) and
+`post_deploy_guard` (the champion's first intervals) read earlier intervals' results: `monitor`
+waits for the previous interval's monitor and for its alerts, decision and guard
+(`depends_on_past` + `wait_for_downstream`; skipped counts as done), and those three follow
+`monitor`, so all four keep the intervals' order. A failed one holds the later intervals until it
+is cleared and succeeds. Backfills therefore need a reprocess behaviour (`--reprocess-behavior
+failed`, or "Missing and Errored Runs" in the dialog).
 
 * **traffic_quality**: the pipeline's validation suite (its feature expectations: types, nulls,
   ranges, declared values) on the interval's served features; a row in `traffic_quality`, the GX
@@ -22,10 +33,13 @@ One run per data interval (daily for the demo):
   latency or quality drop beyond the pipeline's `promotion.post_deploy_guard` limits rolls it
   back to the previous champion (ledger row, serving reloaded). Only the current champion is
   ever rolled back, so backfills over old history never touch today's model.
-* **request_retrain**: when a retrain rule fires and the cool-down allows, an Asset event
-  (with the reason and as-of day) triggers `<pipeline>__train`.
+* **retrain_decision**: whether a retrain rule fired outside the cool-down (stored per interval);
+  when not, `request_retrain` is skipped without starting a task process.
+* **request_retrain**: the Asset event (with the reason and as-of day) that triggers
+  `<pipeline>__train`.
 
-Backfill with `airflow backfill create --dag-id <pipeline>__monitor --from-date … --to-date …`.
+Backfill with `airflow backfill create --dag-id <pipeline>__monitor --from-date … --to-date …
+--reprocess-behavior failed`.
 """
 
 from __future__ import annotations
@@ -37,6 +51,11 @@ from airloop.core.settings import get_settings
 from airloop_provider.assets import retrain_asset_uri
 from airloop_provider.dag_defaults import default_args
 from airloop_provider.timetables import ScheduleUntilCronDataInterval
+
+#: ``monitor`` and the tasks after it read earlier intervals' results: each monitor waits for the
+#: previous interval's monitor and its direct downstream tasks to have succeeded (or been skipped),
+#: which orders those too. One waiting task per run: the scheduler re-checks it on every loop.
+IN_ORDER = {"depends_on_past": True, "wait_for_downstream": True}
 
 
 def monitoring_dag(pipeline: str):
@@ -53,7 +72,8 @@ def monitoring_dag(pipeline: str):
         schedule=ScheduleUntilCronDataInterval(config.monitoring.schedule, "UTC", end=config.schedule.end),
         start_date=config.schedule.start,
         catchup=False,
-        max_active_runs=1,
+        # runs overlap; the tasks reading earlier intervals keep their order (depends_on_past below)
+        max_active_runs=get_settings().monitoring_max_active_runs,
         tags=["monitoring", "airloop", config.name],
         default_args=default_args("monitoring"),
         params={"day": Param(None, type=["null", "string"], format="date",
@@ -84,7 +104,9 @@ def monitoring_dag(pipeline: str):
             return {**monitoring.traffic_quality(config, get_settings(), interval["start"], interval["end"]),
                     "interval": interval}
 
-        @task
+        # waits for the previous interval's monitor, alerts, retrain decision and guard (a rollback
+        # there changes the champion this interval is judged against)
+        @task(**IN_ORDER)
         def monitor(labels: dict) -> dict:
             from airloop.tasks import monitoring
 
@@ -100,16 +122,17 @@ def monitoring_dag(pipeline: str):
             return monitoring.alert(config, get_settings(), summary["interval"]["start"], summary,
                                     alert_senders(config, context))
 
-        @task(outlets=[retrain])
-        def request_retrain(summary: dict, **context) -> dict:
-            from airflow.exceptions import AirflowSkipException
-
+        # False skips request_retrain from here: a task ending in "skipped" is marked so only once
+        # its process has exited, which Airflow 3.3's supervisor often notices a second late
+        @task.short_circuit
+        def retrain_decision(summary: dict) -> dict | bool:
             from airloop.tasks import monitoring
 
             interval = summary["interval"]
-            decision = monitoring.retrain_decision(config, get_settings(), interval["start"], interval["end"], summary)
-            if not decision["retrain"]:
-                raise AirflowSkipException(f"no retraining: {decision.get('reason') or 'no retrain rule fired'}")
+            return monitoring.retrain_condition(config, get_settings(), interval["start"], interval["end"], summary)
+
+        @task(outlets=[retrain])
+        def request_retrain(decision: dict, **context) -> dict:
             context["outlet_events"][retrain].extra = {"as_of": decision["as_of"], "reason": decision["reason"][:2000],
                                                        "window_days": decision.get("window_days")}
             return decision
@@ -127,7 +150,7 @@ def monitoring_dag(pipeline: str):
         summary = monitor(labels)
         traffic_quality(labels) >> summary  # the summary (and its alert rules) reads the traffic check
         alerts(summary)
-        request_retrain(summary)
+        request_retrain(retrain_decision(summary))
         post_deploy_guard(summary)
 
     return monitor_pipeline()

@@ -77,11 +77,27 @@ def test_training_dags(dagbag):
         assert {"as_of", "window_days", "n_trials", "timeout_s", "force_promote"} <= set(dag.params.keys())
 
 
+#: The monitoring tasks that read earlier intervals' results (estimate checks, the champion a guard
+#: rolled back, alert lifecycles, the retrain cool-down, a champion's first intervals).
+IN_ORDER = {"monitor", "alerts", "retrain_decision", "post_deploy_guard"}
+
+
 def test_monitoring_dags(dagbag):
+    from airloop.core.settings import AIRLOOP_MONITORING_MAX_ACTIVE_RUNS, get_settings
+
+    assert AIRLOOP_MONITORING_MAX_ACTIVE_RUNS.default == 3
+
     monitoring = {d: dag for d, dag in dagbag.dags.items() if "monitoring" in dag.tags}
     assert "claims_fraud__monitor" in monitoring
     for dag_id, dag in monitoring.items():
-        assert dag.max_active_runs == 1, dag_id
+        # runs overlap (they used to go one at a time: max_active_runs=1); what must see the
+        # previous interval's results waits for it, task by task
+        assert dag.max_active_runs == get_settings().monitoring_max_active_runs, dag_id
+        # monitor waits for the previous interval's monitor and its direct downstream tasks, which
+        # are the rest of IN_ORDER: so all of them go in interval order (one dependency to check)
+        for task in dag.tasks:
+            assert task.depends_on_past == task.wait_for_downstream == (task.task_id == "monitor"), (dag_id, task.task_id)
+        assert {"monitor", *dag.get_task("monitor").downstream_task_ids} == IN_ORDER
         from airflow.timetables.interval import CronDataIntervalTimetable
 
         assert isinstance(dag.timetable, CronDataIntervalTimetable), "runs must cover a data interval"
@@ -93,6 +109,10 @@ def test_monitoring_dags(dagbag):
         retrain = dag.get_task("request_retrain")
         pipeline = dag_id.removesuffix("__monitor").split("__")[-1]  # <tenant>__<pipeline>__monitor
         assert [o.uri for o in retrain.outlets] == [f"airloop://{pipeline}/retrain-requests"]
+        # a short-circuit decides: "no retrain" skips request_retrain without starting its process
+        decision = dag.get_task("retrain_decision")
+        assert retrain.upstream_task_ids == {"retrain_decision"} and not decision.outlets
+        assert type(decision).__name__ == "_ShortCircuitDecoratedOperator"
 
 
 def test_training_is_scheduled_on_time_or_retrain_requests(dagbag):

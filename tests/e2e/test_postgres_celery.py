@@ -249,7 +249,8 @@ def test_monitoring_run_writes_to_postgresql(cluster):
             conn.rollback()
     # a backfill of that one day: the run covers the data interval [2026-03-02, 2026-03-03)
     out = subprocess.run([*cluster["airflow"], "backfill", "create", "--dag-id", "claims_fraud__monitor",
-                          "--from-date", day.isoformat(), "--to-date", day.isoformat()],
+                          "--from-date", day.isoformat(), "--to-date", day.isoformat(),
+                          "--reprocess-behavior", "failed"],  # needed by its depends_on_past tasks
                          env=cluster["env"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     state, seconds = _wait_for_run(cluster, "claims_fraud__monitor", None, minutes=10, run_type="backfill")

@@ -73,6 +73,9 @@ AIRLOOP_MONITORING_CONN_ID = EnvVar("AIRLOOP_MONITORING_CONN_ID", str, None,
 AIRLOOP_PREDICTION_RETENTION_DAYS = EnvVar(
     "AIRLOOP_PREDICTION_RETENTION_DAYS", int, 0,
     "days of predictions kept before each monitored interval's end (0: all; airloop.core.partitions)")
+AIRLOOP_MONITORING_MAX_ACTIVE_RUNS = EnvVar(
+    "AIRLOOP_MONITORING_MAX_ACTIVE_RUNS", int, 3,
+    "monitoring runs (intervals) of one pipeline side by side; the order-dependent tasks still go in interval order")
 AIRLOOP_OPTUNA_STORAGE = EnvVar("AIRLOOP_OPTUNA_STORAGE", str, None, "Optuna storage (journal file or RDB URL)")
 AIRLOOP_SERVING_URL = EnvVar("AIRLOOP_SERVING_URL", str, "http://127.0.0.1:8000", "where clients reach serving")
 AIRLOOP_SERVING_HOST = EnvVar("AIRLOOP_SERVING_HOST", str, "127.0.0.1", "address serving binds")
@@ -179,6 +182,10 @@ class Settings(BaseModel):
     #: Days of ``predictions`` the monitoring DAG keeps before each interval's end (0: keep all;
     #: ``AIRLOOP_PREDICTION_RETENTION_DAYS``, applied by :func:`airloop.core.partitions.apply_retention`).
     prediction_retention_days: int = Field(default=0, ge=0)
+    #: Runs of a monitoring DAG at once (``AIRLOOP_MONITORING_MAX_ACTIVE_RUNS``; the DAG's
+    #: ``max_active_runs`` and what ``benchmarks/backfill.py`` gives its backfill). Safe at any value:
+    #: the tasks that read earlier intervals' results wait for them (``depends_on_past``).
+    monitoring_max_active_runs: int = Field(default=3, ge=1)
     optuna_storage: str
     serving_url: str
     #: Secrets are left out of ``repr()`` (and so of logs and tracebacks that print settings).
@@ -253,6 +260,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         or (f"airflow-conn://{conn_id}" if conn_id else None)
         or f"sqlite:///{state / 'monitoring.db'}",
         prediction_retention_days=AIRLOOP_PREDICTION_RETENTION_DAYS.get(env),
+        monitoring_max_active_runs=AIRLOOP_MONITORING_MAX_ACTIVE_RUNS.get(env),
         optuna_storage=AIRLOOP_OPTUNA_STORAGE.get(env) or f"journal://{state / 'optuna' / 'journal.log'}",
         serving_url=AIRLOOP_SERVING_URL.get(env).rstrip("/"),
         admin_token=AIRLOOP_ADMIN_TOKEN.get(env),

@@ -113,6 +113,23 @@ def alert(config: PipelineConfig, settings: Settings, start: datetime | str, sum
 
 def retrain_decision(config: PipelineConfig, settings: Settings, start: datetime | str, end: datetime | str,
                      summary: dict[str, Any]) -> dict[str, Any]:
-    """The ``request_retrain`` task's decision (rules, cool-down, no concurrent training)."""
+    """The retrain decision of an interval (rules, cool-down, no concurrent training)."""
 
     return decide_retrain(config, settings, to_utc(start), to_utc(end), summary)
+
+
+def retrain_condition(config: PipelineConfig, settings: Settings, start: datetime | str, end: datetime | str,
+                      summary: dict[str, Any]) -> dict[str, Any] | bool:
+    """The ``retrain_decision`` task (a short-circuit): the decision (:func:`retrain_decision`)
+    when it requests training — ``request_retrain`` then sends the Asset event — else False with
+    the reason logged, and ``request_retrain`` is skipped."""
+
+    decision = retrain_decision(config, settings, start, end, summary)
+    if decision["retrain"]:
+        return decision
+    if decision.get("suppressed_by"):
+        log.info("no retraining: cool-down since the request of %s (%s)", decision["suppressed_by"][:10],
+                 decision["reason"])
+    else:
+        log.info("no retraining: %s", decision.get("reason") or "no retrain rule fired")
+    return False

@@ -199,3 +199,25 @@ def test_retrain_decision_requests_once_per_cool_down(local, claims_config):
                             .order_by(store.retrain_requests.c.interval_start)).all()
     assert [tuple(r) for r in rows] == [("2026-04-21", True), ((inside + timedelta(days=1)).isoformat(), False),
                                         ((after + timedelta(days=1)).isoformat(), True)]
+
+
+def test_retrain_condition_is_the_decision_or_false_with_the_reason_logged(local, claims_config, caplog):
+    """The ``retrain_decision`` task is a short-circuit: the decision when it requests training
+    (``request_retrain`` sends it as the Asset event), else False (``request_retrain`` skipped)."""
+    settings, _ = local
+    cooldown = claims_config.monitoring.retrain_cooldown_days
+    first_day = date(2026, 4, 20)
+
+    def condition(day: date, summary: dict) -> dict | bool:
+        return tasks.retrain_condition(claims_config, settings, utc(day), utc(day + timedelta(days=1)), summary)
+
+    requested = condition(first_day, _summary(first_day, "input_drift"))
+    assert requested == tasks.retrain_decision(claims_config, settings, utc(first_day), utc(first_day + timedelta(days=1)),
+                                               _summary(first_day, "input_drift"))
+    assert requested["retrain"] is True
+    caplog.set_level("INFO", logger="airloop.tasks.monitoring")
+    inside = first_day + timedelta(days=cooldown - 1)
+    assert condition(inside, _summary(inside, "input_drift")) is False
+    assert "no retraining: cool-down since the request of 2026-04-20" in caplog.text
+    assert condition(date(2026, 5, 21), {"alerts": []}) is False
+    assert "no retraining: no retrain rule fired" in caplog.text
