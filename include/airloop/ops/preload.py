@@ -66,6 +66,8 @@ DEFAULT_MODULES: tuple[str, ...] = (
     "airloop.monitoring.alerts",
     "airloop.monitoring.interval",
     "airloop.monitoring.driftstats",
+    # the drift cell pass's compiler (airloop.monitoring.ecdf._kernel), ~0.5 s to import
+    "numba",
     # what each task's parse of its DAG file imports (``@dag`` / ``@task``)
     "airflow.sdk.definitions.decorators",
     "airflow.providers.standard.decorators.python",
