@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import threading
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -146,6 +147,8 @@ def _pick(x, index, wanted, xs, bins):  # pragma: no cover - compiled
 
 
 _compiled: dict[str, Any] = {}
+_compiling = threading.Lock()  # drift's column threads may ask for the first kernel at once
+_uniform_cell_py = _uniform_cell  # the Python function: the global name is rebound to its compiled form
 
 
 def _kernel(name: str) -> Any:
@@ -153,19 +156,25 @@ def _kernel(name: str) -> Any:
     compiled by numba, which is imported on first use. The machine code is cached beside this
     module, so later processes load it instead of compiling; ``nogil`` lets drift's column threads
     run it side by side."""
-    if not _compiled:
-        from numba import njit
-
-        def compile_(fn: Any, **options: Any) -> Any:
-            try:
-                return njit(cache=True, nogil=True, **options)(fn)
-            except RuntimeError:  # no writable cache folder (read-only install, no NUMBA_CACHE_DIR)
-                return njit(nogil=True, **options)(fn)
-
-        # the passes call _uniform_cell by its global name: compiled, it is inlined into them
-        globals()["_uniform_cell"] = compile_(_uniform_cell, inline="always")
-        _compiled.update({fn.__name__: compile_(fn) for fn in (_pass_uniform, _pass_split, _pass_parts, _pick)})
+    with _compiling:
+        if not _compiled:
+            _compile_all()
     return _compiled[name]
+
+
+def _compile_all() -> None:
+    """Compile the passes into :data:`_compiled` (under :data:`_compiling`)."""
+    from numba import njit
+
+    def compile_(fn: Any, **options: Any) -> Any:
+        try:
+            return njit(cache=True, nogil=True, **options)(fn)
+        except RuntimeError:  # no writable cache folder (read-only install, no NUMBA_CACHE_DIR)
+            return njit(nogil=True, **options)(fn)
+
+    # the passes call _uniform_cell by its global name: compiled, it is inlined into them
+    globals()["_uniform_cell"] = compile_(_uniform_cell_py, inline="always")
+    _compiled.update({fn.__name__: compile_(fn) for fn in (_pass_uniform, _pass_split, _pass_parts, _pick)})
 
 
 def _cells(x: np.ndarray, lo: float, inv: float, m: int, split: np.ndarray | None,
