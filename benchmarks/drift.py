@@ -222,7 +222,7 @@ def worker(side: str, rows: int, repeats: int, out: Path, sizes: list[int]) -> N
     """One side of the benchmark in this (fresh) process; figures written to ``out`` as JSON."""
     from airloop.monitoring import driftstats
 
-    figures: dict[str, Any] = {"side": side}
+    figures: dict[str, Any] = {"side": side, "threads": driftstats.THREADS}
     shifts = MAIN_SHIFTS
     if side == "ours":
         reference = make_frame(rows, seed=1)
@@ -302,12 +302,14 @@ def whylogs_profile(rows: int, repeats: int, folder: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_worker(side: str, rows: int, repeats: int, folder: Path, sizes: list[int], threads: int = 1) -> dict:
-    """Run :func:`worker` in a fresh interpreter (``AIRLOOP_DRIFT_THREADS=threads``) and read its figures."""
+def run_worker(side: str, rows: int, repeats: int, folder: Path, sizes: list[int], threads: int | None = None) -> dict:
+    """Run :func:`worker` in a fresh interpreter (``AIRLOOP_DRIFT_THREADS=threads``; None: the
+    default, ``driftstats.THREADS``) and read its figures."""
     out = folder / f"{side}-{threads}.json"
+    env = {k: v for k, v in os.environ.items() if k != "AIRLOOP_DRIFT_THREADS"}
     subprocess.run([sys.executable, __file__, "--worker", side, "--rows", str(rows), "--repeats", str(repeats),
                     "--out", str(out), "--scaling", ",".join(map(str, sizes))], check=True,
-                   env=os.environ | {"AIRLOOP_DRIFT_THREADS": str(threads)})
+                   env=env if threads is None else env | {"AIRLOOP_DRIFT_THREADS": str(threads)})
     return json.loads(out.read_text())
 
 
@@ -373,8 +375,8 @@ def main() -> None:
         log(f"ours: {args.rows:,} rows x {len(NUMERIC) + len(CATEGORICAL)} columns, {args.repeats} repeats; "
             f"scaling {sizes}")
         mine = run_worker("ours", args.rows, args.repeats, folder, sizes)
-        log(f"ours: {mine['times']} s; the same with AIRLOOP_DRIFT_THREADS=2 next")
-        two = run_worker("ours", args.rows, args.repeats, folder, sizes[-1:], threads=2)
+        log(f"ours: {mine['times']} s on {mine['threads']} threads (the default); the same with AIRLOOP_DRIFT_THREADS=1 next")
+        one = run_worker("ours", args.rows, args.repeats, folder, sizes[-1:], threads=1)
         log(f"ours: profile {mine['profile_times']} s; whylogs profiling next")
         why = whylogs_profile(args.rows, args.repeats, folder)
         log(f"whylogs: {why['times']} s; evidently next")
@@ -433,10 +435,11 @@ def main() -> None:
         "scaling_cpu_s_per_million_rows": [round(v["ours_cpu_s"] / (int(n) / 1e6), 3) for n, v in scaling.items()],
         "ours_10m_s": scaling.get("10000000", {}).get("ours_s"),
         "ours_10m_peak_mb": scaling.get("10000000", {}).get("peak_mb"),
-        # AIRLOOP_DRIFT_THREADS=2 (default 1): faster on an idle machine, slower on a saturated one
-        "ours_s_2_threads": median(two["times"]),
-        "ours_10m_s_2_threads": two["scaling"].get("10000000", {}).get("ours_s"),
-        "ours_10m_peak_mb_2_threads": two["scaling"].get("10000000", {}).get("peak_mb"),
+        # the default is 2 threads (driftstats.THREADS); the same on one thread, AIRLOOP_DRIFT_THREADS=1
+        "ours_threads": mine["threads"],
+        "ours_s_1_thread": median(one["times"]),
+        "ours_10m_s_1_thread": one["scaling"].get("10000000", {}).get("ours_s"),
+        "ours_10m_peak_mb_1_thread": one["scaling"].get("10000000", {}).get("peak_mb"),
         "load_1m_at_end": round(os.getloadavg()[0], 2),
         "repeats": args.repeats,
     })

@@ -74,10 +74,13 @@ from airloop.monitoring import ecdf
 PROFILE_MAX_POINTS = 100_000
 
 
-#: Threads that profile and judge columns side by side (``AIRLOOP_DRIFT_THREADS``, default 1): on
-#: a quiet machine 2 threads on 2 cores cut the wall time, on a saturated one the GIL hand-offs
-#: between them made it 2.4x longer (measured 2026-12-02, load 6: 1.6 s -> 3.9 s at 1M rows).
-THREADS = max(1, int(os.environ.get("AIRLOOP_DRIFT_THREADS") or 1))
+#: Threads that profile and judge columns side by side (``AIRLOOP_DRIFT_THREADS``; default 2, or 1
+#: on a single usable CPU). The statistics of a column do not depend on it. With the numpy cell
+#: pass, GIL hand-offs made 2 threads 2.4x slower on a saturated machine (2026-12-02, load 6); with
+#: the compiled ``nogil`` passes (:mod:`airloop.monitoring.ecdf`) 2 threads were faster both idle
+#: (10M rows: 2.20 s vs 3.52 s) and beside four busy processes on 2 cores (1M rows: 0.95-1.02 s vs
+#: 1.51-1.63 s; 10M rows: 7.6 s vs 14.5 s), measured 2026-12-04.
+THREADS = max(1, int(os.environ.get("AIRLOOP_DRIFT_THREADS") or min(2, len(os.sched_getaffinity(0)))))
 
 
 #: Current values per block of the ECDF merge (cache-sized temporaries).
