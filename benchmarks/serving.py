@@ -42,7 +42,12 @@ Fields (c=10 unless suffixed ``_c50``): ``ours_rps``, ``mlserver_rps``, ``mlflow
 for 100-record batches, where ``batch_ratio_vs_mlserver`` compares records/s; ``ceiling_records_per_s``
 (the estimator's own ``predict_proba`` on the same 100-record frames, in-process, no HTTP) and
 ``ceiling_fraction`` (ours' batch records/s over it); ``rows_lost`` = max(0, records answered by
-ours - rows logged). Ours is called with the session's admin token. Targets: ratio_vs_mlserver
+ours - rows logged; ours_thread's records count too). Ours is called with the session's admin
+token. ``ours`` writes its prediction log from a writer process (the default since 2026-12-04,
+:mod:`airloop.serving.predlog_process`); ``ours_thread`` is the same app with the writer as a
+thread of the serving process (``AIRLOOP_PREDLOG_PROCESS=0``), measured at c=10 for single
+records and batches (``ours_thread_rps``, ``batch_ours_thread_rps``, ``thread_ratio_vs_mlserver``,
+``batch_thread_ratio_vs_mlserver``, ``*thread_logging_overhead``). Targets: ratio_vs_mlserver
 >= 2.5, batch_ratio_vs_mlserver >= 1.2, ours_p99_ms <= 25, batch_logging_overhead <= 15 %,
 rows_lost 0.
 
@@ -282,6 +287,9 @@ def mlserver_folder(folder: Path, python: Path, model_uri: str, port: int, worke
 
 
 SERVERS = ("ours", "ours_off", "mlserver", "mlflow")
+#: Also measured (single records and batches at c=10): ours with the prediction log's writer as a
+#: thread of the serving process (``AIRLOOP_PREDLOG_PROCESS=0``, before 2026-12-04) instead of a process.
+EXTRA = ("ours_thread",)
 
 
 def start_servers(folder: Path, model: str, version: str, mlserver_python: Path, mlserver_workers: int = 1
@@ -291,7 +299,7 @@ def start_servers(folder: Path, model: str, version: str, mlserver_python: Path,
     urls: dict[str, str] = {}
     ready = {"mlflow": "/ping", "mlserver": "/v2/models/champion/ready"}
     try:
-        for name in SERVERS:
+        for name in SERVERS + EXTRA:
             port = free_port()
             urls[name] = f"http://127.0.0.1:{port}"
             env = dict(os.environ)
@@ -309,6 +317,8 @@ def start_servers(folder: Path, model: str, version: str, mlserver_python: Path,
                 env["PATH"] = os.pathsep.join((str(mlserver_python.parent), env.get("PATH", "")))
             else:
                 argv = ours_argv(port, "serving:app_without_logging" if name == "ours_off" else "airloop.serving.app:create_app")
+                if name == "ours_thread":
+                    env["AIRLOOP_PREDLOG_PROCESS"] = "0"
             procs[name] = start_group(argv, folder / f"{name}.log", env)
         for name, url in urls.items():
             # MLServer answers 400 until its inference worker loaded the model
@@ -457,12 +467,13 @@ def main() -> None:
                 seconds = WARMUP_S if round_ == 0 else args.duration
                 for name in order:
                     for kind in ("single", "batch", "batch_records") if name == "ours" else ("single", "batch"):
-                        for connections in LOADS if round_ and kind != "batch_records" else (CONNECTIONS,):
+                        extra = name in EXTRA or kind == "batch_records"
+                        for connections in LOADS if round_ and not extra else (CONNECTIONS,):
                             figures = run_wrk(targets[name], bodies[body_kind(name), kind], script, seconds,
                                               connections, auth=bearer() if name.startswith("ours") else None)
-                            if name == "ours":
+                            if name in ("ours", "ours_thread"):
                                 answered += figures["requests"] * (BATCH if kind.startswith("batch") else 1)
-                                figures["drain_s"] = wait_drained(urls["ours"])
+                                figures["drain_s"] = wait_drained(urls[name])
                             if round_:
                                 runs.setdefault((name, kind, connections), []).append(figures)
                             log(f"{'warm-up' if not round_ else f'round {round_}'} {name} {kind} "
@@ -507,6 +518,11 @@ def main() -> None:
         figures |= {f"batch_ours_records_per_s{suffix}": round(figures[f"batch_ours_rps{suffix}"] * BATCH),
                     f"batch_mlserver_records_per_s{suffix}": round(figures[f"batch_mlserver_rps{suffix}"] * BATCH),
                     f"batch_mlflow_records_per_s{suffix}": round(figures[f"batch_mlflow_rps{suffix}"] * BATCH)}
+    for kind, prefix in (("single", ""), ("batch", "batch_")):
+        thread_rps = fig("ours_thread", kind, "rps")
+        figures |= {f"{prefix}ours_thread_rps": thread_rps, f"{prefix}ours_thread_p99_ms": fig("ours_thread", kind, "p99_ms"),
+                    f"{prefix}thread_ratio_vs_mlserver": round(thread_rps / figures[f"{prefix}mlserver_rps"], 2),
+                    f"{prefix}thread_logging_overhead": round(1 - thread_rps / figures[f"{prefix}ours_off_rps"], 3)}
     records_rps = fig("ours", "batch_records", "rps")
     figures |= {"batch_records_ours_rps": records_rps, "batch_records_ours_p99_ms": fig("ours", "batch_records", "p99_ms"),
                 "batch_records_ratio_vs_mlserver": round(records_rps / figures["batch_mlserver_rps"], 2)}

@@ -96,6 +96,8 @@ AIRLOOP_EVENT_TS_MAX_AGE_S = EnvVar("AIRLOOP_EVENT_TS_MAX_AGE_S", float, 7 * 864
 AIRLOOP_EVENT_TS_MAX_AHEAD_S = EnvVar("AIRLOOP_EVENT_TS_MAX_AHEAD_S", float, 300.0,
                                       "latest event_ts /predict accepts, in seconds after now (later: 422)")
 AIRLOOP_SERVING_GC_FREEZE = EnvVar("AIRLOOP_SERVING_GC_FREEZE", str, "1", "0: do not gc.freeze() after start-up")
+AIRLOOP_PREDLOG_PROCESS = EnvVar("AIRLOOP_PREDLOG_PROCESS", str, "1",
+                                 "0: serving writes its prediction log from a thread, not a writer process")
 AIRLOOP_ADMIN_TOKEN = EnvVar("AIRLOOP_ADMIN_TOKEN", str, None, "admin token of serving and the lifecycle API (secret)")
 AIRLOOP_TENANT_TOKENS = EnvVar("AIRLOOP_TENANT_TOKENS", str, None, "tenant=token,... serving tokens (secret)")
 AIRLOOP_PRELOAD = EnvVar("AIRLOOP_PRELOAD", str, None, "auto | off | module list the scheduler/workers pre-import")

@@ -35,8 +35,10 @@ answers 500 (or, for an A/B challenger, falls back to the champion).
 
 Every prediction is logged to the monitoring store (``predictions`` table, one row per record,
 plus one ``error`` row per request whose prediction failed with a 5xx) by a
-:class:`~airloop.serving.predlog.PredictionLogger`: the request only enqueues; a background thread writes
-batches and spools them to ``<state_dir>/spool/<pipeline>`` while the database is unavailable.
+:class:`~airloop.serving.predlog.PredictionLogger`: the request only enqueues; a background writer writes
+batches and spools them to ``<state_dir>/spool/<pipeline>`` while the database is unavailable. The
+writer runs in a process of its own (:mod:`airloop.serving.predlog_process`, off the serving
+process's GIL) unless ``AIRLOOP_PREDLOG_PROCESS=0`` (then a thread of this process).
 Labels come back through ``POST /feedback`` into ``ground_truth`` (first write wins; a different
 later label is a 409 kept in ``label_revisions``, or an admin's audited correction), joined by request id.
 
@@ -75,7 +77,7 @@ from fastapi import FastAPI
 
 from airloop.core import store
 from airloop.core.pipeline import load_pipeline_config
-from airloop.core.settings import AIRLOOP_SERVING_GC_FREEZE, Settings, get_settings
+from airloop.core.settings import AIRLOOP_PREDLOG_PROCESS, AIRLOOP_SERVING_GC_FREEZE, Settings, get_settings
 from airloop.models.scoring import score_function
 from airloop.models.trust import ModelLoadError
 from airloop.serving.auth import add_tenant_guard
@@ -87,6 +89,7 @@ from airloop.serving.metrics import ServingMetrics, _RequestCounter
 from airloop.serving.openapi import install_openapi
 from airloop.serving.predict import BatchingConfig
 from airloop.serving.predlog import PredictionLogCollector, PredictionLogger, spool_dir_for
+from airloop.serving.predlog_process import ProcessPredictionLogger
 from airloop.serving.routes import ROUTERS
 from airloop.serving.window import EventWindow
 
@@ -141,11 +144,12 @@ def create_app(
     prediction_logger = shadow_logger = None
     if log_predictions:
         spool = spool_dir_for(settings.state_dir, config.name)
-        prediction_logger = PredictionLogger.for_uri(
+        logger_class = PredictionLogger if AIRLOOP_PREDLOG_PROCESS.get() == "0" else ProcessPredictionLogger
+        prediction_logger = logger_class.for_uri(
             settings.monitoring_db_uri, spool, autostart=False, name=f"airloop-predlog-{config.name}",
         )
         metrics.registry.register(PredictionLogCollector(prediction_logger))
-        shadow_logger = PredictionLogger.for_uri(
+        shadow_logger = logger_class.for_uri(
             settings.monitoring_db_uri, spool / "shadow", table=store.shadow_predictions, autostart=False,
             name=f"airloop-shadowlog-{config.name}",
         )

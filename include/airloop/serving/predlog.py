@@ -275,6 +275,11 @@ class PredictionLogger:
                 return
         self._spool_overflow(batch)
 
+    def spool_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Write rows straight to the spool (counted as overflowed), for the writer to replay:
+        this logger's, or another process's sharing ``spool_dir``. Never raises."""
+        self._spool_overflow(rows if isinstance(rows, list) else list(rows))
+
     def _spool_overflow(self, batch: list[Mapping[str, Any]]) -> None:
         try:
             prepared = self._prepare_all(batch)
@@ -707,7 +712,9 @@ def _fsync_dir(folder: Path) -> None:
 class PredictionLogCollector:
     """Exposes a logger's counters to a prometheus_client registry (read at scrape time).
 
-    ``source`` is a logger or a callable returning the current one (or None: nothing exported).
+    ``source`` is a logger (anything with ``stats()``: also
+    :class:`airloop.serving.predlog_process.ProcessPredictionLogger`) or a callable returning the
+    current one (or None: nothing exported).
     """
 
     _COUNTERS = {
@@ -722,7 +729,7 @@ class PredictionLogCollector:
         "write_errors": "Failed monitoring-store write attempts.",
     }
 
-    def __init__(self, source: PredictionLogger | Callable[[], PredictionLogger | None],
+    def __init__(self, source: Any,
                  prefix: str = "airloop_predlog") -> None:
         self._source = source
         self.prefix = prefix
@@ -730,7 +737,7 @@ class PredictionLogCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        logger = self._source if isinstance(self._source, PredictionLogger) else self._source()
+        logger = self._source if hasattr(self._source, "stats") else self._source()
         if logger is None:
             return
         stats = logger.stats()
