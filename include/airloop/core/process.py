@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 
 def pid_alive(pid: int) -> bool:
-    """True when a process ``pid`` exists on this host (signal 0; a process of another user counts)."""
+    """True when a process ``pid`` exists on this host (signal 0; a process of another user counts)
+    and is not a zombie: a killed process its parent has not reaped yet answers signal 0 but is gone."""
     try:
         os.kill(int(pid), 0)
     except PermissionError:
-        return True
+        pass
     except (OSError, ValueError, OverflowError):
         return False
-    return True
+    try:
+        state = Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux) or a race with its exit: signal 0 said it exists
+    return state not in ("Z", "X")
 
 
 def owner() -> dict[str, str]:

@@ -173,9 +173,11 @@ def fail_stale_trials(study, worker: int) -> list[int]:
     with an honest census (finished trials still count towards the budget; nothing restarts).
 
     A RUNNING trial is stale when its owner (the ``host``/``pid`` user attributes every trial
-    records) is a dead process of this host, when it ran on another host as this same ``worker``
-    (the previous try of this mapped task), or when it has no owner and is older than
-    :data:`STALE_UNOWNED_S`. Returns the trial numbers marked FAIL."""
+    records) is a dead process of this host, when it ran as this same ``worker`` in another
+    process (the previous try of this mapped task: Airflow runs one try at a time, and a try it
+    superseded — after a scheduler restart, say — may still be dying, or even start one more
+    trial, while the new one begins; :func:`run_worker` checks again when it is done), or when it
+    has no owner and is older than :data:`STALE_UNOWNED_S`. Returns the trial numbers marked FAIL."""
     from datetime import datetime
 
     from optuna.trial import TrialState
@@ -191,7 +193,8 @@ def fail_stale_trials(study, worker: int) -> list[int]:
             started = trial.datetime_start
             gone = started is not None and (datetime.now() - started).total_seconds() > STALE_UNOWNED_S
         else:
-            gone = owner_gone(host, pid) or (host != here and attrs.get("worker") == worker)
+            previous_try = attrs.get("worker") == worker and (host != here or str(pid) != str(os.getpid()))
+            gone = owner_gone(host, pid) or previous_try
         if gone:
             study._storage.set_trial_system_attr(trial._trial_id, "fail_reason",
                                                  f"left RUNNING by process {host}:{pid} (gone); failed on retry")
@@ -308,6 +311,7 @@ def run_worker(
                 gc_after_trial=True,
             )
         ran = len(study.get_trials(deepcopy=False)) - before
+    fail_stale_trials(study, worker)  # a superseded try of this worker may have started a trial meanwhile
     best = _best_value(study)
     for line in worker_summary(study, worker, existing, n_trials, config.training.metric, remaining):
         log.info("%s", line)

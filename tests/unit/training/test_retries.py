@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
@@ -53,6 +55,42 @@ def test_owner_gone_judges_only_dead_processes_of_this_host():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert owner_gone(here, child.pid)
+
+
+def test_a_killed_process_not_yet_reaped_is_gone():
+    """A zombie (killed, its parent has not waited for it yet) still answers signal 0."""
+    import socket
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not owner_gone(socket.gethostname(), child.pid)
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert owner_gone(socket.gethostname(), child.pid)  # a zombie: gone, though not reaped
+    finally:
+        child.wait()
+
+
+def test_a_superseded_try_of_the_same_worker_is_failed_even_while_it_dies(small_config, tmp_path):
+    """After a scheduler restart Airflow starts a new try while the old one is still being stopped:
+    the old try's RUNNING trial (same worker, another live process of this host) is stale for
+    that worker's new try only."""
+    import socket
+
+    study = open_study(f"journal://{tmp_path / 'j.log'}", "s", small_config)
+    dying = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        old = study.ask()
+        for k, v in {"worker": 0, "host": socket.gethostname(), "pid": dying.pid}.items():
+            old.set_user_attr(k, v)
+        assert fail_stale_trials(study, worker=1) == []  # another worker's live trial is left alone
+        assert fail_stale_trials(study, worker=0) == [old.number]
+    finally:
+        dying.kill()
+        dying.wait()
 
 
 def test_a_killed_workers_running_trial_is_failed_and_the_study_resumes(small_config, frame, tmp_path):
