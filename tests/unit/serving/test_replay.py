@@ -48,7 +48,8 @@ class Replay:
     tmp: Path
 
     def rows(self, config: PipelineConfig) -> pd.DataFrame:
-        """The prediction log of ``config`` (waits for the logger to settle)."""
+        """The prediction log of ``config`` (waits for the logger to settle: rows there and their
+        count unchanged for a second; the log's writer process starts with the first rows)."""
         engine = store.get_engine(self.settings.monitoring_db_uri)
         query = sa.select(store.predictions.c.request_id, store.predictions.c.ts, store.predictions.c.tenant,
                           store.predictions.c.model_version).where(store.predictions.c.pipeline == config.name)
@@ -56,7 +57,7 @@ class Replay:
         while True:
             with engine.connect() as conn:
                 rows = pd.read_sql(query, conn)
-            if len(rows) == previous or time.monotonic() > deadline:
+            if (len(rows) and len(rows) == previous) or time.monotonic() > deadline:
                 return rows
             previous = len(rows)
             time.sleep(1.0)  # the logger writes every 0.5 s
