@@ -107,8 +107,9 @@ class _Writer:
         self.proc = proc
         self.sent = 0  # rows handed to its stdin
         self.snapshot: dict[str, Any] = {}  # its last counters
-        self.ready = threading.Event()  # its first counters arrived
+        self.ready = threading.Event()  # its first counters arrived, or its stdout closed
         self.alive = True
+        self.registered = False  # it answered and became the logger's writer
 
 
 class ProcessPredictionLogger:
@@ -301,6 +302,7 @@ class ProcessPredictionLogger:
             self._writer_gone(writer)
         if time.monotonic() < self._restart_at:
             return None
+        proc = None
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "airloop.serving.predlog_process"], stdin=subprocess.PIPE,
@@ -312,14 +314,18 @@ class ProcessPredictionLogger:
             proc.stdin.flush()
             if not writer.ready.wait(START_TIMEOUT_S):
                 raise RuntimeError(f"no answer from the writer process within {START_TIMEOUT_S:.0f} s")
+            if not writer.snapshot:
+                raise RuntimeError(f"the writer process exited with code {proc.wait()} before answering "
+                                   "(its error is in this process's log)")
         except Exception as err:
             self._last_error = f"writer process did not start: {type(err).__name__}: {err}"[:500]
             log.error("prediction log: %s; spooling to %s", self._last_error, self.spool_dir)
             self._back_off()
-            if "proc" in locals():
+            if proc is not None:
                 proc.kill()
             return None
         with self._lock:
+            writer.registered = True
             self._writer = writer
         self._restart_delay = 0.0
         log.info("prediction log: writer process %d started for %s", proc.pid, self.table.name)
@@ -348,6 +354,7 @@ class ProcessPredictionLogger:
                 if kind == _ACK:
                     self._acks[message["id"]] = message
                 self._cond.notify_all()
+        writer.ready.set()  # a writer that ends before answering does not keep its starter waiting
         writer.proc.wait()
         self._writer_gone(writer)
 
@@ -362,6 +369,8 @@ class ProcessPredictionLogger:
             if not writer.alive:
                 return
             writer.alive = False
+            if not writer.registered:  # it never started: its starter reports that
+                return
             snap = writer.snapshot
             for key in _SUMMED:
                 self._base[key] += snap.get(key, 0)

@@ -174,7 +174,8 @@ def fail_stale_trials(study, worker: int) -> list[int]:
 
     A RUNNING trial is stale when its owner (the ``host``/``pid`` user attributes every trial
     records) is a dead process of this host, when it ran as this same ``worker`` in another
-    process (the previous try of this mapped task: Airflow runs one try at a time, and a try it
+    process (the previous try of this mapped task — the training DAG runs one run at a time,
+    ``max_active_runs=1``, and Airflow one try of a task at a time, but a try it
     superseded — after a scheduler restart, say — may still be dying, or even start one more
     trial, while the new one begins; :func:`run_worker` checks again when it is done), or when it
     has no owner and is older than :data:`STALE_UNOWNED_S`. Returns the trial numbers marked FAIL."""
