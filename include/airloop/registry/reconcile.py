@@ -16,12 +16,15 @@ A ``kill -9`` can stop this anywhere. What it leaves, and what :func:`reconcile`
   not happen. Any alias already moved goes back to the ledger's version; the marker goes.
 * marker present, ledger row present (killed in 4-5): the move happened. The aliases are checked
   against the ledger (set where they are not), the outcome tag written, the marker removed.
+  When the aliases already agree, only the move's bookkeeping was left, and no ``reconcile`` row
+  is written: a move still alive looks the same while it writes step 5 (after the lock is
+  released, so a concurrent caller's repair can see it), and that is not a repair.
 * no marker, an alias differs from the ledger's version for it (a half-set pair of aliases, a
   hand-moved alias, an alias on a version the ledger never promoted): the alias is set back to
   the ledger's version (deleted when the ledger's last move withdrew the version).
 
 An environment without any move in the ledger is left alone (the ledger has no opinion yet).
-Every repair appends one ``reconcile`` row to the ledger (who, what was found, what was done);
+Every repair of an alias or of an uncommitted move appends one ``reconcile`` row to the ledger (who, what was found, what was done);
 ``reconcile`` is not a move (:data:`airloop.registry.ledger.MOVES`), so the audit's "which version
 served at T" is unchanged by it. Reconciling a converged pipeline writes nothing (idempotent).
 
@@ -132,11 +135,12 @@ def repair(client: Any, engine: sa.Engine, conn: sa.Connection, config: Pipeline
     repairs = []
     for env in envs:
         notes: list[str] = []
+        finished: list[str] = []  # committed moves whose step 5 was left: bookkeeping, not a repair
         mine = [(version, key) for name, version, key in markers if name == env.name]
         for version, key in mine:
             committed = ledger.find_ledger(engine, key)
             if committed is not None:
-                notes.append(f"finished move {key} (committed in the ledger, v{version})")
+                finished.append(f"finished move {key} (committed in the ledger, v{version})")
                 if committed["action"] == "promote":
                     client.set_model_version_tag(config.model_name, version, f"airloop.promotion.{env.name}",
                                                  "promoted")
@@ -157,7 +161,13 @@ def repair(client: Any, engine: sa.Engine, conn: sa.Connection, config: Pipeline
         for version, _ in mine:
             end_move(client, config, env, version)
         if not notes:
+            # Only a committed move's outcome tags and marker were left. That is what a move whose
+            # process died after its commit leaves, and equally what a live move shows while it
+            # writes them (step 5 runs after the lock is released): nothing that serves changed.
+            for line in finished:
+                log.info("%s %s: %s (its outcome tags; no alias needed a repair)", config.model_name, env.name, line)
             continue
+        notes = finished + notes
         reason = f"{env.name}: " + "; ".join(notes)
         ledger.append_ledger(conn, ledger.LedgerEntry(
             idempotency_key=f"{config.name}:{env.name}:{RECONCILE}:{datetime.now(timezone.utc):%Y%m%dT%H%M%S.%fZ}",
