@@ -24,9 +24,10 @@ A ``kill -9`` can stop this anywhere. What it leaves, and what :func:`reconcile`
   the ledger's version (deleted when the ledger's last move withdrew the version).
 
 An environment without any move in the ledger is left alone (the ledger has no opinion yet).
-Every repair of an alias or of an uncommitted move appends one ``reconcile`` row to the ledger (who, what was found, what was done);
-``reconcile`` is not a move (:data:`airloop.registry.ledger.MOVES`), so the audit's "which version
-served at T" is unchanged by it. Reconciling a converged pipeline writes nothing (idempotent).
+Every repair of an alias or of an uncommitted move appends one ``reconcile`` row to the ledger
+(who, what was found, what was done); ``reconcile`` is not a move
+(:data:`airloop.registry.ledger.MOVES`), so the audit's "which version served at T" is unchanged
+by it. Reconciling a converged pipeline writes nothing (idempotent).
 
 It runs before every move (inside the same lock, so a retried task repairs first), at serving
 start-up (the model manager then loads the alias the ledger says) and in the monitoring DAG's
@@ -161,9 +162,8 @@ def repair(client: Any, engine: sa.Engine, conn: sa.Connection, config: Pipeline
         for version, _ in mine:
             end_move(client, config, env, version)
         if not notes:
-            # Only a committed move's outcome tags and marker were left. That is what a move whose
-            # process died after its commit leaves, and equally what a live move shows while it
-            # writes them (step 5 runs after the lock is released): nothing that serves changed.
+            # only a committed move's step 5 was left (a crash after its commit, or a live move
+            # writing it now: see the module docstring); nothing that serves changed
             for line in finished:
                 log.info("%s %s: %s (its outcome tags; no alias needed a repair)", config.model_name, env.name, line)
             continue
